@@ -1,0 +1,39 @@
+# layerfs — see README.md. `make build` is idempotent and quiet when there is nothing to do.
+SHELL := /bin/bash
+NODE_BIN := node_modules/.bin
+APT_PACKAGES := libfuse2 fuse3 attr
+FIXTURE_PACKAGES := libarchive-tools umoci pigz
+
+.PHONY: build deps system-deps fixtures demo test test-unit test-mount clean
+
+build: system-deps node_modules/.installed node_modules/fuse-native/build/Release/fuse.node dist/.built
+
+# apt-get only when a package is missing (dpkg -s is quick)
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+node_modules/.installed: package.json package-lock.json
+	@npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'nodedir\|install-scripts' || true
+	@touch $@
+
+node_modules/fuse-native/build/Release/fuse.node: node_modules/.installed patches/fuse-native-2.2.6.patch scripts/build-native.sh
+	@bash scripts/build-native.sh
+
+dist/.built: node_modules/.installed tsconfig.json $(shell find src test -name '*.ts' 2>/dev/null)
+	@$(NODE_BIN)/tsc -p tsconfig.json
+	@touch $@
+
+fixtures: build
+	@$(MAKE) -s system-deps EXTRA_APT="$(FIXTURE_PACKAGES)"
+	@bash test/fixtures/build-fixtures.sh "$${LAYERFS_FIXTURES:-/var/cache/layerfs-fixtures}"
+
+demo: build
+	@bash scripts/demo.sh
+
+test: build
+	@$(MAKE) -s system-deps EXTRA_APT="$(FIXTURE_PACKAGES)"
+	@node --test --test-concurrency=1 $$(find dist/test -name '*.test.js' | sort)
+
+clean:
+	rm -rf dist

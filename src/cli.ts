@@ -1,0 +1,179 @@
+import { spawn, execFile } from 'node:child_process'
+import { createWriteStream, writeSync } from 'node:fs'
+import { readFile, realpath } from 'node:fs/promises'
+import { UserError } from './errors'
+import { parseArgs, type MountRequest } from './options'
+import { serve, type ServeHooks } from './serve'
+import { silentProgress, terminalProgress } from './progress'
+import { mountAt, readRecord } from './runtime'
+import { log, redirectLog } from './log'
+
+// The command line: the only place that talks to the user and picks exit codes.
+
+const USAGE = `usage:
+  layerfs mount [-f] [-q] -o lowerdir=TOP:...:BASE MOUNTPOINT
+  layerfs [-f] -o lowerdir=TOP:...:BASE MOUNTPOINT          (as fuse-overlayfs is called)
+  layerfs SOURCE MOUNTPOINT -o lowerdir=...                  (mount -t fuse.layerfs SOURCE MOUNTPOINT -o ...)
+  layerfs umount MOUNTPOINT
+
+Each lower is a directory (extracted layer, kernel-overlay form) or an uncompressed .tar read in
+place; the leftmost is the topmost. The mount is read-only. mount returns once the mount is live and
+leaves a daemon serving it; -f keeps it in the foreground. End it with 'umount MOUNTPOINT'.
+Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.`
+
+const DAEMON_ARG = '__layerfs_daemon'
+
+function fail(err: unknown): never {
+  const message = err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message ?? String(err)}`
+  if (!(err instanceof UserError)) log.cli('%s', (err as Error)?.stack)
+  process.stderr.write(`layerfs: ${message.replace(/\n/g, ' ')}\n`)
+  process.exit(1)
+}
+
+function hooksFor(stderrIsTty: boolean, quiet: boolean): ServeHooks {
+  return {
+    progress: (label) => (stderrIsTty && !quiet ? terminalProgress(label, (s) => process.stderr.write(s)) : silentProgress),
+  }
+}
+
+async function runForeground(req: MountRequest): Promise<void> {
+  const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet))
+  const stop = (): void => void served.stop()
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  process.once('SIGHUP', stop)
+  await served.ended
+  process.exit(0)
+}
+
+/** Starts the daemon and waits for its word on fd 3: ready, or one error line. */
+function runBackground(req: MountRequest): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [__filename, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+      detached: true, // its own session: it outlives this shell and its terminal
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+      cwd: '/',
+      env: { ...process.env, LAYERFS_PROGRESS: process.stderr.isTTY && !req.quiet ? 'tty' : '' },
+    })
+    let said = ''
+    let settled = false
+    child.stderr!.on('data', (chunk: Buffer) => process.stderr.write(chunk)) // progress bars, relayed
+    const status = child.stdio[3] as NodeJS.ReadableStream
+    status.on('data', (chunk: Buffer) => {
+      said += chunk.toString('utf8')
+      const nl = said.indexOf('\n')
+      if (nl < 0 || settled) return
+      settled = true
+      const msg = JSON.parse(said.slice(0, nl)) as { ready?: true; error?: string }
+      child.stderr!.destroy()
+      ;(status as NodeJS.ReadableStream & { destroy(): void }).destroy()
+      child.unref()
+      if (msg.ready) resolve()
+      else reject(new UserError(msg.error ?? 'the daemon failed'))
+    })
+    child.on('exit', (code, signal) => {
+      if (!settled) {
+        settled = true
+        reject(new UserError(`the daemon ended before the mount was live (${signal ?? `exit code ${code}`})`))
+      }
+    })
+    child.on('error', (err) => {
+      if (!settled) { settled = true; reject(err) }
+    })
+  })
+}
+
+/** The detached daemon: serves, and reports readiness or the error on fd 3. */
+async function runDaemon(encoded: string): Promise<void> {
+  const req = JSON.parse(Buffer.from(encoded, 'base64').toString('utf8')) as MountRequest
+  const tell = (msg: object): void => {
+    try {
+      writeSync(3, JSON.stringify(msg) + '\n')
+    } catch { /* the parent is gone */ }
+  }
+  // after detaching, stderr leads nowhere: logs go to the log file, if any
+  process.stderr.on('error', () => undefined)
+  let served
+  try {
+    served = await serve(req, hooksFor(process.env.LAYERFS_PROGRESS === 'tty', req.quiet))
+  } catch (err) {
+    tell({ error: err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message}` })
+    log.cli('%s', (err as Error)?.stack)
+    process.exit(1)
+  }
+  if (req.logFile) {
+    const out = createWriteStream(req.logFile, { flags: 'a' })
+    redirectLog((line) => out.write(line))
+  } else redirectLog(() => undefined)
+  tell({ ready: true })
+  const stop = (): void => void served.stop()
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  process.once('SIGHUP', stop)
+  await served.ended
+  process.exit(0)
+}
+
+function run(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => execFile(cmd, args, (err, _out, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve())))
+}
+
+/** Whether a process is alive (a zombie left for a parent that never reaps it counts as ended). */
+async function isRunning(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'latin1')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
+}
+
+async function unmount(mountpoint: string): Promise<void> {
+  let real: string
+  try {
+    real = await realpath(mountpoint)
+  } catch {
+    throw new UserError(`${mountpoint}: no such directory`)
+  }
+  const m = await mountAt(real)
+  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
+  const rec = await readRecord(real)
+  try {
+    if (process.getuid?.() === 0) await run('umount', [real])
+    else await run('fusermount', ['-u', real]).catch(() => run('fusermount3', ['-u', real]))
+  } catch (err) {
+    throw new UserError(`umount ${mountpoint}: ${(err as Error).message.split('\n')[0]}`)
+  }
+  // wait for the daemon to finish closing its layers
+  if (rec) {
+    for (let i = 0; i < 400; i++) {
+      if (!(await isRunning(rec.pid))) return
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    log.cli('daemon %d still running after unmount', rec.pid)
+  }
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    if (argv[0] === DAEMON_ARG) return await runDaemon(argv[1])
+    const cmd = parseArgs(argv)
+    switch (cmd.kind) {
+      case 'help':
+        process.stdout.write(USAGE + '\n')
+        return
+      case 'version':
+        process.stdout.write(`layerfs ${(require('../../package.json') as { version: string }).version}\n`)
+        return
+      case 'umount':
+        return await unmount(cmd.mountpoint)
+      case 'mount':
+        if (cmd.request.foreground) return await runForeground(cmd.request)
+        return await runBackground(cmd.request)
+    }
+  } catch (err) {
+    fail(err)
+  }
+}
+
+if (require.main === module) void main(process.argv.slice(2))

@@ -1,0 +1,162 @@
+import { constants as C, type BigIntStats } from 'node:fs'
+import { lstat, open, readdir, readlink, stat } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { getAttribute, listAttributes } from '@napi-rs/xattr'
+import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
+import { isOverlayXattr, kindOfMode } from './layer'
+import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
+import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
+import { fsPath, joinPath } from '../paths'
+
+const NOTHING: LayerLookup = { entry: null, whiteout: false }
+const INO_SPACE = 2 ** 40
+
+/**
+ * A directory lower: an extracted layer or a kernel-overlay lower/upper dir. It reads both whiteout
+ * dialects: char 0/0 devices and overlay.opaque xattrs (kernel form), `.wh.` marker files (OCI form).
+ */
+export class DirLayer implements Layer {
+  readonly kind = 'dir'
+
+  private constructor(readonly source: string, private readonly root: string) {}
+
+  static async open(source: string): Promise<DirLayer> {
+    let st
+    try {
+      st = await stat(source)
+    } catch (err) {
+      throw new UserError(`${source}: ${isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message}`)
+    }
+    if (!st.isDirectory()) throw new UserError(`${source}: not a directory or tar archive`)
+    return new DirLayer(source, source)
+  }
+
+  private real(path: string): Buffer {
+    return fsPath(this.root, path)
+  }
+
+  async lookup(path: string): Promise<LayerLookup> {
+    if (path === '/') return { entry: await this.entryAt('/', await lstat(this.real('/'), { bigint: true })), whiteout: false }
+    const slash = path.lastIndexOf('/')
+    const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
+    const [st, marker] = await Promise.all([lstatOrNull(this.real(path)), lstatOrNull(this.real(markerPath))])
+    const ociWhiteout = marker !== null
+    if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
+    if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
+    if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) return { entry: null, whiteout: true }
+    return { entry: await this.entryAt(path, st), whiteout: ociWhiteout }
+  }
+
+  private async entryAt(path: string, st: BigIntStats): Promise<Entry> {
+    const kind = kindOfMode(Number(st.mode))
+    if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
+    let opaque = false
+    if (kind === 'dir') {
+      const real = this.real(path)
+      for (const name of OPAQUE_XATTRS) if (isOpaqueValue(await xattrOrNull(real, name))) opaque = true
+      if (!opaque) opaque = (await lstatOrNull(fsPath(this.root, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
+    }
+    return {
+      kind, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid),
+      size: Number(st.size), storedSize: Number(st.blocks) * 512,
+      mtime: ts(st.mtimeNs), atime: ts(st.atimeNs), ctime: ts(st.ctimeNs),
+      nlink: Number(st.nlink), ino: Number(st.ino % BigInt(INO_SPACE)) || 1, rdev: Number(st.rdev),
+      opaque,
+    }
+  }
+
+  async readdir(path: string): Promise<DirListing> {
+    let names: Buffer[]
+    try {
+      names = await readdir(this.real(path), { encoding: 'buffer' })
+    } catch (err) {
+      throw new FsError(errnoOf(err), 'cannot list directory', path)
+    }
+    const entries = new Map<string, Entry>()
+    const whiteouts = new Set<string>()
+    await Promise.all(names.map(async (raw) => {
+      const name = raw.toString('latin1')
+      const marker = decodeMarker(name)
+      if (marker) {
+        if (marker.type === 'whiteout') whiteouts.add(marker.name)
+        return
+      }
+      const child = joinPath(path, name)
+      const st = await lstatOrNull(this.real(child))
+      if (!st) return
+      if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) {
+        whiteouts.add(name)
+        return
+      }
+      entries.set(name, await this.entryAt(child, st))
+    }))
+    return { entries, whiteouts }
+  }
+
+  async open(path: string): Promise<LayerFile> {
+    let fh: FileHandle
+    try {
+      fh = await open(this.real(path), C.O_RDONLY | C.O_NOFOLLOW)
+    } catch (err) {
+      throw new FsError(errnoOf(err), 'cannot open', path)
+    }
+    return {
+      read: async (buf, length, position) => (await fh.read(buf, 0, length, position)).bytesRead,
+      close: () => fh.close(),
+    }
+  }
+
+  async readlink(path: string): Promise<string> {
+    try {
+      return (await readlink(this.real(path), { encoding: 'buffer' })).toString('latin1')
+    } catch (err) {
+      throw new FsError(errnoOf(err), 'cannot read link', path)
+    }
+  }
+
+  async listXattrs(path: string, entry: Entry): Promise<string[]> {
+    // the binding follows symlinks, so a symlink's own attributes are out of its reach
+    if (entry.kind === 'symlink') return []
+    try {
+      return (await listAttributes(this.real(path).toString('utf8'))).filter((n) => !isOverlayXattr(n))
+    } catch {
+      return []
+    }
+  }
+
+  async getXattr(path: string, entry: Entry, name: string): Promise<Buffer | null> {
+    if (entry.kind === 'symlink' || isOverlayXattr(name)) return null
+    return xattrOrNull(this.real(path), name)
+  }
+
+  async close(): Promise<void> {}
+}
+
+function ts(ns: bigint): Timestamp {
+  const sec = ns / 1_000_000_000n
+  let nsec = ns % 1_000_000_000n
+  let s = sec
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n
+    s -= 1n
+  }
+  return { sec: Number(s), nsec: Number(nsec) }
+}
+
+async function lstatOrNull(p: Buffer): Promise<BigIntStats | null> {
+  try {
+    return await lstat(p, { bigint: true })
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return null
+    throw new FsError(errnoOf(err), 'cannot stat', p.toString('latin1'))
+  }
+}
+
+async function xattrOrNull(p: Buffer, name: string): Promise<Buffer | null> {
+  try {
+    // the binding takes UTF-8 strings: names that are not valid UTF-8 cannot be reached
+    return await getAttribute(p.toString('utf8'), name)
+  } catch {
+    return null
+  }
+}

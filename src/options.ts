@@ -1,0 +1,141 @@
+import { resolve } from 'node:path'
+import { UserError } from './errors'
+import { log } from './log'
+
+/** What to mount, resolved to absolute paths: the daemon's whole input. */
+export interface MountRequest {
+  readonly mountpoint: string
+  /** Lower layers, topmost first. */
+  readonly lowers: readonly string[]
+  readonly upper: string | null
+  readonly work: string | null
+  /** The mount's source name in /proc/mounts. */
+  readonly fsname: string
+  readonly foreground: boolean
+  readonly debug: boolean
+  readonly quiet: boolean
+  /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
+  readonly logFile: string | null
+}
+
+export type Command =
+  | { readonly kind: 'mount'; readonly request: MountRequest }
+  | { readonly kind: 'umount'; readonly mountpoint: string }
+  | { readonly kind: 'help' }
+  | { readonly kind: 'version' }
+
+/** Options that fuse-overlayfs, mount(8) and mount.fuse pass and that layerfs does not need. */
+const KNOWN_IGNORED = new Set([
+  'rw', 'ro', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'auto', 'noauto', 'user', 'nouser', 'users',
+  'atime', 'noatime', 'relatime', 'strictatime', 'diratime', 'nodiratime', 'sync', 'async', 'defaults', '_netdev',
+  'fsync', 'squash_to_root', 'squash_to_uid', 'squash_to_gid', 'static_nlink', 'noacl', 'xino', 'index',
+  'redirect_dir', 'metacopy', 'volatile', 'threaded', 'plugins', 'uidmapping', 'gidmapping', 'timeout',
+  'context', 'fscontext', 'defcontext', 'rootcontext', 'allow_other', 'allow_root', 'default_permissions',
+])
+
+/** Splits one -o argument at commas not escaped by a backslash. */
+export function splitOptions(arg: string): string[] {
+  const out: string[] = []
+  let cur = ''
+  for (let i = 0; i < arg.length; i++) {
+    const c = arg[i]
+    if (c === '\\' && i + 1 < arg.length) cur += arg[++i]
+    else if (c === ',') { out.push(cur); cur = '' }
+    else cur += c
+  }
+  out.push(cur)
+  return out
+}
+
+function parseOptionList(args: readonly string[]): Map<string, string | true> {
+  const opts = new Map<string, string | true>()
+  for (const arg of args) {
+    for (const item of splitOptions(arg)) {
+      if (item === '') continue
+      const eq = item.indexOf('=')
+      if (eq === 0) throw new UserError(`bad option syntax: '${item}' (expected NAME or NAME=VALUE)`)
+      if (eq < 0) opts.set(item, true)
+      else opts.set(item.slice(0, eq), item.slice(eq + 1))
+    }
+  }
+  return opts
+}
+
+function pathOption(opts: Map<string, string | true>, name: string, cwd: string): string | null {
+  const v = opts.get(name)
+  if (v === undefined) return null
+  if (v === true || v === '') throw new UserError(`bad option syntax: ${name} needs a value (${name}=PATH)`)
+  return resolve(cwd, v)
+}
+
+/**
+ * Parses the command line in all the forms existing tools use:
+ *   layerfs mount [-f] -o lowerdir=TOP:...:BASE MOUNTPOINT      (ours)
+ *   layerfs [-f] -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT  (as fuse-overlayfs is called)
+ *   layerfs SOURCE MOUNTPOINT -o OPTS                             (mount.fuse, mount -t fuse.layerfs)
+ *   layerfs umount MOUNTPOINT
+ */
+export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): Command {
+  const args = [...argv]
+  if (args[0] === 'umount' || args[0] === 'unmount') {
+    if (args.length !== 2) throw new UserError('usage: layerfs umount MOUNTPOINT')
+    return { kind: 'umount', mountpoint: resolve(cwd, args[1]) }
+  }
+  if (args[0] === 'mount') args.shift()
+  const positional: string[] = []
+  const optionArgs: string[] = []
+  let foreground = false
+  let debug = false
+  let quiet = false
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]
+    if (a === '-o') {
+      if (i + 1 >= args.length) throw new UserError('bad option syntax: -o needs an option list')
+      optionArgs.push(args[++i])
+    } else if (a.startsWith('-o') && a.length > 2) optionArgs.push(a.slice(2))
+    else if (a === '-f' || a === '--foreground') foreground = true
+    else if (a === '-d' || a === '--debug') { debug = true; foreground = true }
+    else if (a === '-q' || a === '--quiet') quiet = true
+    else if (a === '-h' || a === '--help') return { kind: 'help' }
+    else if (a === '-V' || a === '--version') return { kind: 'version' }
+    else if (a === '-s' || a === '-n' || a === '-v') log.cli('ignoring flag %s', a) // mount.fuse / fuse-overlayfs habits
+    else if (a === '--') positional.push(...args.slice(i + 1)), (i = args.length)
+    else if (a.startsWith('-') && a !== '-') throw new UserError(`unknown flag '${a}' (see layerfs --help)`)
+    else positional.push(a)
+  }
+  if (positional.length === 0) throw new UserError('missing MOUNTPOINT (see layerfs --help)')
+  if (positional.length > 2) throw new UserError(`too many arguments: ${positional.slice(2).join(' ')}`)
+  const opts = parseOptionList(optionArgs)
+  const mountpoint = resolve(cwd, positional[positional.length - 1])
+  const source = positional.length === 2 ? positional[0] : null
+  if (source !== null && /^(docker-archive|oci|oci-archive|docker):/.test(source)) {
+    throw new UserError(`image references (${source.split(':')[0]}:) are not supported by this version; give the layers with -o lowerdir=`)
+  }
+  const lowerOpt = opts.get('lowerdir')
+  if (lowerOpt === undefined) throw new UserError('missing -o lowerdir=TOP:...:BASE')
+  if (lowerOpt === true || lowerOpt === '') throw new UserError('bad option syntax: lowerdir needs a value (lowerdir=TOP:...:BASE)')
+  // fuse-overlayfs and the kernel allow '\:' for a colon inside a path; '::' appears in newer kernels' data-only lowers
+  const lowers = lowerOpt.split(/(?<!\\):+/).map((p) => p.replace(/\\:/g, ':'))
+  if (lowers.some((p) => p === '')) throw new UserError('bad option syntax: empty path in lowerdir')
+  const upper = pathOption(opts, 'upperdir', cwd)
+  const work = pathOption(opts, 'workdir', cwd)
+  const logOpt = opts.get('log')
+  for (const [k, v] of opts) {
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug'].includes(k)) continue
+    log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
+  }
+  const fsnameOpt = opts.get('fsname')
+  return {
+    kind: 'mount',
+    request: {
+      mountpoint,
+      lowers: lowers.map((p) => resolve(cwd, p)),
+      upper, work,
+      fsname: typeof fsnameOpt === 'string' ? fsnameOpt : source ?? 'layerfs',
+      foreground,
+      debug: debug || opts.has('debug'),
+      quiet,
+      logFile: typeof logOpt === 'string' ? resolve(cwd, logOpt) : env.LAYERFS_LOG ? resolve(cwd, env.LAYERFS_LOG) : null,
+    },
+  }
+}

@@ -1,0 +1,53 @@
+// Paths inside the filesystem are '/'-rooted "byte strings": one char per byte (latin1), so that any
+// name a tar or a directory holds, valid UTF-8 or not, round-trips unchanged through FUSE.
+
+/** The parent of a normalised path ('/' for top-level names and for '/'). */
+export function parentOf(path: string): string {
+  const i = path.lastIndexOf('/')
+  return i <= 0 ? '/' : path.slice(0, i)
+}
+
+/** The last component of a normalised path ('' for '/'). */
+export function baseOf(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1)
+}
+
+export function joinPath(dir: string, name: string): string {
+  return dir === '/' ? '/' + name : dir + '/' + name
+}
+
+/** Every proper ancestor of a normalised path, nearest first, ending with '/'. */
+export function ancestorsOf(path: string): string[] {
+  const out: string[] = []
+  let p = path
+  while (p !== '/') {
+    p = parentOf(p)
+    out.push(p)
+  }
+  return out
+}
+
+/**
+ * Normalises a member name from an archive: leading '/' and './' dropped, '.' and empty components
+ * removed, trailing '/' dropped. Returns null for a name with a '..' component: like GNU tar, such
+ * members are skipped so that nothing reaches outside the layer's root.
+ */
+export function normaliseMemberName(name: string): string | null {
+  const parts: string[] = []
+  for (const part of name.split('/')) {
+    if (part === '' || part === '.') continue
+    if (part === '..') return null
+    parts.push(part)
+  }
+  return '/' + parts.join('/')
+}
+
+/** A byte-string path as the user reads it (UTF-8 where valid). */
+export function displayPath(path: string): string {
+  return Buffer.from(path, 'latin1').toString('utf8')
+}
+
+/** A byte-string path as Node's fs takes it. */
+export function fsPath(root: string, path: string): Buffer {
+  return Buffer.concat([Buffer.from(root, 'utf8'), Buffer.from(path === '/' ? '' : path, 'latin1')])
+}

@@ -1,0 +1,76 @@
+import { createHash } from 'node:crypto'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+// Where a daemon says who it is (pid, mountpoint, layers), and what the kernel says is mounted.
+
+export interface MountRecord {
+  readonly pid: number
+  readonly mountpoint: string
+  readonly lowers: readonly string[]
+  readonly startedAt: string
+}
+
+export function runtimeDir(): string {
+  if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'layerfs')
+  return process.getuid?.() === 0 ? '/run/layerfs' : join(tmpdir(), `layerfs-${process.getuid?.() ?? 'user'}`)
+}
+
+function recordPath(mountpoint: string): string {
+  return join(runtimeDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
+}
+
+export async function writeRecord(rec: MountRecord): Promise<void> {
+  await mkdir(runtimeDir(), { recursive: true, mode: 0o700 })
+  await writeFile(recordPath(rec.mountpoint), JSON.stringify(rec) + '\n')
+}
+
+export async function readRecord(mountpoint: string): Promise<MountRecord | null> {
+  try {
+    return JSON.parse(await readFile(recordPath(mountpoint), 'utf8')) as MountRecord
+  } catch {
+    return null
+  }
+}
+
+export async function removeRecord(mountpoint: string): Promise<void> {
+  await rm(recordPath(mountpoint), { force: true })
+}
+
+export interface MountInfo {
+  readonly id: number
+  readonly mountpoint: string
+  readonly fstype: string
+  readonly source: string
+}
+
+/** Undoes mountinfo's octal escapes (\040 space, \011 tab, \012 newline, \134 backslash). */
+function unescape(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+}
+
+export async function mounts(): Promise<MountInfo[]> {
+  const text = await readFile('/proc/self/mountinfo', 'latin1')
+  const out: MountInfo[] = []
+  for (const line of text.split('\n')) {
+    if (!line) continue
+    const fields = line.split(' ')
+    const dash = fields.indexOf('-')
+    if (dash < 0) continue
+    out.push({
+      id: Number(fields[0]),
+      mountpoint: Buffer.from(unescape(fields[4]), 'latin1').toString('utf8'),
+      fstype: fields[dash + 1],
+      source: unescape(fields[dash + 2] ?? ''),
+    })
+  }
+  return out
+}
+
+/** The topmost mount at exactly this path, if any. */
+export async function mountAt(path: string): Promise<MountInfo | undefined> {
+  const all = await mounts()
+  for (let i = all.length - 1; i >= 0; i--) if (all[i].mountpoint === path) return all[i]
+  return undefined
+}

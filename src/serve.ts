@@ -1,0 +1,139 @@
+import { constants as C } from 'node:fs'
+import { access, open, realpath, stat } from 'node:fs/promises'
+import type { Layer } from './layer/layer'
+import { DirLayer } from './layer/dir-layer'
+import { TarLayer } from './layer/tar-layer'
+import { Union } from './union/union'
+import { LayerFs } from './core/layerfs'
+import { mountFuse, type FuseMount } from './fuse/adapter'
+import { UserError, isErrno } from './errors'
+import type { MountRequest } from './options'
+import type { Progress } from './progress'
+import { mountAt, mounts, removeRecord, writeRecord } from './runtime'
+import { log } from './log'
+
+export interface ServeHooks {
+  /** A progress bar for one long step. */
+  progress(label: string): Progress
+}
+
+/** A live mount. `ended` settles when it is gone (unmounted by us or by `umount`). */
+export interface Served {
+  readonly ended: Promise<void>
+  stop(): Promise<void>
+}
+
+/** Checks what the kernel needs before any layer is read: /dev/fuse and a free mountpoint. */
+export async function preflight(req: MountRequest): Promise<string> {
+  try {
+    await access('/dev/fuse', C.R_OK | C.W_OK)
+  } catch (err) {
+    throw new UserError(isErrno(err, 'ENOENT') ? 'no /dev/fuse: this kernel or container has no FUSE device'
+      : '/dev/fuse: permission denied (it must be readable and writable by this user)')
+  }
+  let st
+  try {
+    st = await stat(req.mountpoint)
+  } catch (err) {
+    throw new UserError(`mountpoint ${req.mountpoint}: ${isErrno(err, 'ENOENT') ? 'does not exist' : (err as Error).message}`)
+  }
+  if (!st.isDirectory()) throw new UserError(`mountpoint ${req.mountpoint}: not a directory`)
+  const real = await realpath(req.mountpoint)
+  if (await mountAt(real)) throw new UserError(`mountpoint ${req.mountpoint}: busy (something is already mounted there)`)
+  if (req.upper !== null || req.work !== null) {
+    throw new UserError('upperdir/workdir: writable mounts are not supported by this version yet')
+  }
+  return real
+}
+
+const GZIP = Buffer.from([0x1f, 0x8b])
+const ZSTD = Buffer.from([0x28, 0xb5, 0x2f, 0xfd])
+
+/** Opens one lower: a directory, or a file that must be an uncompressed tar. */
+export async function openLayer(path: string, hooks: ServeHooks): Promise<Layer> {
+  let st
+  try {
+    st = await stat(path)
+  } catch (err) {
+    throw new UserError(`layer ${path}: ${isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message}`)
+  }
+  if (st.isDirectory()) return DirLayer.open(path)
+  if (!st.isFile()) throw new UserError(`layer ${path}: neither a directory nor a tar file`)
+  const head = Buffer.alloc(4)
+  try {
+    const fh = await open(path, 'r')
+    try {
+      await fh.read(head, 0, 4, 0)
+    } finally {
+      await fh.close()
+    }
+  } catch (err) {
+    throw new UserError(`layer ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
+  }
+  if (head.subarray(0, 2).equals(GZIP)) throw new UserError(`layer ${path}: gzip-compressed layers are not supported by this version yet`)
+  if (head.equals(ZSTD)) throw new UserError(`layer ${path}: zstd-compressed layers are not supported by this version yet`)
+  const bar = hooks.progress(`indexing ${path}`)
+  try {
+    return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total) })
+  } finally {
+    bar.finish()
+  }
+}
+
+export async function openLayers(paths: readonly string[], hooks: ServeHooks): Promise<Layer[]> {
+  const layers: Layer[] = []
+  try {
+    for (const p of paths) layers.push(await openLayer(p, hooks))
+    return layers
+  } catch (err) {
+    await Promise.all(layers.map((l) => l.close().catch(() => undefined)))
+    throw err
+  }
+}
+
+/** Opens the layers, mounts, and keeps serving until unmounted. */
+export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Served> {
+  const mountpoint = await preflight(req)
+  const layers = await openLayers(req.lowers, hooks)
+  const fs = new LayerFs(new Union(layers))
+  let fuse: FuseMount
+  try {
+    fuse = await mountFuse(fs, mountpoint, {
+      fsname: req.fsname, readOnly: true, allowOther: process.getuid?.() === 0, cacheSeconds: 86400, debug: req.debug,
+    })
+  } catch (err) {
+    await fs.close()
+    throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
+  }
+  const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
+  await writeRecord({ pid: process.pid, mountpoint, lowers: req.lowers, startedAt: new Date().toISOString() })
+  log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, layers.length)
+
+  let finish!: () => void
+  const ended = new Promise<void>((resolve) => (finish = resolve))
+  let stopping = false
+  const cleanUp = async (): Promise<void> => {
+    clearInterval(watch)
+    await fs.close().catch(() => undefined)
+    await removeRecord(mountpoint).catch(() => undefined)
+    finish()
+  }
+  // `umount MNT` ends the FUSE session without telling the binding: notice the mount is gone
+  const watch = setInterval(() => {
+    mounts().then((all) => {
+      if (stopping || !mine || all.some((m) => m.id === mine.id)) return
+      stopping = true
+      log.mount('%s was unmounted', mountpoint)
+      void cleanUp()
+    }, () => undefined)
+  }, 250)
+  return {
+    ended,
+    stop: async () => {
+      if (stopping) return ended
+      stopping = true
+      await fuse.unmount().catch((err: Error) => log.mount('unmount: %s', err.message))
+      await cleanUp()
+    },
+  }
+}

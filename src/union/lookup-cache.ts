@@ -1,0 +1,47 @@
+import { LRUCache } from 'lru-cache'
+
+/**
+ * A bounded cache of resolved lookups by path. It holds the promise of a resolution so that
+ * concurrent lookups of one path share the work; a failed resolution is dropped, not cached.
+ * "Absent" is a resolved null (lru-cache cannot hold undefined, and null says it plainly).
+ */
+export class LookupCache<T extends object> {
+  private readonly lru: LRUCache<string, Promise<T | null>>
+  hits = 0
+  misses = 0
+
+  constructor(max: number) {
+    this.lru = new LRUCache({ max })
+  }
+
+  get(path: string, resolve: () => Promise<T | null>): Promise<T | null> {
+    const cached = this.lru.get(path)
+    if (cached) {
+      this.hits++
+      return cached
+    }
+    this.misses++
+    const pending = resolve()
+    this.lru.set(path, pending)
+    pending.catch(() => {
+      if (this.lru.peek(path) === pending) this.lru.delete(path)
+    })
+    return pending
+  }
+
+  /** Primes the cache with a value known without a lookup (from a directory listing). */
+  prime(path: string, value: T): void {
+    if (!this.lru.has(path)) this.lru.set(path, Promise.resolve(value))
+  }
+
+  /** Forgets a path and everything below it (a write changed what they resolve to). */
+  invalidate(path: string): void {
+    this.lru.delete(path)
+    const prefix = path === '/' ? '/' : path + '/'
+    for (const key of this.lru.keys()) if (key.startsWith(prefix)) this.lru.delete(key)
+  }
+
+  get size(): number {
+    return this.lru.size
+  }
+}

@@ -1,0 +1,116 @@
+import type { Entry, Layer } from '../layer/layer'
+import { Errno, FsError } from '../errors'
+import { joinPath, parentOf } from '../paths'
+import { LookupCache } from './lookup-cache'
+
+/** One layer's part in a resolved path. */
+export interface Part {
+  /** Position in the stack, 0 = topmost. */
+  readonly layer: number
+  readonly entry: Entry
+}
+
+/** What a path is in the merged view. */
+export interface Resolved {
+  readonly path: string
+  /** The entry shown: the topmost part. */
+  readonly top: Part
+  /** For a directory, every layer whose directory merges into it, topmost first; otherwise [top]. */
+  readonly parts: readonly Part[]
+  /** The inode number shown, stable per (layer position, entry). */
+  readonly ino: number
+}
+
+export interface MergedEntry {
+  readonly name: string
+  readonly part: Part
+  readonly ino: number
+}
+
+/** Per-layer inode spaces: layer entries' ino stays below this (see DirLayer, TarLayer). */
+const INO_SPACE = 2 ** 40
+export const ROOT_INO = 1
+
+/**
+ * The merged view of a layer stack, by kernel overlayfs's rules: topmost first; a whiteout or a
+ * non-directory ends the descent; a directory merges with the directories below it unless opaque.
+ */
+export class Union {
+  private readonly cache: LookupCache<Resolved>
+
+  constructor(readonly layers: readonly Layer[], opts: { cacheSize?: number } = {}) {
+    if (layers.length === 0) throw new Error('a union needs at least one layer')
+    if (layers.length >= 8192) throw new Error('too many layers')
+    this.cache = new LookupCache(opts.cacheSize ?? 100_000)
+  }
+
+  inoOf(part: Part, path: string): number {
+    return path === '/' ? ROOT_INO : (part.layer + 1) * INO_SPACE + part.entry.ino
+  }
+
+  /** The merged entry at `path`, or null when the merged view has none. */
+  resolve(path: string): Promise<Resolved | null> {
+    return this.cache.get(path, () => this.resolveUncached(path))
+  }
+
+  private async resolveUncached(path: string): Promise<Resolved | null> {
+    // the layers that can hold the path: all for the root, else those whose parent directory merges
+    let candidates: readonly number[]
+    if (path === '/') {
+      candidates = this.layers.map((_, layer) => layer)
+    } else {
+      const parent = await this.resolve(parentOf(path))
+      if (!parent || parent.top.entry.kind !== 'dir') return null
+      candidates = parent.parts.map((p) => p.layer)
+    }
+    const parts: Part[] = []
+    for (const layer of candidates) {
+      const found = await this.layers[layer].lookup(path)
+      const entry = found.entry
+      if (entry) {
+        if (parts.length > 0 && entry.kind !== 'dir') break // a lower non-directory ends the merge
+        parts.push({ layer, entry })
+        if (entry.kind !== 'dir' || entry.opaque) break
+      }
+      if (found.whiteout) break
+    }
+    if (parts.length === 0) return null
+    return { path, top: parts[0], parts, ino: this.inoOf(parts[0], path) }
+  }
+
+  /** The merged listing of a directory (without '.' and '..'). */
+  async readdir(path: string): Promise<MergedEntry[]> {
+    const dir = await this.resolve(path)
+    if (!dir) throw new FsError(Errno.ENOENT, 'no such directory', path)
+    if (dir.top.entry.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory', path)
+    const out = new Map<string, MergedEntry>()
+    const hidden = new Set<string>()
+    for (const { layer } of dir.parts) {
+      const listing = await this.layers[layer].readdir(path)
+      for (const [name, entry] of listing.entries) {
+        if (out.has(name) || hidden.has(name)) continue
+        const part = { layer, entry }
+        const child = joinPath(path, name)
+        out.set(name, { name, part, ino: this.inoOf(part, child) })
+        // a non-directory resolves to this one part whatever lies below: known without a lookup
+        if (entry.kind !== 'dir') this.cache.prime(child, { path: child, top: part, parts: [part], ino: this.inoOf(part, child) })
+      }
+      // a layer's whiteouts hide names of the layers below it, never its own
+      for (const name of listing.whiteouts) hidden.add(name)
+    }
+    return [...out.values()]
+  }
+
+  /** Forgets cached resolutions at and below `path`. */
+  invalidate(path: string): void {
+    this.cache.invalidate(path)
+  }
+
+  get cacheStats(): { hits: number; misses: number; size: number } {
+    return { hits: this.cache.hits, misses: this.cache.misses, size: this.cache.size }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.layers.map((l) => l.close()))
+  }
+}
