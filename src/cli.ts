@@ -3,7 +3,7 @@ import { createWriteStream, writeSync } from 'node:fs'
 import { readFile, realpath } from 'node:fs/promises'
 import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
-import { serve, type ServeHooks } from './serve'
+import type { ServeHooks } from './serve'
 import { silentProgress, terminalProgress } from './progress'
 import { mountAt, readRecord } from './runtime'
 import { log, redirectLog } from './log'
@@ -37,6 +37,7 @@ function hooksFor(stderrIsTty: boolean, quiet: boolean): ServeHooks {
 }
 
 async function runForeground(req: MountRequest): Promise<void> {
+  const { serve } = await import('./serve') // loaded only where it serves: the launcher stays quick
   const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet))
   const stop = (): void => void served.stop()
   process.once('SIGINT', stop)
@@ -95,6 +96,7 @@ async function runDaemon(encoded: string): Promise<void> {
   process.stderr.on('error', () => undefined)
   let served
   try {
+    const { serve } = await import('./serve')
     served = await serve(req, hooksFor(process.env.LAYERFS_PROGRESS === 'tty', req.quiet))
   } catch (err) {
     tell({ error: err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message}` })

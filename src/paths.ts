@@ -33,6 +33,12 @@ export function ancestorsOf(path: string): string[] {
  * members are skipped so that nothing reaches outside the layer's root.
  */
 export function normaliseMemberName(name: string): string | null {
+  // fast path for what tools write: "a/b", "./a/b", "a/b/"
+  let s = name.startsWith('./') ? name.slice(2) : name
+  if (s.endsWith('/')) s = s.slice(0, -1)
+  if (s !== '' && s[0] !== '/' && s.indexOf('//') < 0 && s.indexOf('./') < 0 && !s.endsWith('/.') && !s.endsWith('/..') && s !== '.' && s !== '..') {
+    return '/' + s
+  }
   const parts: string[] = []
   for (const part of name.split('/')) {
     if (part === '' || part === '.') continue

@@ -3,12 +3,13 @@ import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'no
 import { close } from 'node:fs'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup } from './layer'
 import { isOverlayXattr } from './layer'
-import { TarIndexBuilder, type TarEntry, type TarIndexData } from './tar-index'
+import { TarIndexBuilder } from './tar-index-builder'
+import { FLAG_WHITEOUT, KIND_CODES, type DataLocation, type TarEntry, TarIndex } from './tar-index'
 import { scanTar } from './tar-scan'
 import { TarFormatError } from './tar-headers'
 import { indexPathFor, loadIndex, saveIndex, type ArchiveIdentity } from './index-file'
 import { FsError, Errno, UserError } from '../errors'
-import { baseOf, displayPath, parentOf } from '../paths'
+import { displayPath } from '../paths'
 import { log } from '../log'
 
 export interface TarLayerOptions {
@@ -19,35 +20,15 @@ export interface TarLayerOptions {
 }
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
+const WHITEOUT_ONLY: LayerLookup = { entry: null, whiteout: true }
 
 /** An uncompressed tar served in place: an index of its members, then positional reads of their bytes. */
 export class TarLayer implements Layer {
   readonly kind = 'tar'
-  private readonly byPath = new Map<string, TarEntry>()
-  private readonly children = new Map<string, TarEntry[]>()
-  private readonly hidden = new Map<string, Set<string>>()
-  private readonly whiteoutPaths: Set<string>
-  /** Whether the index came from the cache (for messages and tests). */
-  readonly fromCache: boolean
 
-  private constructor(readonly source: string, private readonly fd: number, data: TarIndexData, fromCache: boolean) {
-    this.fromCache = fromCache
-    for (const e of data.entries) this.byPath.set(e.path, e)
-    for (const e of data.entries) {
-      if (e.path === '/') continue
-      const parent = parentOf(e.path)
-      let list = this.children.get(parent)
-      if (!list) this.children.set(parent, (list = []))
-      list.push(e)
-    }
-    this.whiteoutPaths = new Set(data.whiteouts)
-    for (const p of data.whiteouts) {
-      const dir = parentOf(p)
-      let set = this.hidden.get(dir)
-      if (!set) this.hidden.set(dir, (set = new Set()))
-      set.add(baseOf(p))
-    }
-  }
+  private constructor(readonly source: string, private readonly fd: number, readonly index: TarIndex,
+    /** Whether the index came from the cache (for messages and tests). */
+    readonly fromCache: boolean, private readonly saving: Promise<void>) {}
 
   /** Opens and indexes (or reloads the index of) a tar; throws UserError naming the file on bad input. */
   static async open(source: string, opts: TarLayerOptions = {}): Promise<TarLayer> {
@@ -63,79 +44,90 @@ export class TarLayer implements Layer {
       const identity = identityOf(realpathSync(source), fd, st)
       const persist = opts.persistIndex !== false
       const indexFile = indexPathFor(identity.path)
-      let data = persist ? await loadIndex(indexFile, identity) : null
-      const fromCache = data !== null
-      if (!data) {
-        data = buildIndex(source, fd, Number(st.size), { sec: Number(st.mtimeMs / 1000n), nsec: 0 }, opts.onProgress)
-        if (persist) {
-          await saveIndex(indexFile, identity, data).catch((err: Error) => log.index('could not save index %s: %s', indexFile, err.message))
-        }
+      let index = persist ? loadIndex(indexFile, identity) : null
+      const fromCache = index !== null
+      let saving = Promise.resolve()
+      if (!index) {
+        index = buildIndex(source, fd, Number(st.size), { sec: Number(st.mtimeMs / 1000n), nsec: 0 }, opts.onProgress)
+        // written in the background: the mount need not wait for it
+        if (persist) saving = saveIndex(indexFile, identity, index).catch((err: Error) => log.index('could not save index %s: %s', indexFile, err.message))
       }
-      log.tar('%s: %d entries, %d whiteouts (%s)', source, data.entries.length, data.whiteouts.length, fromCache ? 'cached index' : 'indexed')
-      return new TarLayer(source, fd, data, fromCache)
+      log.tar('%s: %d records (%s)', source, index.count, fromCache ? 'cached index' : 'indexed')
+      return new TarLayer(source, fd, index, fromCache, saving)
     } catch (err) {
       closeSync(fd)
       throw err
     }
   }
 
-  get entryCount(): number {
-    return this.byPath.size
+  /** Resolves when the index is on disk (or failed to get there). */
+  saved(): Promise<void> {
+    return this.saving
   }
 
   async lookup(path: string): Promise<LayerLookup> {
-    return this.lookupSync(path)
-  }
-
-  lookupSync(path: string): LayerLookup {
-    const entry = this.byPath.get(path) ?? null
-    const whiteout = this.whiteoutPaths.size > 0 && this.whiteoutPaths.has(path)
-    return entry === null && !whiteout ? NOTHING : { entry, whiteout }
+    const rec = this.index.find(path)
+    if (rec < 0) return NOTHING
+    const entry = this.index.entry(rec)
+    const whiteout = (this.index.flags(rec) & FLAG_WHITEOUT) !== 0
+    if (!entry) return whiteout ? WHITEOUT_ONLY : NOTHING
+    return { entry, whiteout }
   }
 
   async readdir(path: string): Promise<DirListing> {
-    const dir = this.byPath.get(path)
-    if (!dir || dir.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory in this layer', path)
+    const rec = this.index.find(path)
+    if (rec < 0 || this.index.kindCode(rec) !== KIND_CODES.indexOf('dir')) throw new FsError(Errno.ENOTDIR, 'not a directory in this layer', path)
     const entries = new Map<string, Entry>()
-    for (const e of this.children.get(path) ?? []) entries.set(baseOf(e.path), e)
-    return { entries, whiteouts: this.hidden.get(path) ?? EMPTY_SET }
+    const whiteouts = new Set<string>()
+    const [first, end] = this.index.children(rec)
+    for (let c = first; c < end; c++) {
+      const name = this.index.name(c)
+      const entry = this.index.entry(c)
+      if (entry) entries.set(name, entry)
+      if (this.index.flags(c) & FLAG_WHITEOUT) whiteouts.add(name)
+    }
+    return { entries, whiteouts }
+  }
+
+  private recordOf(entry: Entry): number {
+    return (entry as TarEntry).record
   }
 
   async open(path: string, entry: Entry): Promise<LayerFile> {
-    const e = this.byPath.get(path)
-    if (!e || e !== entry || e.kind !== 'file') throw new FsError(Errno.ENOENT, 'no such file in this layer', path)
-    return new TarFile(this.fd, e)
+    if (entry.kind !== 'file') throw new FsError(Errno.EINVAL, 'not a regular file', path)
+    return new TarFile(this.fd, entry.size, this.index.location(this.recordOf(entry)))
   }
 
   async readlink(path: string, entry: Entry): Promise<string> {
-    const e = this.byPath.get(path)
-    if (!e || e !== entry || e.target === null) throw new FsError(Errno.EINVAL, 'not a symlink', path)
-    return e.target
+    const target = entry.kind === 'symlink' ? this.index.target(this.recordOf(entry)) : null
+    if (target === null) throw new FsError(Errno.EINVAL, 'not a symlink', path)
+    return target
   }
 
-  async listXattrs(path: string): Promise<string[]> {
-    const x = this.byPath.get(path)?.xattrs
+  async listXattrs(_path: string, entry: Entry): Promise<string[]> {
+    const x = this.index.xattrs(this.recordOf(entry))
     return x ? [...x.keys()].filter((k) => !isOverlayXattr(k)) : []
   }
 
-  async getXattr(path: string, _entry: Entry, name: string): Promise<Buffer | null> {
+  async getXattr(_path: string, entry: Entry, name: string): Promise<Buffer | null> {
     if (isOverlayXattr(name)) return null
-    return this.byPath.get(path)?.xattrs?.get(name) ?? null
+    return this.index.xattrs(this.recordOf(entry))?.get(name) ?? null
   }
 
   async close(): Promise<void> {
+    await this.saving
     await new Promise<void>((resolve) => close(this.fd, () => resolve()))
   }
 }
 
-const EMPTY_SET: ReadonlySet<string> = new Set()
 
 /** Reads of one file's bytes inside the archive; holes of sparse files read as zeros. */
 class TarFile implements LayerFile {
-  constructor(private readonly fd: number, private readonly entry: TarEntry) {}
+  constructor(private readonly fd: number, private readonly size: number, private readonly at: DataLocation) {}
 
   async read(buf: Buffer, length: number, position: number): Promise<number> {
-    const { size, sparse, dataOffset } = this.entry
+    const size = this.size
+    const { sparse, dataOffset } = this.at
     if (position >= size) return 0
     const n = Math.min(length, size - position)
     if (!sparse) return readFully(this.fd, buf, 0, n, dataOffset + position)
@@ -168,7 +160,7 @@ function readFully(fd: number, buf: Buffer, offset: number, length: number, posi
 }
 
 function buildIndex(source: string, fd: number, size: number, mtime: { sec: number; nsec: number },
-  onProgress?: (done: number, total: number) => void): TarIndexData {
+  onProgress?: (done: number, total: number) => void): TarIndex {
   const builder = new TarIndexBuilder(mtime)
   const t0 = Date.now()
   try {
@@ -177,9 +169,9 @@ function buildIndex(source: string, fd: number, size: number, mtime: { sec: numb
     if (err instanceof TarFormatError) throw new UserError(`${source}: ${err.message}`)
     throw err
   }
-  const data = builder.finish()
-  log.index('%s: indexed %d entries in %d ms', displayPath(source), data.entries.length, Date.now() - t0)
-  return data
+  const index = builder.finish()
+  log.index('%s: indexed %d records in %d ms', displayPath(source), index.count, Date.now() - t0)
+  return index
 }
 
 const SAMPLE = 64 << 10

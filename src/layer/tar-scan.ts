@@ -1,6 +1,6 @@
 import { readSync } from 'node:fs'
 import {
-  BLOCK, TarFormatError, checksumOk, isZeroBlock, parseGnuSparseBlock, parseHeader, parsePax, parsePaxTime,
+  BLOCK, TarFormatError, blockSum, checksumOk, isZeroBlock, parseGnuSparseBlock, parseHeader, parsePax, parsePaxTime,
   type PaxRecords, type PaxTime, type SparseMap,
 } from './tar-headers'
 
@@ -78,11 +78,12 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
     if (pos >= size) break // no end-of-archive blocks (umoci writes such layers): the members are complete
     const h = reader.get(pos, BLOCK)
     if (h.length < BLOCK) {
-      if (isZeroBlock(Buffer.concat([h, Buffer.alloc(BLOCK - h.length)]))) break
+      if (isZeroBlock(h)) break
       throw new TarFormatError(`truncated tar: partial header at offset ${pos}`, pos)
     }
-    if (isZeroBlock(h)) break // end of archive; whatever follows is not ours
-    if (!checksumOk(h)) {
+    const sum = blockSum(h)
+    if (sum === 0) break // end of archive; whatever follows is not ours
+    if (!checksumOk(h, sum)) {
       throw new TarFormatError(members === 0 && pos === 0 ? 'not a tar archive (no valid header at offset 0)'
         : `tar header with a bad checksum at offset ${pos}`, pos)
     }
@@ -105,7 +106,7 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
       continue
     }
 
-    const records = pax ? global.concat(pax) : global
+    const records = pax ? (global.length > 0 ? global.concat(pax) : pax) : global
     let name = longName ?? hdr.name
     let linkname = longLink ?? hdr.linkname
     let realSize = hdr.size
@@ -118,8 +119,8 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
     let sparse: SparseMap | null = null
     let sparseMajor = -1
     let sparseSize = -1
-    const sparseOffsets: number[] = []
-    const sparseLengths: number[] = []
+    let sparseOffsets: number[] | null = null
+    let sparseLengths: number[] | null = null
     let libarchiveXattrs: Map<string, Buffer> | null = null
 
     for (const [key, value] of records) {
@@ -138,11 +139,11 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
         case 'GNU.sparse.major': sparseMajor = Number(str()); break
         case 'GNU.sparse.name': name = str(); break
         case 'GNU.sparse.realsize': case 'GNU.sparse.size': sparseSize = Number(str()); break
-        case 'GNU.sparse.offset': sparseOffsets.push(Number(str())); break
-        case 'GNU.sparse.numbytes': sparseLengths.push(Number(str())); break
+        case 'GNU.sparse.offset': (sparseOffsets ??= []).push(Number(str())); break
+        case 'GNU.sparse.numbytes': (sparseLengths ??= []).push(Number(str())); break
         case 'GNU.sparse.map': {
           const nums = str().split(',').map(Number)
-          for (let i = 0; i + 1 < nums.length; i += 2) { sparseOffsets.push(nums[i]); sparseLengths.push(nums[i + 1]) }
+          for (let i = 0; i + 1 < nums.length; i += 2) { (sparseOffsets ??= []).push(nums[i]); (sparseLengths ??= []).push(nums[i + 1]) }
           break
         }
         default:
@@ -177,8 +178,9 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
       dataOffset += parsed.bytes
       storedSize -= parsed.bytes
       realSize = sparseSize >= 0 ? sparseSize : realSize
-    } else if (sparseOffsets.length > 0) {
-      sparse = sparseOffsets.map((o, i) => [o, sparseLengths[i] ?? 0] as [number, number])
+    } else if (sparseOffsets !== null) {
+      const lengths = sparseLengths ?? []
+      sparse = sparseOffsets.map((o, i) => [o, lengths[i] ?? 0] as [number, number])
       realSize = sparseSize >= 0 ? sparseSize : realSize
     }
 
