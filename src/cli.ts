@@ -1,11 +1,14 @@
 import { spawn, execFile } from 'node:child_process'
 import { createWriteStream, writeSync } from 'node:fs'
-import { readFile, realpath } from 'node:fs/promises'
+import { lstat, readFile, readdir, readlink, realpath } from 'node:fs/promises'
+import { basename } from 'node:path'
 import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
 import type { ServeHooks } from './serve'
 import { silentProgress, terminalProgress } from './progress'
 import { mountAt, readRecord } from './runtime'
+import { ask, type StatusAnswer, type WhichAnswer } from './control'
+import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 
 // The command line: the only place that talks to the user and picks exit codes.
@@ -15,6 +18,8 @@ const USAGE = `usage:
   layerfs [-f] -o lowerdir=TOP:...:BASE MOUNTPOINT          (as fuse-overlayfs is called)
   layerfs SOURCE MOUNTPOINT -o lowerdir=...                  (mount -t fuse.layerfs SOURCE MOUNTPOINT -o ...)
   layerfs umount MOUNTPOINT
+  layerfs tree MOUNTPOINT             the merged tree, with the layer serving each entry
+  layerfs status MOUNTPOINT [--json]  what the daemon serves: layers, lookups, bytes read
 
 Each lower is a directory (extracted layer, kernel-overlay form) or an uncompressed .tar read in
 place; the leftmost is the topmost. The mount is read-only. mount returns once the mount is live and
@@ -116,6 +121,62 @@ async function runDaemon(encoded: string): Promise<void> {
   process.exit(0)
 }
 
+const TYPE_CHARS: Record<number, string> = { 0o040000: 'd', 0o120000: 'l', 0o020000: 'c', 0o060000: 'b', 0o010000: 'p', 0o140000: 's' }
+
+function modeString(mode: number): string {
+  const rwx = (bits: number, special: boolean, ch: string): string =>
+    (bits & 4 ? 'r' : '-') + (bits & 2 ? 'w' : '-') + (special ? (bits & 1 ? ch : ch.toUpperCase()) : bits & 1 ? 'x' : '-')
+  return (TYPE_CHARS[mode & 0o170000] ?? '-') + rwx(mode >> 6, (mode & 0o4000) !== 0, 's')
+    + rwx(mode >> 3, (mode & 0o2000) !== 0, 's') + rwx(mode, (mode & 0o1000) !== 0, 't')
+}
+
+/** Walks the mount (through FUSE, as any program would) and asks the daemon which layer serves each entry. */
+async function tree(mountpoint: string): Promise<void> {
+  const real = await realpath(mountpoint).catch(() => mountpoint)
+  const m = await mountAt(real)
+  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
+  const found: Array<{ path: string; mode: number; target: string | null }> = []
+  const walk = async (rel: string): Promise<void> => {
+    const abs = Buffer.concat([Buffer.from(real), Buffer.from(rel === '/' ? '' : rel, 'latin1')])
+    const st = await lstat(abs)
+    found.push({ path: rel, mode: st.mode, target: st.isSymbolicLink() ? (await readlink(abs, { encoding: 'buffer' })).toString('latin1') : null })
+    if (!st.isDirectory()) return
+    const names = (await readdir(abs, { encoding: 'buffer' })).map((n) => n.toString('latin1')).sort()
+    for (const name of names) await walk(rel === '/' ? '/' + name : rel + '/' + name)
+  }
+  await walk('/')
+  const { layers } = await ask<WhichAnswer>(real, { op: 'which', paths: found.map((f) => f.path) })
+  const sources: string[] = []
+  for (const l of layers) if (l) sources[l.layer] = l.source
+  const width = Math.min(60, Math.max(...found.map((f) => displayPath(f.path).length + (f.target ? displayPath(f.target).length + 4 : 0))))
+  const lines = found.map((f, i) => {
+    const name = displayPath(f.path) + (f.target !== null ? ' -> ' + displayPath(f.target) : '')
+    const layer = layers[i]
+    const where = !layer ? '?' : layer.merged.length > 1
+      ? `[${layer.merged.join('+')}] merged: ${layer.merged.map((i) => basename(sources[i] ?? '?')).join(' + ')}`
+      : `[${layer.layer}] ${basename(layer.source)}`
+    return `${modeString(f.mode)}  ${name.padEnd(width)}  ${where}`
+  })
+  process.stdout.write(lines.join('\n') + '\n')
+}
+
+async function status(mountpoint: string, json: boolean): Promise<void> {
+  const real = await realpath(mountpoint).catch(() => mountpoint)
+  let st: StatusAnswer
+  try {
+    st = await ask<StatusAnswer>(real, { op: 'status' })
+  } catch (err) {
+    throw new UserError(`${mountpoint}: ${(err as Error).message}`)
+  }
+  if (json) {
+    process.stdout.write(JSON.stringify(st, null, 2) + '\n')
+    return
+  }
+  const out = [`mountpoint  ${st.mountpoint} (daemon pid ${st.pid})`, `lookups     ${st.lookups.hits} cached, ${st.lookups.misses} resolved, ${st.lookups.cached} in cache`, `open files  ${st.openFiles}`, 'layers (topmost first):']
+  st.layers.forEach((l, i) => out.push(`  [${i}] ${l.kind.padEnd(4)} ${l.source}  (${l.bytesRead} bytes read)`))
+  process.stdout.write(out.join('\n') + '\n')
+}
+
 function run(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => execFile(cmd, args, (err, _out, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve())))
 }
@@ -169,6 +230,10 @@ export async function main(argv: string[]): Promise<void> {
         return
       case 'umount':
         return await unmount(cmd.mountpoint)
+      case 'tree':
+        return await tree(cmd.mountpoint).catch((err: Error) => { throw err instanceof UserError ? err : new UserError(err.message) })
+      case 'status':
+        return await status(cmd.mountpoint, cmd.json)
       case 'mount':
         if (cmd.request.foreground) return await runForeground(cmd.request)
         return await runBackground(cmd.request)

@@ -21,6 +21,9 @@ export interface MountRequest {
 export type Command =
   | { readonly kind: 'mount'; readonly request: MountRequest }
   | { readonly kind: 'umount'; readonly mountpoint: string }
+  /** The merged tree of a live mount, with the layer serving each entry. */
+  | { readonly kind: 'tree'; readonly mountpoint: string }
+  | { readonly kind: 'status'; readonly mountpoint: string; readonly json: boolean }
   | { readonly kind: 'help' }
   | { readonly kind: 'version' }
 
@@ -74,12 +77,22 @@ function pathOption(opts: Map<string, string | true>, name: string, cwd: string)
  *   layerfs [-f] -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT  (as fuse-overlayfs is called)
  *   layerfs SOURCE MOUNTPOINT -o OPTS                             (mount.fuse, mount -t fuse.layerfs)
  *   layerfs umount MOUNTPOINT
+ *   layerfs tree MOUNTPOINT, layerfs status MOUNTPOINT [--json]
  */
 export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): Command {
   const args = [...argv]
   if (args[0] === 'umount' || args[0] === 'unmount') {
     if (args.length !== 2) throw new UserError('usage: layerfs umount MOUNTPOINT')
     return { kind: 'umount', mountpoint: resolve(cwd, args[1]) }
+  }
+  if (args[0] === 'tree') {
+    if (args.length !== 2) throw new UserError('usage: layerfs tree MOUNTPOINT')
+    return { kind: 'tree', mountpoint: resolve(cwd, args[1]) }
+  }
+  if (args[0] === 'status') {
+    const rest = args.slice(1).filter((a) => a !== '--json')
+    if (rest.length !== 1) throw new UserError('usage: layerfs status MOUNTPOINT [--json]')
+    return { kind: 'status', mountpoint: resolve(cwd, rest[0]), json: args.includes('--json') }
   }
   if (args[0] === 'mount') args.shift()
   const positional: string[] = []

@@ -1,5 +1,5 @@
 import { constants as C } from 'node:fs'
-import { access, open, realpath, stat } from 'node:fs/promises'
+import { access, open, realpath, rm, stat } from 'node:fs/promises'
 import type { Layer } from './layer/layer'
 import { DirLayer } from './layer/dir-layer'
 import { TarLayer } from './layer/tar-layer'
@@ -10,6 +10,7 @@ import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
 import { mountAt, mounts, removeRecord, writeRecord } from './runtime'
+import { listen, socketPath, type StatusAnswer, type WhichAnswer } from './control'
 import { log } from './log'
 
 export interface ServeHooks {
@@ -105,6 +106,22 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     await fs.close()
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
   }
+  const union = fs.union
+  const control = await listen(mountpoint, async (creq) => {
+    if (creq.op === 'which') {
+      const layers = await Promise.all(creq.paths.map(async (p) => {
+        const r = await union.resolve(p)
+        return r ? { layer: r.top.layer, source: union.layers[r.top.layer].source, merged: r.parts.map((x) => x.layer) } : null
+      }))
+      return { layers } satisfies WhichAnswer
+    }
+    return {
+      pid: process.pid, mountpoint,
+      layers: union.layers.map((l, i) => ({ source: l.source, kind: l.kind, bytesRead: fs.bytesRead[i] })),
+      lookups: { hits: union.cacheStats.hits, misses: union.cacheStats.misses, cached: union.cacheStats.size },
+      openFiles: fs.openFiles,
+    } satisfies StatusAnswer
+  })
   const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
   await writeRecord({ pid: process.pid, mountpoint, lowers: req.lowers, startedAt: new Date().toISOString() })
   log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, layers.length)
@@ -114,6 +131,8 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   let stopping = false
   const cleanUp = async (): Promise<void> => {
     clearInterval(watch)
+    control.close()
+    await rm(socketPath(mountpoint), { force: true }).catch(() => undefined)
     await fs.close().catch(() => undefined)
     await removeRecord(mountpoint).catch(() => undefined)
     finish()

@@ -51,7 +51,7 @@ export class LayerFs {
   /** Bytes served, per layer position. */
   readonly bytesRead: number[]
 
-  constructor(private readonly union: Union) {
+  constructor(readonly union: Union) {
     this.bytesRead = union.layers.map(() => 0)
   }
 

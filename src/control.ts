@@ -1,0 +1,86 @@
+import { createServer, createConnection, type Server } from 'node:net'
+import { rm } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
+import { runtimeDir } from './runtime'
+import { log } from './log'
+
+// The daemon's control socket: the CLI asks a live mount what it serves (`layerfs tree`, status).
+// One JSON request per connection, one JSON answer.
+
+export type ControlRequest =
+  | { readonly op: 'which'; readonly paths: readonly string[] }
+  | { readonly op: 'status' }
+
+export interface WhichAnswer {
+  /** Per path: the layer position that serves it (0 = topmost), its source, and for a directory every layer merged into it; null if absent. */
+  readonly layers: ReadonlyArray<{ readonly layer: number; readonly source: string; readonly merged: readonly number[] } | null>
+}
+
+export interface StatusAnswer {
+  readonly pid: number
+  readonly mountpoint: string
+  readonly layers: ReadonlyArray<{ readonly source: string; readonly kind: string; readonly bytesRead: number }>
+  readonly lookups: { readonly hits: number; readonly misses: number; readonly cached: number }
+  readonly openFiles: number
+}
+
+export type ControlHandler = (req: ControlRequest) => Promise<unknown>
+
+export function socketPath(mountpoint: string): string {
+  return join(runtimeDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.sock')
+}
+
+export async function listen(mountpoint: string, handle: ControlHandler): Promise<Server> {
+  const path = socketPath(mountpoint)
+  await rm(path, { force: true })
+  const server = createServer((sock) => {
+    let buf = ''
+    sock.setEncoding('utf8')
+    sock.on('data', (chunk: string) => {
+      buf += chunk
+      const nl = buf.indexOf('\n')
+      if (nl < 0) return
+      let req: ControlRequest
+      try {
+        req = JSON.parse(buf.slice(0, nl)) as ControlRequest
+      } catch {
+        sock.end(JSON.stringify({ error: 'bad request' }) + '\n')
+        return
+      }
+      handle(req).then(
+        (answer) => sock.end(JSON.stringify({ answer }) + '\n'),
+        (err: Error) => sock.end(JSON.stringify({ error: err.message }) + '\n'),
+      )
+    })
+    sock.on('error', (err) => log.mount('control: %s', err.message))
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(path, () => resolve())
+  })
+  server.unref() // the mount keeps the daemon alive, not this socket
+  return server
+}
+
+/** Sends one request to the daemon serving `mountpoint`. */
+export function ask<T>(mountpoint: string, req: ControlRequest): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(socketPath(mountpoint))
+    let buf = ''
+    sock.setEncoding('utf8')
+    sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'))
+    sock.on('data', (chunk: string) => (buf += chunk))
+    sock.on('end', () => {
+      try {
+        const msg = JSON.parse(buf) as { answer?: T; error?: string }
+        if (msg.error !== undefined) reject(new Error(msg.error))
+        else resolve(msg.answer as T)
+      } catch {
+        reject(new Error('no answer from the daemon'))
+      }
+    })
+    sock.on('error', (err: NodeJS.ErrnoException) =>
+      reject(new Error(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'no layerfs daemon answers for this mountpoint' : err.message)))
+  })
+}
