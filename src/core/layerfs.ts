@@ -146,12 +146,12 @@ export class LayerFs {
     if (mode & C.W_OK) throw new FsError(Errno.EROFS, 'read-only filesystem', path)
   }
 
-  /** Filesystem figures of where the topmost layer lives. */
+  /** The figures of the filesystem holding the topmost layer, as kernel overlayfs reports them. */
   async statfs(): Promise<FsStats> {
     const s = await statfs(this.union.layers[0].source)
     return {
-      bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: 0, bavail: 0,
-      files: s.files, ffree: 0, favail: 0, namemax: 255,
+      bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
+      files: s.files, ffree: s.ffree, favail: s.ffree, namemax: 255,
     }
   }
 

@@ -29,11 +29,6 @@ export class LookupCache<T extends object> {
     return pending
   }
 
-  /** Primes the cache with a value known without a lookup (from a directory listing). */
-  prime(path: string, value: T): void {
-    if (!this.lru.has(path)) this.lru.set(path, Promise.resolve(value))
-  }
-
   /** Forgets a path and everything below it (a write changed what they resolve to). */
   invalidate(path: string): void {
     this.lru.delete(path)

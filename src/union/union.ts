@@ -90,10 +90,7 @@ export class Union {
       for (const [name, entry] of listing.entries) {
         if (out.has(name) || hidden.has(name)) continue
         const part = { layer, entry }
-        const child = joinPath(path, name)
-        out.set(name, { name, part, ino: this.inoOf(part, child) })
-        // a non-directory resolves to this one part whatever lies below: known without a lookup
-        if (entry.kind !== 'dir') this.cache.prime(child, { path: child, top: part, parts: [part], ino: this.inoOf(part, child) })
+        out.set(name, { name, part, ino: this.inoOf(part, joinPath(path, name)) })
       }
       // a layer's whiteouts hide names of the layers below it, never its own
       for (const name of listing.whiteouts) hidden.add(name)
