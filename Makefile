@@ -6,7 +6,7 @@ FIXTURE_PACKAGES := libarchive-tools umoci pigz
 
 .PHONY: build deps system-deps fixtures demo test test-unit test-mount clean
 
-build: system-deps node_modules/.installed node_modules/fuse-native/build/Release/fuse.node dist/.built
+build: system-deps node_modules/.installed native dist/.built
 
 # apt-get only when a package is missing (dpkg -s is quick)
 system-deps:
@@ -17,7 +17,8 @@ node_modules/.installed: package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'nodedir\|install-scripts' || true
 	@touch $@
 
-node_modules/fuse-native/build/Release/fuse.node: node_modules/.installed patches/fuse-native-2.2.6.patch scripts/build-native.sh
+.PHONY: native
+native: node_modules/.installed
 	@bash scripts/build-native.sh
 
 dist/.built: node_modules/.installed tsconfig.json $(shell find src test -name '*.ts' 2>/dev/null)

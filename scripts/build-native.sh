@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Patch fuse-native (latin1 names, 64-bit ino, nanosecond times; see native-notes/fuse-native.md)
-# and build it from source against the libfuse it ships. Idempotent: a stamp records the patch.
+# Build the native parts: fuse-native patched (latin1 names, 64-bit ino, nanosecond times; see
+# native-notes/fuse-native.md) against the libfuse it ships, and our own native/layerfs_sys addon.
+# Idempotent: a stamp records the patch; the addon is rebuilt when its source is newer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=node_modules/fuse-native
 patch_file=patches/fuse-native-2.2.6.patch
 stamp=$dir/.layerfs-patch.sha256
 want=$(sha256sum "$patch_file" | cut -d' ' -f1)
+gyp=$(dirname "$(readlink -f "$(command -v npm)")")/../node_modules/node-gyp/bin/node-gyp.js
+[[ -f $gyp ]] || gyp=$(npm root -g)/npm/node_modules/node-gyp/bin/node-gyp.js
+nodedir=$(npm config get nodedir 2>/dev/null || true)
+# build against the installed headers (no download): npm config, else the system's
+[[ -n $nodedir && $nodedir != undefined ]] || { [[ -f /usr/include/node/node_api.h ]] && nodedir=/usr; } || true
+
+addon=native/build/Release/layerfs_sys.node
+if [[ ! -f $addon || native/layerfs_sys.c -nt $addon || native/binding.gyp -nt $addon ]]; then
+  ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
+fi
+
 if [[ -f $stamp && $(cat "$stamp") == "$want" && -f $dir/build/Release/fuse.node ]]; then exit 0; fi
+# npm 11 leaves dependency install scripts off; fuse-native needs none of them: we build it here
 if [[ -f $stamp ]]; then
   echo "layerfs: fuse-native was patched by another patch version; reinstall it with 'npm ci'" >&2; exit 1
 fi
 patch -s -p1 -d "$dir" < "$patch_file"
-gyp=$(dirname "$(readlink -f "$(command -v npm)")")/../node_modules/node-gyp/bin/node-gyp.js
-[[ -f $gyp ]] || gyp=$(npm root -g)/npm/node_modules/node-gyp/bin/node-gyp.js
-nodedir=$(npm config get nodedir 2>/dev/null || true)
 ( cd "$dir" && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat "$dir/build.log" >&2; exit 1; }
 echo "$want" > "$stamp"

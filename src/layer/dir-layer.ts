@@ -1,12 +1,12 @@
 import { constants as C, type BigIntStats } from 'node:fs'
 import { lstat, open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import { getAttribute, listAttributes } from '@napi-rs/xattr'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { isOverlayXattr, kindOfMode } from './layer'
 import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
+import { sys } from '../sys'
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
 const INO_SPACE = 2 ** 40
@@ -53,7 +53,7 @@ export class DirLayer implements Layer {
     let opaque = false
     if (kind === 'dir') {
       const real = this.real(path)
-      for (const name of OPAQUE_XATTRS) if (isOpaqueValue(await xattrOrNull(real, name))) opaque = true
+      for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
       if (!opaque) opaque = (await lstatOrNull(fsPath(this.root, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
     }
     return {
@@ -114,18 +114,16 @@ export class DirLayer implements Layer {
     }
   }
 
-  async listXattrs(path: string, entry: Entry): Promise<string[]> {
-    // the binding follows symlinks, so a symlink's own attributes are out of its reach
-    if (entry.kind === 'symlink') return []
+  async listXattrs(path: string): Promise<string[]> {
     try {
-      return (await listAttributes(this.real(path).toString('utf8'))).filter((n) => !isOverlayXattr(n))
-    } catch {
-      return []
+      return sys.llistxattr(this.real(path)).filter((n) => !isOverlayXattr(n))
+    } catch (err) {
+      throw new FsError(errnoOf(err), 'cannot list extended attributes', path)
     }
   }
 
-  async getXattr(path: string, entry: Entry, name: string): Promise<Buffer | null> {
-    if (entry.kind === 'symlink' || isOverlayXattr(name)) return null
+  async getXattr(path: string, _entry: Entry, name: string): Promise<Buffer | null> {
+    if (isOverlayXattr(name)) return null
     return xattrOrNull(this.real(path), name)
   }
 
@@ -152,11 +150,10 @@ async function lstatOrNull(p: Buffer): Promise<BigIntStats | null> {
   }
 }
 
-async function xattrOrNull(p: Buffer, name: string): Promise<Buffer | null> {
+function xattrOrNull(p: Buffer, name: string): Buffer | null {
   try {
-    // the binding takes UTF-8 strings: names that are not valid UTF-8 cannot be reached
-    return await getAttribute(p.toString('utf8'), name)
-  } catch {
-    return null
+    return sys.lgetxattr(p, name)
+  } catch (err) {
+    throw new FsError(errnoOf(err), 'cannot read extended attribute', p.toString('latin1'))
   }
 }

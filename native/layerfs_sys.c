@@ -1,0 +1,224 @@
+// layerfs_sys: the system calls Node does not offer (xattrs without following symlinks, mknod,
+// nanosecond utimensat, renameat2), with paths as Buffers so that any name's bytes get through.
+// Synchronous: they touch local lower/upper directories, never our own mount.
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <sys/syscall.h>
+
+#define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
+
+// Throws an Error with .code = "EXXX" and .errno = -n, like Node's fs errors.
+static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  napi_value message, error, code, errnum;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, NULL, message, &error);
+  const char *name = NULL;
+  switch (err) {
+    case ENOENT: name = "ENOENT"; break; case EACCES: name = "EACCES"; break; case EPERM: name = "EPERM"; break;
+    case ENODATA: name = "ENODATA"; break; case ENOTSUP: name = "ENOTSUP"; break; case EEXIST: name = "EEXIST"; break;
+    case ENOTDIR: name = "ENOTDIR"; break; case EISDIR: name = "EISDIR"; break; case ERANGE: name = "ERANGE"; break;
+    case ENOSPC: name = "ENOSPC"; break; case EINVAL: name = "EINVAL"; break; case ENOTEMPTY: name = "ENOTEMPTY"; break;
+    case EXDEV: name = "EXDEV"; break; case E2BIG: name = "E2BIG"; break; case EROFS: name = "EROFS"; break;
+    case ELOOP: name = "ELOOP"; break; case ENAMETOOLONG: name = "ENAMETOOLONG"; break; case EBUSY: name = "EBUSY"; break;
+    default: name = "EIO";
+  }
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_int32(env, -err, &errnum);
+  napi_set_named_property(env, error, "code", code);
+  napi_set_named_property(env, error, "errno", errnum);
+  napi_throw(env, error);
+  return NULL;
+}
+
+// A Buffer argument as a NUL-terminated C string (malloc'd; caller frees).
+static char *path_arg(napi_env env, napi_value v) {
+  void *data; size_t len;
+  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "path must be a Buffer");
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  memcpy(s, data, len);
+  s[len] = 0;
+  return s;
+}
+
+static char *string_arg(napi_env env, napi_value v) {
+  size_t len;
+  if (napi_get_value_string_latin1(env, v, NULL, 0, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a string");
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  napi_get_value_string_latin1(env, v, s, len + 1, &len);
+  return s;
+}
+
+// lgetxattr(path: Buffer, name: string): Buffer | null (null: no such attribute)
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  char *name = string_arg(env, argv[1]); if (!name) { free(path); return NULL; }
+  napi_value result;
+  for (;;) {
+    ssize_t size = lgetxattr(path, name, NULL, 0);
+    if (size < 0) break;
+    void *data;
+    CHECK(napi_create_buffer(env, size, &data, &result));
+    ssize_t got = lgetxattr(path, name, data, size);
+    if (got < 0 && errno == ERANGE) continue; // grew in between
+    if (got < 0) break;
+    if (got < size) { napi_value sub; void *d2; napi_create_buffer_copy(env, got, data, &d2, &sub); result = sub; }
+    free(path); free(name);
+    return result;
+  }
+  int err = errno;
+  free(path); free(name);
+  if (err == ENODATA || err == ENOTSUP) { napi_get_null(env, &result); return result; }
+  return throw_errno(env, err, "lgetxattr");
+}
+
+// llistxattr(path: Buffer): string[] (latin1)
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  char *list = NULL;
+  ssize_t size;
+  for (;;) {
+    size = llistxattr(path, NULL, 0);
+    if (size < 0) break;
+    free(list);
+    list = malloc(size + 1);
+    ssize_t got = llistxattr(path, list, size);
+    if (got < 0 && errno == ERANGE) continue;
+    size = got;
+    break;
+  }
+  int err = errno;
+  free(path);
+  napi_value arr;
+  CHECK(napi_create_array(env, &arr));
+  if (size < 0) {
+    free(list);
+    if (err == ENOTSUP) return arr;
+    return throw_errno(env, err, "llistxattr");
+  }
+  uint32_t i = 0;
+  for (ssize_t p = 0; p < size; ) {
+    size_t n = strlen(list + p);
+    napi_value s;
+    napi_create_string_latin1(env, list + p, n, &s);
+    napi_set_element(env, arr, i++, s);
+    p += n + 1;
+  }
+  free(list);
+  return arr;
+}
+
+// lsetxattr(path: Buffer, name: string, value: Buffer, flags: number)
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 4; napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  char *name = string_arg(env, argv[1]); if (!name) { free(path); return NULL; }
+  void *value; size_t len; int32_t flags = 0;
+  CHECK(napi_get_buffer_info(env, argv[2], &value, &len));
+  if (argc > 3) napi_get_value_int32(env, argv[3], &flags);
+  int rc = lsetxattr(path, name, value, len, flags);
+  int err = errno;
+  free(path); free(name);
+  if (rc < 0) return throw_errno(env, err, "lsetxattr");
+  return NULL;
+}
+
+// lremovexattr(path: Buffer, name: string)
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  char *name = string_arg(env, argv[1]); if (!name) { free(path); return NULL; }
+  int rc = lremovexattr(path, name);
+  int err = errno;
+  free(path); free(name);
+  if (rc < 0) return throw_errno(env, err, "lremovexattr");
+  return NULL;
+}
+
+// mknod(path: Buffer, mode: number, major: number, minor: number)
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 4; napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  uint32_t mode, major, minor;
+  napi_get_value_uint32(env, argv[1], &mode);
+  napi_get_value_uint32(env, argv[2], &major);
+  napi_get_value_uint32(env, argv[3], &minor);
+  int rc = mknod(path, mode, makedev(major, minor));
+  int err = errno;
+  free(path);
+  if (rc < 0) return throw_errno(env, err, "mknod");
+  return NULL;
+}
+
+// utimens(path: Buffer, atimeSec, atimeNsec, mtimeSec, mtimeNsec): times of the link itself, to the nanosecond
+static napi_value js_utimens(napi_env env, napi_callback_info info) {
+  size_t argc = 5; napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]); if (!path) return NULL;
+  int64_t as, ms; int32_t an, mn;
+  napi_get_value_int64(env, argv[1], &as);
+  napi_get_value_int32(env, argv[2], &an);
+  napi_get_value_int64(env, argv[3], &ms);
+  napi_get_value_int32(env, argv[4], &mn);
+  struct timespec ts[2] = { { .tv_sec = as, .tv_nsec = an }, { .tv_sec = ms, .tv_nsec = mn } };
+  int rc = utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW);
+  int err = errno;
+  free(path);
+  if (rc < 0) return throw_errno(env, err, "utimensat");
+  return NULL;
+}
+
+// renameat2(from: Buffer, to: Buffer, flags: number): RENAME_NOREPLACE=1, RENAME_EXCHANGE=2, RENAME_WHITEOUT=4
+static napi_value js_renameat2(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *from = path_arg(env, argv[0]); if (!from) return NULL;
+  char *to = path_arg(env, argv[1]); if (!to) { free(from); return NULL; }
+  uint32_t flags;
+  napi_get_value_uint32(env, argv[2], &flags);
+  int rc = syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, flags);
+  int err = errno;
+  free(from); free(to);
+  if (rc < 0) return throw_errno(env, err, "renameat2");
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_default, NULL },
+    { "lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_default, NULL },
+    { "mknod", NULL, js_mknod, NULL, NULL, NULL, napi_default, NULL },
+    { "utimens", NULL, js_utimens, NULL, NULL, NULL, napi_default, NULL },
+    { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
