@@ -21,9 +21,13 @@ fi
 
 if [[ -f $stamp && $(cat "$stamp") == "$want" && -f $dir/build/Release/fuse.node ]]; then exit 0; fi
 # npm 11 leaves dependency install scripts off; fuse-native needs none of them: we build it here
-if [[ -f $stamp ]]; then
-  echo "layerfs: fuse-native was patched by another patch version; reinstall it with 'npm ci'" >&2; exit 1
-fi
+# keep the pristine sources once, so that a changed patch applies to them and not on top of itself
+for f in index.js fuse-native.c; do
+  if [[ -f $dir/$f.orig-layerfs ]]; then cp "$dir/$f.orig-layerfs" "$dir/$f"
+  elif [[ -f $stamp ]]; then echo "layerfs: fuse-native is patched but its originals are gone; run 'npm ci'" >&2; exit 1
+  else cp "$dir/$f" "$dir/$f.orig-layerfs"; fi
+done
+rm -f "$stamp"
 patch -s -p1 -d "$dir" < "$patch_file"
 ( cd "$dir" && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat "$dir/build.log" >&2; exit 1; }
 echo "$want" > "$stamp"
