@@ -104,7 +104,7 @@ export class LayerFs {
     const r = await this.resolve(path)
     if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
     const layer = this.union.layers[r.top.layer]
-    const file = await layer.open(path, r.top.entry)
+    const file = await layer.open(r.top.path, r.top.entry)
     const fh = this.handles.add({
       read: async (buf, length, position) => {
         const n = await file.read(buf, length, position)
@@ -127,18 +127,18 @@ export class LayerFs {
   async readlink(path: string): Promise<string> {
     const r = await this.resolve(path)
     if (r.top.entry.kind !== 'symlink') throw new FsError(Errno.EINVAL, 'not a symlink', path)
-    return this.union.layers[r.top.layer].readlink(path, r.top.entry)
+    return this.union.layers[r.top.layer].readlink(r.top.path, r.top.entry)
   }
 
   async listxattr(path: string): Promise<string[]> {
     const r = await this.resolve(path)
-    return this.union.layers[r.top.layer].listXattrs(path, r.top.entry)
+    return this.union.layers[r.top.layer].listXattrs(r.top.path, r.top.entry)
   }
 
   /** The value, or null when the entry has no such attribute (ENODATA). */
   async getxattr(path: string, name: string): Promise<Buffer | null> {
     const r = await this.resolve(path)
-    return this.union.layers[r.top.layer].getXattr(path, r.top.entry, name)
+    return this.union.layers[r.top.layer].getXattr(r.top.path, r.top.entry, name)
   }
 
   async access(path: string, mode: number): Promise<void> {

@@ -3,7 +3,7 @@ import { lstat, open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { isOverlayXattr, kindOfMode } from './layer'
-import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
+import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
 import { sys } from '../sys'
@@ -51,17 +51,19 @@ export class DirLayer implements Layer {
     const kind = kindOfMode(Number(st.mode))
     if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
     let opaque = false
+    let redirect: string | null = null
     if (kind === 'dir') {
       const real = this.real(path)
       for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
       if (!opaque) opaque = (await lstatOrNull(fsPath(this.root, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
+      for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
     }
     return {
       kind, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid),
       size: Number(st.size), storedSize: Number(st.blocks) * 512,
       mtime: ts(st.mtimeNs), atime: ts(st.atimeNs), ctime: ts(st.ctimeNs),
       nlink: Number(st.nlink), ino: Number(st.ino % BigInt(INO_SPACE)) || 1, rdev: Number(st.rdev),
-      opaque,
+      opaque, redirect,
     }
   }
 

@@ -28,6 +28,11 @@ export interface Entry {
   readonly rdev: number
   /** A directory that hides whatever lower layers have below its path. */
   readonly opaque: boolean
+  /**
+   * A directory renamed in an upper layer (kernel overlayfs's redirect_dir): where the layers below
+   * hold its contents, absolute ('/a/b') or a sibling name ('b'); null when not redirected.
+   */
+  readonly redirect?: string | null
   /** Bytes stored for the file (less than size for sparse files); for st_blocks. */
   readonly storedSize: number
 }

@@ -27,6 +27,9 @@ export function isOverlayWhiteout(kind: string, rdev: number): boolean {
 /** The xattrs that mark an opaque directory in kernel-overlay form (trusted, or user with -o userxattr). */
 export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque'] as const
 
+/** Where a renamed directory's contents lie in lower layers (kernel overlayfs's redirect_dir). */
+export const REDIRECT_XATTRS = ['trusted.overlay.redirect', 'user.overlay.redirect'] as const
+
 export function isOpaqueValue(value: Buffer | null): boolean {
   return value !== null && value.length === 1 && value[0] === 0x79 /* 'y' */
 }

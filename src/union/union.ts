@@ -1,6 +1,6 @@
 import type { Entry, Layer } from '../layer/layer'
 import { Errno, FsError } from '../errors'
-import { joinPath, parentOf } from '../paths'
+import { baseOf, joinPath, parentOf } from '../paths'
 import { LookupCache } from './lookup-cache'
 
 /** One layer's part in a resolved path. */
@@ -8,6 +8,8 @@ export interface Part {
   /** Position in the stack, 0 = topmost. */
   readonly layer: number
   readonly entry: Entry
+  /** Where the entry lies in its layer: the merged path, unless a redirect led elsewhere. */
+  readonly path: string
 }
 
 /** What a path is in the merged view. */
@@ -54,23 +56,34 @@ export class Union {
   }
 
   private async resolveUncached(path: string): Promise<Resolved | null> {
-    // the layers that can hold the path: all for the root, else those whose parent directory merges
-    let candidates: readonly number[]
+    // where each layer may hold the path: for the root every layer; else, for each layer whose
+    // directory merges into the parent, the name below that layer's own path of the parent
+    let candidates: Array<{ layer: number; path: string }>
+    const name = baseOf(path)
     if (path === '/') {
-      candidates = this.layers.map((_, layer) => layer)
+      candidates = this.layers.map((_, layer) => ({ layer, path: '/' }))
     } else {
       const parent = await this.resolve(parentOf(path))
       if (!parent || parent.top.entry.kind !== 'dir') return null
-      candidates = parent.parts.map((p) => p.layer)
+      candidates = parent.parts.map((p) => ({ layer: p.layer, path: joinPath(p.path, name) }))
     }
     const parts: Part[] = []
-    for (const layer of candidates) {
-      const found = await this.layers[layer].lookup(path)
+    for (let i = 0; i < candidates.length; i++) {
+      const { layer, path: layerPath } = candidates[i]
+      const found = await this.layers[layer].lookup(layerPath)
       const entry = found.entry
       if (entry) {
         if (parts.length > 0 && entry.kind !== 'dir') break // a lower non-directory ends the merge
-        parts.push({ layer, entry })
+        parts.push({ layer, entry, path: layerPath })
         if (entry.kind !== 'dir' || entry.opaque) break
+        if (entry.redirect) {
+          // a renamed directory: the layers below hold its contents under its old path
+          const redirect = entry.redirect
+          const below = redirect.startsWith('/')
+            ? this.layers.map((_, l) => ({ layer: l, path: redirect })).filter((c) => c.layer > layer)
+            : candidates.slice(i + 1).map((c) => ({ layer: c.layer, path: joinPath(parentOf(c.path), redirect) }))
+          candidates = [...candidates.slice(0, i + 1), ...below]
+        }
       }
       if (found.whiteout) break
     }
@@ -85,11 +98,11 @@ export class Union {
     if (dir.top.entry.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory', path)
     const out = new Map<string, MergedEntry>()
     const hidden = new Set<string>()
-    for (const { layer } of dir.parts) {
-      const listing = await this.layers[layer].readdir(path)
+    for (const { layer, path: layerPath } of dir.parts) {
+      const listing = await this.layers[layer].readdir(layerPath)
       for (const [name, entry] of listing.entries) {
         if (out.has(name) || hidden.has(name)) continue
-        const part = { layer, entry }
+        const part = { layer, entry, path: joinPath(layerPath, name) }
         out.set(name, { name, part, ino: this.inoOf(part, joinPath(path, name)) })
       }
       // a layer's whiteouts hide names of the layers below it, never its own
