@@ -14,6 +14,8 @@ export interface MountRequest {
   readonly foreground: boolean
   readonly debug: boolean
   readonly quiet: boolean
+  /** Write overlay xattrs as user.overlay.* (kernel overlayfs's -o userxattr) instead of trusted.overlay.*. */
+  readonly userxattr: boolean
   /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
   readonly logFile: string | null
 }
@@ -132,9 +134,10 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   if (lowers.some((p) => p === '')) throw new UserError('bad option syntax: empty path in lowerdir')
   const upper = pathOption(opts, 'upperdir', cwd)
   const work = pathOption(opts, 'workdir', cwd)
+  if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
   const logOpt = opts.get('log')
   for (const [k, v] of opts) {
-    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug'].includes(k)) continue
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr'].includes(k)) continue
     log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
   }
   const fsnameOpt = opts.get('fsname')
@@ -147,6 +150,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
       fsname: typeof fsnameOpt === 'string' ? fsnameOpt : source ?? 'layerfs',
       foreground,
       debug: debug || opts.has('debug'),
+      userxattr: opts.has('userxattr'),
       quiet,
       logFile: typeof logOpt === 'string' ? resolve(cwd, logOpt) : env.LAYERFS_LOG ? resolve(cwd, env.LAYERFS_LOG) : null,
     },

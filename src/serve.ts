@@ -2,6 +2,8 @@ import { constants as C } from 'node:fs'
 import { access, open, realpath, rm, stat } from 'node:fs/promises'
 import type { Layer } from './layer/layer'
 import { DirLayer } from './layer/dir-layer'
+import { Upper } from './upper/upper'
+import { UpperDir } from './upper/upper-dir'
 import { TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
@@ -41,9 +43,6 @@ export async function preflight(req: MountRequest): Promise<string> {
   if (!st.isDirectory()) throw new UserError(`mountpoint ${req.mountpoint}: not a directory`)
   const real = await realpath(req.mountpoint)
   if (await mountAt(real)) throw new UserError(`mountpoint ${req.mountpoint}: busy (something is already mounted there)`)
-  if (req.upper !== null || req.work !== null) {
-    throw new UserError('upperdir/workdir: writable mounts are not supported by this version yet')
-  }
   return real
 }
 
@@ -95,12 +94,26 @@ export async function openLayers(paths: readonly string[], hooks: ServeHooks): P
 /** Opens the layers, mounts, and keeps serving until unmounted. */
 export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Served> {
   const mountpoint = await preflight(req)
-  const layers = await openLayers(req.lowers, hooks)
-  const fs = new LayerFs(new Union(layers))
+  const lowers = await openLayers(req.lowers, hooks)
+  let fs: LayerFs
+  try {
+    if (req.upper !== null && req.work !== null) {
+      // the upper dir is the topmost layer of the union, in kernel-overlay form
+      const upperDir = await UpperDir.open(req.upper, req.work, req.userxattr ? 'user' : 'trusted')
+      const union = new Union([await DirLayer.open(req.upper), ...lowers])
+      fs = new LayerFs(union, new Upper(upperDir, union))
+    } else {
+      fs = new LayerFs(new Union(lowers))
+    }
+  } catch (err) {
+    await Promise.all(lowers.map((l) => l.close().catch(() => undefined)))
+    throw err
+  }
+  const readOnly = fs.upper === null
   let fuse: FuseMount
   try {
     fuse = await mountFuse(fs, mountpoint, {
-      fsname: req.fsname, readOnly: true, allowOther: process.getuid?.() === 0, cacheSeconds: 86400, debug: req.debug,
+      fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug,
     })
   } catch (err) {
     await fs.close()
@@ -124,7 +137,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   })
   const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
   await writeRecord({ pid: process.pid, mountpoint, lowers: req.lowers, startedAt: new Date().toISOString() })
-  log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, layers.length)
+  log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, union.layers.length)
 
   let finish!: () => void
   const ended = new Promise<void>((resolve) => (finish = resolve))

@@ -1,31 +1,79 @@
-import type { LayerFile } from '../layer/layer'
-import { Errno, FsError } from '../errors'
+import type { FileHandle } from 'node:fs/promises'
+import { Errno, FsError, errnoOf } from '../errors'
 
-/** The open-file table: FUSE file handles to what they read from. */
+/** An open file: reads always; writes, truncation and sync when it is an upper file opened for writing. */
+export interface OpenFile {
+  read(buf: Buffer, length: number, position: number): Promise<number>
+  write?(buf: Buffer, length: number, position: number): Promise<number>
+  truncate?(size: number): Promise<void>
+  sync?(dataOnly: boolean): Promise<void>
+  close(): Promise<void>
+}
+
+/** An upper file, through a Node FileHandle. */
+export function upperFile(fh: FileHandle): OpenFile {
+  return {
+    read: async (buf, length, position) => (await fh.read(buf, 0, length, position)).bytesRead,
+    write: async (buf, length, position) => {
+      let done = 0
+      while (done < length) done += (await fh.write(buf, done, length - done, position + done)).bytesWritten
+      return done
+    },
+    truncate: (size) => fh.truncate(size),
+    sync: (dataOnly) => (dataOnly ? fh.datasync() : fh.sync()),
+    close: () => fh.close(),
+  }
+}
+
+interface Slot {
+  file: OpenFile
+  /** The merged path a read-only lower handle was opened at: re-pointed when it is copied up. */
+  lowerPath: string | null
+}
+
+/** The open-file table: FUSE file handles to what they read from and write to. */
 export class Handles {
-  private readonly open = new Map<number, LayerFile>()
+  private readonly open = new Map<number, Slot>()
   private next = 1
 
-  add(file: LayerFile): number {
+  add(file: OpenFile, lowerPath: string | null = null): number {
     // handles cross the binding as uint32; wrap, skipping 0 and numbers still in use
     do {
       this.next = this.next >= 0xffffffff ? 1 : this.next + 1
     } while (this.open.has(this.next))
-    this.open.set(this.next, file)
+    this.open.set(this.next, { file, lowerPath })
     return this.next
   }
 
-  get(fh: number): LayerFile {
-    const file = this.open.get(fh)
-    if (!file) throw new FsError(Errno.EBADF, `no open file with handle ${fh}`)
-    return file
+  get(fh: number): OpenFile {
+    const slot = this.open.get(fh)
+    if (!slot) throw new FsError(Errno.EBADF, `no open file with handle ${fh}`)
+    return slot.file
+  }
+
+  /**
+   * After `path` was copied up, read handles opened on its lower file read the upper one, as on
+   * kernel overlayfs (since 4.19): a write through another handle is seen.
+   */
+  async repoint(path: string, openUpper: () => Promise<OpenFile>): Promise<void> {
+    for (const slot of this.open.values()) {
+      if (slot.lowerPath !== path) continue
+      const old = slot.file
+      try {
+        slot.file = await openUpper()
+        slot.lowerPath = null
+        await old.close()
+      } catch (err) {
+        throw new FsError(errnoOf(err), 'cannot re-open after copy-up', path)
+      }
+    }
   }
 
   async release(fh: number): Promise<void> {
-    const file = this.open.get(fh)
-    if (!file) return
+    const slot = this.open.get(fh)
+    if (!slot) return
     this.open.delete(fh)
-    await file.close()
+    await slot.file.close()
   }
 
   get size(): number {
@@ -33,7 +81,7 @@ export class Handles {
   }
 
   async closeAll(): Promise<void> {
-    const files = [...this.open.values()]
+    const files = [...this.open.values()].map((s) => s.file)
     this.open.clear()
     await Promise.all(files.map((f) => f.close().catch(() => undefined)))
   }

@@ -1,11 +1,12 @@
 import { constants as C } from 'node:fs'
 import { statfs } from 'node:fs/promises'
-import type { Timestamp } from '../layer/layer'
+import type { Entry, Timestamp } from '../layer/layer'
 import { modeOf } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
+import type { Caller, TimeSpec, Upper } from '../upper/upper'
 import { Errno, FsError } from '../errors'
-import { Handles } from './handles'
 import { parentOf } from '../paths'
+import { Handles, upperFile } from './handles'
 
 /** What getattr answers. */
 export interface Stat {
@@ -40,19 +41,35 @@ export interface FsStats {
   readonly namemax: number
 }
 
-const WRITE_FLAGS = C.O_WRONLY | C.O_RDWR | C.O_TRUNC | C.O_APPEND | C.O_CREAT
+const WRITE_FLAGS = C.O_WRONLY | C.O_RDWR | C.O_TRUNC | C.O_APPEND
+
+function statOfEntry(e: Entry, ino: number, nlink: number): Stat {
+  return {
+    ino, mode: modeOf(e), nlink, uid: e.uid, gid: e.gid, rdev: e.rdev,
+    size: e.kind === 'dir' && e.size === 0 ? 4096 : e.size,
+    blksize: 4096, blocks: Math.ceil(e.storedSize / 512),
+    atime: e.atime, mtime: e.mtime, ctime: e.ctime,
+  }
+}
 
 /**
- * The POSIX operations over the union: paths in, values or FsError out. Read-only for now: every
- * operation that would change the tree answers EROFS. Knows nothing of FUSE.
+ * The POSIX operations over the union: paths in, values or FsError out. Reads resolve through the
+ * union; changes go through the Upper (EROFS without one). Knows nothing of FUSE.
  */
 export class LayerFs {
   private readonly handles = new Handles()
   /** Bytes served, per layer position. */
   readonly bytesRead: number[]
 
-  constructor(readonly union: Union) {
+  constructor(readonly union: Union, readonly upper: Upper | null = null) {
     this.bytesRead = union.layers.map(() => 0)
+    // read handles of a file follow it into the upper when it is copied up
+    upper?.copyUp.listen((rec) => void this.copiedUp(rec.path).catch(() => undefined))
+  }
+
+  private writable(path: string): Upper {
+    if (!this.upper) throw new FsError(Errno.EROFS, 'read-only filesystem', path)
+    return this.upper
   }
 
   private async resolve(path: string): Promise<Resolved> {
@@ -61,19 +78,18 @@ export class LayerFs {
     return r
   }
 
-  private statOf(r: Resolved): Stat {
-    const e = r.top.entry
-    return {
-      ino: r.ino,
-      mode: modeOf(e),
-      // kernel overlayfs shows 1 for a merged directory rather than counting subdirectories
-      nlink: e.kind === 'dir' && r.parts.length > 1 ? 1 : e.nlink,
-      uid: e.uid, gid: e.gid, rdev: e.rdev,
-      size: e.kind === 'dir' && e.size === 0 ? 4096 : e.size,
-      blksize: 4096,
-      blocks: Math.ceil(e.storedSize / 512),
-      atime: e.atime, mtime: e.mtime, ctime: e.ctime,
-    }
+  /** The entry shown for `r`: an upper entry is read afresh (it changes), a lower one never does. */
+  private async current(r: Resolved): Promise<Entry> {
+    if (r.top.layer !== 0 || !this.upper) return r.top.entry
+    const found = await this.union.layers[0].lookup(r.top.path)
+    if (!found.entry) throw new FsError(Errno.ENOENT, 'no such file or directory', r.path)
+    return found.entry
+  }
+
+  private async statOf(r: Resolved): Promise<Stat> {
+    const e = await this.current(r)
+    // kernel overlayfs shows 1 for a merged directory rather than counting subdirectories
+    return statOfEntry(e, r.ino, e.kind === 'dir' && r.parts.length > 1 ? 1 : e.nlink)
   }
 
   async getattr(path: string): Promise<Stat> {
@@ -85,39 +101,62 @@ export class LayerFs {
     const merged = await this.union.readdir(path)
     const parent = path === '/' ? dir : await this.resolve(parentOf(path))
     const out: DirEntryWithStat[] = [
-      { name: '.', stat: this.statOf(dir) },
-      { name: '..', stat: this.statOf(parent) },
+      { name: '.', stat: await this.statOf(dir) },
+      { name: '..', stat: await this.statOf(parent) },
     ]
-    for (const m of merged) {
-      const e = m.part.entry
-      // the kernel takes only the type and inode from these; getattr answers the rest
-      out.push({ name: m.name, stat: {
-        ino: m.ino, mode: modeOf(e), nlink: e.nlink, uid: e.uid, gid: e.gid, rdev: e.rdev, size: e.size,
-        blksize: 4096, blocks: Math.ceil(e.storedSize / 512), atime: e.atime, mtime: e.mtime, ctime: e.ctime,
-      } })
-    }
+    // the kernel takes only the type and inode from these; getattr answers the rest
+    for (const m of merged) out.push({ name: m.name, stat: statOfEntry(m.part.entry, m.ino, m.part.entry.nlink) })
     return out
   }
 
   async open(path: string, flags: number): Promise<number> {
-    if (flags & WRITE_FLAGS) throw new FsError(Errno.EROFS, 'read-only filesystem', path)
+    if (flags & WRITE_FLAGS) {
+      const fh = await this.writable(path).openForWrite(path, flags)
+      return this.handles.add(upperFile(fh))
+    }
     const r = await this.resolve(path)
     if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
-    const layer = this.union.layers[r.top.layer]
-    const file = await layer.open(r.top.path, r.top.entry)
-    const fh = this.handles.add({
+    if (r.top.layer === 0 && this.upper) return this.handles.add(upperFile(await this.upper.openUpperForRead(path)))
+    const file = await this.union.layers[r.top.layer].open(r.top.path, r.top.entry)
+    const layer = r.top.layer
+    return this.handles.add({
       read: async (buf, length, position) => {
         const n = await file.read(buf, length, position)
-        this.bytesRead[r.top.layer] += n
+        this.bytesRead[layer] += n
         return n
       },
       close: () => file.close(),
-    })
-    return fh
+    }, path)
+  }
+
+  private async copiedUp(path: string): Promise<void> {
+    const upper = this.upper
+    if (upper) await this.handles.repoint(path, async () => upperFile(await upper.openUpperForRead(path)))
+  }
+
+  async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
+    const fh = await this.writable(path).create(path, mode, flags, caller)
+    return this.handles.add(upperFile(fh))
   }
 
   read(fh: number, buf: Buffer, length: number, position: number): Promise<number> {
     return this.handles.get(fh).read(buf, length, position)
+  }
+
+  async write(fh: number, buf: Buffer, length: number, position: number): Promise<number> {
+    const file = this.handles.get(fh)
+    if (!file.write) throw new FsError(Errno.EBADF, 'not open for writing')
+    return file.write(buf, length, position)
+  }
+
+  async ftruncate(fh: number, size: number): Promise<void> {
+    const file = this.handles.get(fh)
+    if (!file.truncate) throw new FsError(Errno.EBADF, 'not open for writing')
+    await file.truncate(size)
+  }
+
+  async fsync(fh: number, dataOnly: boolean): Promise<void> {
+    await this.handles.get(fh).sync?.(dataOnly)
   }
 
   release(fh: number): Promise<void> {
@@ -143,12 +182,26 @@ export class LayerFs {
 
   async access(path: string, mode: number): Promise<void> {
     await this.resolve(path)
-    if (mode & C.W_OK) throw new FsError(Errno.EROFS, 'read-only filesystem', path)
+    if (mode & C.W_OK && !this.upper) throw new FsError(Errno.EROFS, 'read-only filesystem', path)
   }
 
-  /** The figures of the filesystem holding the topmost layer, as kernel overlayfs reports them. */
+  mkdir(path: string, mode: number, caller: Caller): Promise<void> { return this.writable(path).mkdir(path, mode, caller) }
+  mknod(path: string, mode: number, rdev: number, caller: Caller): Promise<void> { return this.writable(path).mknod(path, mode, rdev, caller) }
+  symlink(target: string, path: string, caller: Caller): Promise<void> { return this.writable(path).symlink(target, path, caller) }
+  link(existing: string, path: string): Promise<void> { return this.writable(path).link(existing, path) }
+  unlink(path: string): Promise<void> { return this.writable(path).unlink(path) }
+  rmdir(path: string): Promise<void> { return this.writable(path).rmdir(path) }
+  rename(from: string, to: string): Promise<void> { return this.writable(from).rename(from, to) }
+  chmod(path: string, mode: number): Promise<void> { return this.writable(path).chmod(path, mode) }
+  chown(path: string, uid: number, gid: number): Promise<void> { return this.writable(path).chown(path, uid, gid) }
+  utimens(path: string, atime: TimeSpec, mtime: TimeSpec): Promise<void> { return this.writable(path).utimens(path, atime, mtime) }
+  truncate(path: string, size: number): Promise<void> { return this.writable(path).truncate(path, size) }
+  setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> { return this.writable(path).setxattr(path, name, value, flags) }
+  removexattr(path: string, name: string): Promise<void> { return this.writable(path).removexattr(path, name) }
+
+  /** Figures of the filesystem holding the upper (or, read-only, the topmost layer), as kernel overlayfs reports. */
   async statfs(): Promise<FsStats> {
-    const s = await statfs(this.union.layers[0].source)
+    const s = await statfs(this.upper ? this.upper.dir.upper : this.union.layers[0].source)
     return {
       bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
       files: s.files, ffree: s.ffree, favail: s.ffree, namemax: 255,

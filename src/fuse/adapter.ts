@@ -3,6 +3,7 @@ type FuseOps = Fuse.FuseOps
 type FuseStat = Fuse.FuseStat
 type FuseOptions = Fuse.FuseOptions
 import type { LayerFs, Stat } from '../core/layerfs'
+import type { Caller } from '../upper/upper'
 import { Errno, FsError, errnoOf } from '../errors'
 import { log } from '../log'
 
@@ -37,8 +38,56 @@ function answer<T>(op: string, path: string, work: () => Promise<T>, ok: (value:
   p.then(ok, (err: unknown) => fail(failure(op, path, err)))
 }
 
+/** The caller of the request being handled: valid only at the start of a handler. */
+function caller(): Caller {
+  const c = Fuse.callerContext()
+  return { uid: c[0], gid: c[1], pid: c[2] }
+}
+
+const done = (cb: (code: number) => void) => () => cb(0)
+
+/** The FUSE operations that change the tree (all answer EROFS on a read-only mount). */
+function writeOps(fs: LayerFs): FuseOps {
+  return {
+    create: (path, mode, flags, cb) => {
+      const who = caller()
+      answer('create', path, () => fs.create(path, mode, flags, who), (fh) => cb(0, fh), cb)
+    },
+    write: (path, fh, buf, len, pos, cb) => answer('write', path, () => fs.write(fh, buf, len, pos), cb, cb),
+    truncate: (path, size, cb) => answer('truncate', path, () => fs.truncate(path, size), done(cb), cb),
+    ftruncate: (path, fh, size, cb) => answer('ftruncate', path, () => fs.ftruncate(fh, size), done(cb), cb),
+    fsync: (path, datasync, fh, cb) => answer('fsync', path, () => fs.fsync(fh, datasync !== 0), done(cb), cb),
+    flush: (_path, _fh, cb) => cb(0),
+    mkdir: (path, mode, cb) => {
+      const who = caller()
+      answer('mkdir', path, () => fs.mkdir(path, mode, who), done(cb), cb)
+    },
+    mknod: (path, mode, dev, cb) => {
+      const who = caller()
+      answer('mknod', path, () => fs.mknod(path, mode, dev, who), done(cb), cb)
+    },
+    symlink: (target, path, cb) => {
+      const who = caller()
+      answer('symlink', path, () => fs.symlink(target, path, who), done(cb), cb)
+    },
+    link: (existing, path, cb) => answer('link', path, () => fs.link(existing, path), done(cb), cb),
+    unlink: (path, cb) => answer('unlink', path, () => fs.unlink(path), done(cb), cb),
+    rmdir: (path, cb) => answer('rmdir', path, () => fs.rmdir(path), done(cb), cb),
+    rename: (from, to, cb) => answer('rename', from, () => fs.rename(from, to), done(cb), cb),
+    chmod: (path, mode, cb) => answer('chmod', path, () => fs.chmod(path, mode), done(cb), cb),
+    chown: (path, uid, gid, cb) => answer('chown', path, () => fs.chown(path, uid, gid), done(cb), cb),
+    utimens: (path, atime, mtime, cb) => answer('utimens', path, () => fs.utimens(path, atime, mtime), done(cb), cb),
+    setxattr: (path, name, value, _position, flags, cb) => {
+      const copy = Buffer.from(value) // the binding's buffer lives only until we answer
+      answer('setxattr', path, () => fs.setxattr(path, name, copy, flags), done(cb), cb)
+    },
+    removexattr: (path, name, cb) => answer('removexattr', path, () => fs.removexattr(path, name), done(cb), cb),
+  }
+}
+
 export function fuseOps(fs: LayerFs): FuseOps {
   return {
+    ...(fs.upper ? writeOps(fs) : {}),
     init: (cb) => cb(0),
     getattr: (path, cb) => answer('getattr', path, () => fs.getattr(path), (s) => cb(0, toFuseStat(s)), cb),
     readdir: (path, cb) => answer('readdir', path, () => fs.readdir(path),
@@ -62,7 +111,7 @@ export interface FuseMountOptions {
   readOnly: boolean
   /** Let other users in (root mounts for everyone, as kernel overlayfs does). */
   allowOther: boolean
-  /** Seconds the kernel may cache entries and attributes (lowers never change). */
+  /** Seconds the kernel may cache entries (and, read-only, attributes: lowers never change). */
   cacheSeconds: number
   debug: boolean
 }
@@ -75,7 +124,9 @@ export interface FuseMount {
 export function mountFuse(fs: LayerFs, mountpoint: string, opts: FuseMountOptions): Promise<FuseMount> {
   // fuse-native's option list is a whitelist; the rest rides in the fsname string
   const extra = ['use_ino', 'big_writes', `negative_timeout=${opts.cacheSeconds}`]
+  // fuse-native drops a timeout of 0 (falsy), so a writable mount states it here
   if (opts.readOnly) extra.push('ro')
+  else extra.push('attr_timeout=0')
   // as root, behave as kernel overlayfs: devices and setuid bits work, non-empty mountpoints are fine
   if (process.getuid?.() === 0) extra.push('nonempty', 'dev', 'suid')
   const options: FuseOptions = {
@@ -87,7 +138,8 @@ export function mountFuse(fs: LayerFs, mountpoint: string, opts: FuseMountOption
     defaultPermissions: true,
     kernelCache: opts.readOnly,
     entryTimeout: opts.cacheSeconds,
-    attrTimeout: opts.cacheSeconds,
+    // writable: attributes are asked for each time (hard links and copy-ups change them behind a name)
+    attrTimeout: opts.readOnly ? opts.cacheSeconds : undefined,
     subtype: 'layerfs',
     fsname: [opts.fsname.replace(/[,\\]/g, '_'), ...extra].join(','),
   }

@@ -30,6 +30,24 @@ declare module 'fuse-native' {
     readlink?(path: string, cb: ValueCb<string>): void
     getxattr?(path: string, name: string, position: number, cb: (code: number, value?: Buffer | null) => void): void
     listxattr?(path: string, cb: ValueCb<string[]>): void
+    create?(path: string, mode: number, flags: number, cb: ValueCb<number>): void
+    write?(path: string, fh: number, buf: Buffer, len: number, pos: number, cb: (bytesOrErrno: number) => void): void
+    truncate?(path: string, size: number, cb: Cb): void
+    ftruncate?(path: string, fh: number, size: number, cb: Cb): void
+    fsync?(path: string, datasync: number, fh: number, cb: Cb): void
+    flush?(path: string, fh: number, cb: Cb): void
+    mkdir?(path: string, mode: number, cb: Cb): void
+    mknod?(path: string, mode: number, dev: number, cb: Cb): void
+    symlink?(target: string, path: string, cb: Cb): void
+    link?(existing: string, path: string, cb: Cb): void
+    unlink?(path: string, cb: Cb): void
+    rmdir?(path: string, cb: Cb): void
+    rename?(from: string, to: string, cb: Cb): void
+    chmod?(path: string, mode: number, cb: Cb): void
+    chown?(path: string, uid: number, gid: number, cb: Cb): void
+    utimens?(path: string, atime: { sec: number; nsec: number }, mtime: { sec: number; nsec: number }, cb: Cb): void
+    setxattr?(path: string, name: string, value: Buffer, position: number, flags: number, cb: Cb): void
+    removexattr?(path: string, name: string, cb: Cb): void
   }
 
   interface FuseOptions {
@@ -55,6 +73,8 @@ declare module 'fuse-native' {
     mount(cb: (err: Error | null) => void): void
     unmount(cb: (err: Error | null) => void): void
     static unmount(mnt: string, cb: (err: Error | null) => void): void
+    /** Added by layerfs's patch: [uid, gid, pid, umask] of the request whose handler is starting. */
+    static callerContext(): Uint32Array
   }
   export = Fuse
 }

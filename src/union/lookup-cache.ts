@@ -29,8 +29,13 @@ export class LookupCache<T extends object> {
     return pending
   }
 
-  /** Forgets a path and everything below it (a write changed what they resolve to). */
-  invalidate(path: string): void {
+  /** Forgets one path (a write changed what it resolves to). */
+  forget(path: string): void {
+    this.lru.delete(path)
+  }
+
+  /** Forgets a path and everything below it (a directory was renamed or removed). */
+  invalidateTree(path: string): void {
     this.lru.delete(path)
     const prefix = path === '/' ? '/' : path + '/'
     for (const key of this.lru.keys()) if (key.startsWith(prefix)) this.lru.delete(key)

@@ -111,9 +111,32 @@ export class Union {
     return [...out.values()]
   }
 
+  /** Forgets the cached resolution of `path`. */
+  forget(path: string): void {
+    this.cache.forget(path)
+  }
+
   /** Forgets cached resolutions at and below `path`. */
-  invalidate(path: string): void {
-    this.cache.invalidate(path)
+  invalidateTree(path: string): void {
+    this.cache.invalidateTree(path)
+  }
+
+  /**
+   * Whether the layers below `fromLayer` show something at `path` (through the merged parent),
+   * whatever the layers above hold there: the test for "a whiteout is needed when this goes".
+   */
+  async presentBelow(path: string, fromLayer = 1): Promise<boolean> {
+    if (path === '/') return true
+    const parent = await this.resolve(parentOf(path))
+    if (!parent) return false
+    const name = baseOf(path)
+    for (const p of parent.parts) {
+      if (p.layer < fromLayer) continue
+      const found = await this.layers[p.layer].lookup(joinPath(p.path, name))
+      if (found.entry) return true
+      if (found.whiteout) return false
+    }
+    return false
   }
 
   get cacheStats(): { hits: number; misses: number; size: number } {

@@ -1,0 +1,170 @@
+import { constants as C } from 'node:fs'
+import { chmod, lchown, mkdir, open, rename, rm, symlink } from 'node:fs/promises'
+import type { Entry, EntryKind } from '../layer/layer'
+import { isOverlayXattr, majorOf, minorOf } from '../layer/layer'
+import type { Resolved, Union } from '../union/union'
+import { Errno, FsError, errnoOf } from '../errors'
+import { ancestorsOf } from '../paths'
+import { sys } from '../sys'
+import type { UpperDir } from './upper-dir'
+import { log } from '../log'
+
+/** Why something was copied up: the operation that needed it in the upper. */
+export type CopyUpReason =
+  | 'write' | 'truncate' | 'chmod' | 'chown' | 'utimens' | 'setxattr' | 'removexattr' | 'link' | 'rename'
+  | 'parent' | 'create'
+
+export interface CopyUpRecord {
+  readonly path: string
+  /** Position of the source layer in the stack (0 is the upper). */
+  readonly layer: number
+  readonly source: string
+  readonly reason: CopyUpReason
+  readonly bytes: number
+  readonly durationMs: number
+  /** False when only metadata was copied (a directory, a symlink, or data not needed). */
+  readonly data: boolean
+}
+
+const CHUNK = 1 << 20
+const TYPE_BITS: Partial<Record<EntryKind, number>> = { char: C.S_IFCHR, block: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }
+
+/**
+ * Copies lower entries into the upper: parents first, each built in the work dir (data, owner,
+ * mode, xattrs, times) and renamed into place, so a crash leaves either nothing or a whole entry.
+ * Concurrent requests for one path share one copy.
+ */
+export class CopyUp {
+  private readonly inflight = new Map<string, Promise<void>>()
+  private readonly listeners: Array<(rec: CopyUpRecord) => void> = []
+
+  constructor(private readonly union: Union, private readonly dir: UpperDir) {}
+
+  /** Calls `fn` after each copy-up (open handles follow the file; statistics count it). */
+  listen(fn: (rec: CopyUpRecord) => void): void {
+    this.listeners.push(fn)
+  }
+
+  /** Makes `path` an upper entry; `data: false` skips file contents (the caller truncates to 0). */
+  async ensure(path: string, reason: CopyUpReason, opts: { data?: boolean } = {}): Promise<Resolved> {
+    for (;;) {
+      const r = await this.union.resolve(path)
+      if (!r) throw new FsError(Errno.ENOENT, 'no such file or directory', path)
+      if (r.top.layer === 0) return r
+      const pending = this.inflight.get(path)
+      if (pending) {
+        await pending
+        continue
+      }
+      const work = this.copy(r, reason, opts.data !== false)
+      this.inflight.set(path, work)
+      try {
+        await work
+      } finally {
+        this.inflight.delete(path)
+      }
+    }
+  }
+
+  /** Makes every directory above `path` an upper directory. */
+  async ensureParents(path: string): Promise<void> {
+    for (const dir of ancestorsOf(path).reverse()) if (dir !== '/') await this.ensure(dir, 'parent')
+  }
+
+  private async copy(r: Resolved, reason: CopyUpReason, withData: boolean): Promise<void> {
+    const started = process.hrtime.bigint()
+    await this.ensureParents(r.path)
+    const { entry, layer } = r.top
+    const source = this.union.layers[layer]
+    const tmp = this.dir.temp()
+    let bytes = 0
+    try {
+      switch (entry.kind) {
+        case 'file':
+          bytes = withData ? await this.copyData(r, tmp) : await this.emptyFile(tmp)
+          break
+        case 'dir':
+          await mkdir(tmp, { mode: 0o700 })
+          break
+        case 'symlink':
+          await symlink(Buffer.from(await source.readlink(r.top.path, entry), 'latin1'), tmp)
+          break
+        default:
+          sys.mknod(tmp, TYPE_BITS[entry.kind]! | 0o600, majorOf(entry.rdev), minorOf(entry.rdev))
+      }
+      await this.copyMetadata(r, tmp)
+      await rename(tmp, this.dir.real(r.path))
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true }).catch(() => undefined)
+      throw err instanceof FsError ? err : new FsError(errnoOf(err), `copy-up failed (${(err as Error).message})`, r.path)
+    }
+    this.union.forget(r.path)
+    const durationMs = Number(process.hrtime.bigint() - started) / 1e6
+    log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
+    const rec: CopyUpRecord = { path: r.path, layer, source: source.source, reason, bytes, durationMs, data: entry.kind === 'file' && withData }
+    for (const fn of this.listeners) fn(rec)
+  }
+
+  private async emptyFile(tmp: Buffer): Promise<number> {
+    await (await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)).close()
+    return 0
+  }
+
+  /** Streams the file's bytes from its layer; a sparse source keeps its holes. */
+  private async copyData(r: Resolved, tmp: Buffer): Promise<number> {
+    const entry = r.top.entry
+    const src = await this.union.layers[r.top.layer].open(r.top.path, entry)
+    const out = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
+    const sparse = entry.storedSize < entry.size
+    const buf = Buffer.allocUnsafe(CHUNK)
+    let copied = 0
+    try {
+      for (let pos = 0; pos < entry.size; ) {
+        const n = await src.read(buf, Math.min(CHUNK, entry.size - pos), pos)
+        if (n === 0) break
+        const chunk = buf.subarray(0, n)
+        if (!(sparse && isZero(chunk))) {
+          let done = 0
+          while (done < n) done += (await out.write(chunk, done, n - done, pos + done)).bytesWritten
+        }
+        pos += n
+        copied += n
+      }
+      if (sparse) await out.truncate(entry.size)
+    } finally {
+      await out.close()
+      await src.close()
+    }
+    return copied
+  }
+
+  /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`. */
+  private async copyMetadata(r: Resolved, tmp: Buffer): Promise<void> {
+    const { entry, layer, path } = r.top
+    await lchown(tmp, entry.uid, entry.gid)
+    if (entry.kind !== 'symlink') await chmod(tmp, entry.mode) // after chown, which clears setuid
+    const source = this.union.layers[layer]
+    for (const name of await source.listXattrs(path, entry)) {
+      if (isOverlayXattr(name)) continue
+      const value = await source.getXattr(path, entry, name)
+      if (value === null) continue
+      try {
+        sys.lsetxattr(tmp, name, value, 0)
+      } catch (err) {
+        // security.* or trusted.* the upper filesystem refuses: the entry stays usable without it
+        log.union('copy-up %s: cannot copy xattr %s: %s', r.path, name, (err as Error).message)
+      }
+    }
+    setTimes(tmp, entry)
+  }
+}
+
+export function setTimes(real: Buffer, entry: Pick<Entry, 'atime' | 'mtime'>): void {
+  sys.utimens(real, entry.atime.sec, entry.atime.nsec, entry.mtime.sec, entry.mtime.nsec)
+}
+
+function isZero(b: Buffer): boolean {
+  // compare 8 bytes at a time where aligned; a chunk of a sparse file is mostly all-zero or not at all
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false
+  return true
+}
