@@ -147,7 +147,8 @@ async function lstatOrNull(p: Buffer): Promise<BigIntStats | null> {
   try {
     return await lstat(p, { bigint: true })
   } catch (err) {
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return null
+    // ENAMETOOLONG: the '.wh.' marker of a 252+ byte name cannot exist
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR') || isErrno(err, 'ENAMETOOLONG')) return null
     throw new FsError(errnoOf(err), 'cannot stat', p.toString('latin1'))
   }
 }

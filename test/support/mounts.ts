@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process'
-import { mkdir, readFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LAYERFS, must, run, tempDir } from './run'
 
@@ -18,8 +19,16 @@ async function mountedAt(path: string): Promise<boolean> {
   return info.split('\n').some((l) => l.split(' ')[4] === path)
 }
 
-/** A cache dir of its own for each test process, so no test reads a stale index of another's. */
-export const testCache = (async () => tempDir('cache'))()
+/**
+ * An index cache of its own for each test process, so no test reads another's. Kept until the
+ * process exits (daemons may still be writing to it when a test's temporaries are removed).
+ */
+export const testCache = mkdtemp(join(tmpdir(), 'layerfs-test-cache-'))
+let cachePath: string | null = null
+void testCache.then((dir) => (cachePath = dir))
+process.on('exit', () => {
+  if (cachePath) spawnSync('rm', ['-rf', cachePath])
+})
 
 export interface LayerfsOptions {
   readonly upper?: string
