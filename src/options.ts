@@ -38,18 +38,23 @@ const KNOWN_IGNORED = new Set([
   'context', 'fscontext', 'defcontext', 'rootcontext', 'allow_other', 'allow_root', 'default_permissions',
 ])
 
-/** Splits one -o argument at commas not escaped by a backslash. */
-export function splitOptions(arg: string): string[] {
+/** Splits at `sep` where it is not escaped by a backslash; `\sep` becomes `sep`, other backslashes stay. */
+function splitEscaped(arg: string, sep: string): string[] {
   const out: string[] = []
   let cur = ''
   for (let i = 0; i < arg.length; i++) {
     const c = arg[i]
-    if (c === '\\' && i + 1 < arg.length) cur += arg[++i]
-    else if (c === ',') { out.push(cur); cur = '' }
+    if (c === '\\' && arg[i + 1] === sep) cur += arg[++i]
+    else if (c === sep) { out.push(cur); cur = '' }
     else cur += c
   }
   out.push(cur)
   return out
+}
+
+/** Splits one -o argument at commas not escaped by a backslash. */
+export function splitOptions(arg: string): string[] {
+  return splitEscaped(arg, ',')
 }
 
 function parseOptionList(args: readonly string[]): Map<string, string | true> {
@@ -129,8 +134,8 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   const lowerOpt = opts.get('lowerdir')
   if (lowerOpt === undefined) throw new UserError('missing -o lowerdir=TOP:...:BASE')
   if (lowerOpt === true || lowerOpt === '') throw new UserError('bad option syntax: lowerdir needs a value (lowerdir=TOP:...:BASE)')
-  // fuse-overlayfs and the kernel allow '\:' for a colon inside a path; '::' appears in newer kernels' data-only lowers
-  const lowers = lowerOpt.split(/(?<!\\):+/).map((p) => p.replace(/\\:/g, ':'))
+  // fuse-overlayfs and the kernel take '\:' for a colon inside a path
+  const lowers = splitEscaped(lowerOpt, ':')
   if (lowers.some((p) => p === '')) throw new UserError('bad option syntax: empty path in lowerdir')
   const upper = pathOption(opts, 'upperdir', cwd)
   const work = pathOption(opts, 'workdir', cwd)

@@ -1,0 +1,98 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFile, readdir, stat, truncate, utimes, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { TarLayer } from '../../src/layer/tar-layer'
+import { indexPathFor } from '../../src/layer/index-file'
+import { must, removeTemps, tempDir } from '../support/run'
+
+// The persisted index: reused for an unchanged tar, rebuilt (never trusted) when the tar changed or
+// the index file is damaged, kept under $XDG_CACHE_HOME/layerfs.
+
+let dir: string
+let tar: string
+const savedCache = process.env.XDG_CACHE_HOME
+
+before(async () => {
+  dir = await tempDir('index')
+  process.env.XDG_CACHE_HOME = join(dir, 'cache')
+  await must('sh', ['-c', `mkdir -p ${dir}/src/d && echo one > ${dir}/src/d/f && echo two > ${dir}/src/g`])
+  tar = join(dir, 'layer.tar')
+  await must('tar', ['-C', join(dir, 'src'), '-cf', tar, '.'])
+})
+after(async () => {
+  process.env.XDG_CACHE_HOME = savedCache
+  await removeTemps()
+})
+
+async function open(): Promise<TarLayer> {
+  const layer = await TarLayer.open(tar)
+  await layer.saved()
+  return layer
+}
+
+async function content(layer: TarLayer, path: string): Promise<string> {
+  const { entry } = await layer.lookup(path)
+  assert.ok(entry)
+  const f = await layer.open(path, entry)
+  const buf = Buffer.alloc(entry.size)
+  await f.read(buf, entry.size, 0)
+  return buf.toString()
+}
+
+describe('persisted tar index', () => {
+  it('is built once, then reused for the unchanged tar, under $XDG_CACHE_HOME/layerfs', async () => {
+    const first = await open()
+    assert.equal(first.fromCache, false)
+    await first.close()
+    const files = await readdir(join(dir, 'cache', 'layerfs', 'index'))
+    assert.equal(files.length, 1)
+    assert.ok(files[0].endsWith('.idx'))
+    assert.equal(files.filter((f) => f.endsWith('.tmp')).length, 0, 'no temporary file left')
+    const second = await open()
+    assert.equal(second.fromCache, true)
+    assert.equal(await content(second, '/d/f'), 'one\n')
+    await second.close()
+  })
+
+  it('is rebuilt when the tar changes: new mtime, or new bytes with the same size and mtime', async () => {
+    const future = new Date(Date.now() + 60_000)
+    await utimes(tar, future, future)
+    const touched = await open()
+    assert.equal(touched.fromCache, false)
+    await touched.close()
+    assert.equal((await open()).fromCache, true)
+    // same size, same mtime, other content
+    const st = await stat(tar)
+    const bytes = await readFile(tar)
+    const at = bytes.indexOf('one\n')
+    bytes.write('ONE\n', at)
+    await writeFile(tar, bytes)
+    await utimes(tar, st.atime, st.mtime)
+    const rewritten = await open()
+    assert.equal(rewritten.fromCache, false)
+    assert.equal(await content(rewritten, '/d/f'), 'ONE\n')
+    await rewritten.close()
+  })
+
+  it('is rebuilt, never trusted, when the index file is damaged', async () => {
+    const real = (await import('node:fs/promises')).realpath
+    const file = indexPathFor(await real(tar))
+    const good = await readFile(file)
+    const damages: Array<[string, () => Promise<void>]> = [
+      ['a flipped byte', async () => { const b = Buffer.from(good); b[b.length >> 1] ^= 0xff; await writeFile(file, b) }],
+      ['cut short', async () => { await writeFile(file, good); await truncate(file, good.length >> 1) }],
+      ['garbage', async () => { await writeFile(file, 'not an index at all') }],
+      ['empty', async () => { await writeFile(file, '') }],
+      ['another version', async () => { const b = Buffer.from(good); b.writeUInt32LE(999, 14); await writeFile(file, b) }],
+    ]
+    for (const [what, damage] of damages) {
+      await damage()
+      const layer = await open()
+      assert.equal(layer.fromCache, false, what)
+      assert.equal(await content(layer, '/g'), 'two\n', what)
+      await layer.close()
+      assert.equal((await open()).fromCache, true, `${what}: the rebuilt index is good again`)
+    }
+  })
+})
