@@ -4,7 +4,7 @@ import { lstat, readFile, readdir, readlink, realpath } from 'node:fs/promises'
 import { basename } from 'node:path'
 import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
-import type { ServeHooks } from './serve'
+import type { ServeHooks, Served } from './serve'
 import { silentProgress, terminalProgress } from './progress'
 import { mountAt, readRecord } from './runtime'
 import { ask, type StatusAnswer, type WhichAnswer } from './control'
@@ -41,13 +41,29 @@ function hooksFor(stderrIsTty: boolean, quiet: boolean): ServeHooks {
   }
 }
 
+/**
+ * Ends the mount on SIGINT/SIGTERM/SIGHUP. Installed before mounting: a signal that arrives while
+ * the mount is coming up (it is visible before serve() returns) still unmounts cleanly.
+ */
+function stopOnSignals(): (served: Served) => void {
+  let live: Served | null = null
+  let asked = false
+  const stop = (): void => {
+    asked = true
+    if (live) void live.stop()
+  }
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, stop)
+  return (served) => {
+    live = served
+    if (asked) void served.stop()
+  }
+}
+
 async function runForeground(req: MountRequest): Promise<void> {
+  const onServed = stopOnSignals()
   const { serve } = await import('./serve') // loaded only where it serves: the launcher stays quick
   const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet))
-  const stop = (): void => void served.stop()
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
-  process.once('SIGHUP', stop)
+  onServed(served)
   await served.ended
   process.exit(0)
 }
@@ -99,6 +115,7 @@ async function runDaemon(encoded: string): Promise<void> {
   }
   // after detaching, stderr leads nowhere: logs go to the log file, if any
   process.stderr.on('error', () => undefined)
+  const onServed = stopOnSignals()
   let served
   try {
     const { serve } = await import('./serve')
@@ -113,10 +130,7 @@ async function runDaemon(encoded: string): Promise<void> {
     redirectLog((line) => out.write(line))
   } else redirectLog(() => undefined)
   tell({ ready: true })
-  const stop = (): void => void served.stop()
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
-  process.once('SIGHUP', stop)
+  onServed(served)
   await served.ended
   process.exit(0)
 }
