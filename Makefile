@@ -34,7 +34,7 @@ demo: build
 
 test: build
 	@$(MAKE) -s system-deps EXTRA_APT="$(FIXTURE_PACKAGES)"
-	@node --test --test-concurrency=1 $$(find dist/test -name '*.test.js' | sort)
+	@node --test --test-concurrency=1 --test-timeout=1200000 $$(find dist/test -name '*.test.js' | sort)
 
 clean:
 	rm -rf dist

@@ -73,8 +73,9 @@ export class Upper {
     await make(at)
     try {
       await lchown(at, owner.uid, owner.gid)
-      if (mode !== null) await chmod(at, mode)
       const st = await lstat(at)
+      // a directory made in a setgid directory is setgid too
+      if (mode !== null) await chmod(at, mode | (st.isDirectory() && owner.setgid ? S_ISGID : 0))
       // as kernel overlayfs: a directory made over a whiteout, or in a merged directory, is opaque
       if (st.isDirectory() && (overWhiteout || (await this.parentIsMerged(path)))) await this.dir.setOpaque(at)
       if (overWhiteout) {
@@ -100,9 +101,7 @@ export class Upper {
   async mkdir(path: string, mode: number, caller: Caller): Promise<void> {
     await this.locks.run(async () => {
       await this.mustBeAbsent(path)
-      const owner = await this.ownerFor(path, caller).catch(() => null)
-      const bits = (mode & 0o7777) | (owner?.setgid ? S_ISGID : 0)
-      await this.createEntry(path, caller, (at) => mkdir(at, 0o700).then(() => undefined), bits)
+      await this.createEntry(path, caller, (at) => mkdir(at, 0o700).then(() => undefined), mode & 0o7777)
     })
   }
 

@@ -24,6 +24,11 @@ export interface SnapshotOptions {
   readonly xattrs?: boolean
   /** Hash file contents (default true). */
   readonly content?: boolean
+  /**
+   * Keep overlay's own opaque and redirect xattrs (to compare upper dirs). Its bookkeeping
+   * (origin, impure, uuid, ...) is always left out: file handles and flags of the kernel's own.
+   */
+  readonly overlayXattrs?: boolean
 }
 
 const TYPES: Record<number, EntrySnapshot['type']> = {
@@ -61,7 +66,9 @@ export async function snapshotTree(root: string, opts: SnapshotOptions = {}): Pr
     const xattrs: Record<string, string> = {}
     if (opts.xattrs !== false) {
       for (const name of sys.llistxattr(abs).sort()) {
-        if (name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')) continue
+        if (name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')) {
+          if (!opts.overlayXattrs || !/\.overlay\.(opaque|redirect)$/.test(name)) continue
+        }
         xattrs[name] = sys.lgetxattr(abs, name)?.toString('hex') ?? ''
       }
     }

@@ -1,0 +1,113 @@
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import fc from 'fast-check'
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { describeStack, stackArb, writeLayer, type LayerSpec } from './gen'
+import { apply, describeOps, opsArb, type Op } from './ops'
+import { mountKernelOverlay, mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
+import { extractForOverlay } from '../support/oracle'
+import { must, removeTemps, tempDir } from '../support/run'
+import { diffTrees, snapshotTree, type EntrySnapshot } from '../support/tree'
+
+// The writable mount against kernel overlayfs (redirect_dir=on, as layerfs renames directories):
+// random operation sequences on random stacks, the same on both. Each operation must give the
+// same outcome; afterwards the merged trees and the upper dirs must agree, and again after a
+// remount, and each upper must show the same tree when the other filesystem mounts it.
+
+const RUNS = Number(process.env.LAYERFS_PROPERTY_RUNS ?? 30)
+const KERNEL_OPTS = ['redirect_dir=on', 'index=off', 'metacopy=off', 'xino=off']
+
+after(async () => {
+  await unmountAll()
+  await removeTemps()
+})
+
+/** Times change with the clock of each run; whiteouts share an inode whose link count is theirs. */
+function ignore(_path: string, field: keyof EntrySnapshot, e: EntrySnapshot): boolean {
+  return field === 'mtimeNs' || (field === 'nlink' && e.type === 'char' && e.rdev === '0:0')
+}
+
+async function stackOf(specs: readonly LayerSpec[], dir: string): Promise<{ tars: string[]; dirs: string[] }> {
+  const tars: string[] = []
+  const dirs: string[] = []
+  for (let i = 0; i < specs.length; i++) {
+    const src = join(dir, `src${i}`)
+    await mkdir(src)
+    await writeLayer(src, specs[i])
+    const tar = join(dir, `l${i}.tar`)
+    await must('tar', ['--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', src, '-cf', tar, '.'])
+    await extractForOverlay(tar, join(dir, `k${i}`))
+    tars.push(tar)
+    dirs.push(join(dir, `k${i}`))
+  }
+  return { tars, dirs }
+}
+
+async function fresh(dir: string, name: string): Promise<{ upper: string; work: string }> {
+  const upper = join(dir, `${name}-upper`)
+  const work = join(dir, `${name}-work`)
+  await mkdir(upper)
+  await mkdir(work)
+  return { upper, work }
+}
+
+function same(a: Map<string, EntrySnapshot>, b: Map<string, EntrySnapshot>, what: string, context: string): void {
+  assert.deepEqual(diffTrees(a, b, { ignore }), [], `${what}\n${context}`)
+}
+
+async function check(specs: LayerSpec[], ops: Op[], lowerKind: 'tars' | 'dirs'): Promise<void> {
+  const dir = await tempDir('ops')
+  const { tars, dirs } = await stackOf(specs, dir)
+  const k = await fresh(dir, 'kernel')
+  const l = await fresh(dir, 'layerfs')
+  const context = `stack:\n${describeStack(specs)}\nops:\n${describeOps(ops)}`
+  const lowers = lowerKind === 'tars' ? tars : dirs
+  const mounts: Mounted[] = []
+  try {
+    const kernel = await mountKernelOverlay(dirs, { ...k, options: KERNEL_OPTS })
+    mounts.push(kernel)
+    const ours = await mountLayerfs(lowers, l)
+    mounts.push(ours)
+    for (const [i, o] of ops.entries()) {
+      const expected = await apply(kernel.path, o)
+      const actual = await apply(ours.path, o)
+      assert.equal(actual, expected, `op ${i} ${JSON.stringify(o)}: kernel ${expected}, layerfs ${actual}\n${context}`)
+    }
+    same(await snapshotTree(kernel.path), await snapshotTree(ours.path), 'merged trees differ', context)
+    for (const m of mounts.splice(0)) await m.unmount()
+    same(await snapshotTree(k.upper, { overlayXattrs: true }), await snapshotTree(l.upper, { overlayXattrs: true }), 'upper dirs differ', context)
+
+    // remounted, each over its own upper; then each over the other's upper
+    const kernel2 = await mountKernelOverlay(dirs, { ...k, options: KERNEL_OPTS })
+    mounts.push(kernel2)
+    const expected = await snapshotTree(kernel2.path)
+    const ours2 = await mountLayerfs(lowers, l)
+    mounts.push(ours2)
+    same(expected, await snapshotTree(ours2.path), 'after a remount', context)
+    for (const m of mounts.splice(0)) await m.unmount()
+    const kernelOverOurs = await mountKernelOverlay(dirs, { upper: l.upper, work: join(dir, 'kx-work'), options: KERNEL_OPTS }).catch(async () => {
+      await mkdir(join(dir, 'kx-work'))
+      return mountKernelOverlay(dirs, { upper: l.upper, work: join(dir, 'kx-work'), options: KERNEL_OPTS })
+    })
+    mounts.push(kernelOverOurs)
+    same(expected, await snapshotTree(kernelOverOurs.path), 'kernel overlayfs over the upper layerfs wrote', context)
+    for (const m of mounts.splice(0)) await m.unmount()
+    const oursOverKernel = await mountLayerfs(lowers, { upper: k.upper, work: k.work })
+    mounts.push(oursOverKernel)
+    same(expected, await snapshotTree(oursOverKernel.path), 'layerfs over the upper kernel overlayfs wrote', context)
+  } finally {
+    for (const m of mounts.reverse()) await m.unmount()
+  }
+}
+
+describe('writable: random operations, layerfs against kernel overlayfs', () => {
+  for (const lowerKind of ['tars', 'dirs'] as const) {
+    it(`${RUNS} sequences over ${lowerKind === 'tars' ? 'tar' : 'directory'} lowers`, async () => {
+      await fc.assert(fc.asyncProperty(stackArb, opsArb, async (specs, ops) => {
+        await check(specs, ops, lowerKind)
+        await removeTemps()
+      }), { numRuns: RUNS, endOnFailure: process.env.CI === 'true', includeErrorInReport: true })
+    })
+  }
+})
