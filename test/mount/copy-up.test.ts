@@ -1,0 +1,132 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
+import { must, removeTemps, run, tempDir } from '../support/run'
+
+// Copy-up as it must behave: whole or not at all across a crash, once for concurrent writers, and
+// read handles opened before it seeing what is written after it (as kernel overlayfs since 4.19).
+
+const BIG = 256 << 20
+let dir: string
+let tar: string
+let bigHash: string
+
+async function hashOf(path: string): Promise<string> {
+  const h = createHash('sha256')
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  return h.digest('hex')
+}
+
+async function daemonPid(mnt: string): Promise<number> {
+  const r = await run('pgrep', ['-f', '__layerfs_daemon'])
+  for (const pid of r.stdout.split('\n').filter(Boolean).map(Number)) {
+    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[3]
+    if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(mnt)) return pid
+  }
+  throw new Error(`no daemon for ${mnt}`)
+}
+
+before(async () => {
+  dir = await tempDir('copyup')
+  await mkdir(join(dir, 'src'))
+  await must('sh', ['-c', `head -c ${BIG} /dev/urandom > ${dir}/src/big && echo small > ${dir}/src/small`])
+  tar = join(dir, 'lower.tar')
+  await must('tar', ['-C', join(dir, 'src'), '-cf', tar, '.'])
+  bigHash = await hashOf(join(dir, 'src/big'))
+})
+after(async () => {
+  await unmountAll()
+  await removeTemps()
+})
+
+describe('copy-up', () => {
+  it('killed (-9) in the middle of copying up a big file: no partial file is ever visible', async () => {
+    const upper = join(dir, 'crash-upper')
+    const work = join(dir, 'crash-work')
+    await mkdir(upper)
+    await mkdir(work)
+    let caught = 0
+    for (const delayMs of [20, 60, 150]) {
+      const m = await mountLayerfs([tar], { upper, work })
+      const pid = await daemonPid(m.path)
+      const writer = run('sh', ['-c', `echo appended >> ${m.path}/big`])
+      await new Promise((r) => setTimeout(r, delayMs))
+      const copying = (await readdir(join(work, 'work'))).some((n) => n.startsWith('#'))
+      if (copying) caught++
+      process.kill(pid, 'SIGKILL')
+      await writer
+      await m.unmount() // the dead mount is detached
+      // whatever the moment, the upper holds either no copy or a whole one
+      const names = await readdir(upper)
+      if (names.includes('big')) {
+        const st = await stat(join(upper, 'big'))
+        assert.ok(st.size === BIG || st.size === BIG + 'appended\n'.length, `whole copy, got ${st.size} bytes`)
+      }
+      const again = await mountLayerfs([tar], { upper, work })
+      try {
+        const st = await stat(join(again.path, 'big'))
+        assert.ok(st.size === BIG || st.size === BIG + 'appended\n'.length)
+        if (st.size === BIG) assert.equal(await hashOf(join(again.path, 'big')), bigHash)
+        assert.deepEqual((await readdir(join(work, 'work'))).filter((n) => n.startsWith('#')), [], 'leftovers cleared')
+      } finally {
+        await again.unmount()
+      }
+    }
+    assert.ok(caught > 0, 'at least one kill landed during a copy-up')
+  })
+
+  it('concurrent writers of one lower file copy it up once, and every write lands', async () => {
+    const upper = join(dir, 'conc-upper')
+    const work = join(dir, 'conc-work')
+    await mkdir(upper)
+    await mkdir(work)
+    const m = await mountLayerfs([tar], { upper, work })
+    try {
+      await Promise.all(Array.from({ length: 8 }, (_, i) => (async () => {
+        const fh = await open(join(m.path, 'big'), 'r+')
+        await fh.write(Buffer.from(`writer-${i}`), 0, 8, i * 4096)
+        await fh.close()
+      })()))
+      const fh = await open(join(m.path, 'big'), 'r')
+      for (let i = 0; i < 8; i++) {
+        const b = Buffer.alloc(8)
+        await fh.read(b, 0, 8, i * 4096)
+        assert.equal(b.toString(), `writer-${i}`)
+      }
+      await fh.close()
+      assert.equal((await stat(join(m.path, 'big'))).size, BIG)
+    } finally {
+      await m.unmount()
+    }
+  })
+
+  it('a read handle opened before a copy-up reads what is written after it, as on kernel overlayfs', async () => {
+    const outcomes: string[] = []
+    for (const kind of ['kernel', 'layerfs']) {
+      const upper = join(dir, `h-${kind}-upper`)
+      const work = join(dir, `h-${kind}-work`)
+      await mkdir(upper)
+      await mkdir(work)
+      const lowerDir = join(dir, 'src')
+      const m = kind === 'kernel' ? await mountKernelOverlay([lowerDir], { upper, work }) : await mountLayerfs([tar], { upper, work })
+      try {
+        const reader = await open(join(m.path, 'small'), 'r')
+        const before = Buffer.alloc(6)
+        await reader.read(before, 0, 6, 0)
+        await writeFile(join(m.path, 'small'), 'CHANGED')
+        const afterBuf = Buffer.alloc(7)
+        const { bytesRead } = await reader.read(afterBuf, 0, 7, 0)
+        await reader.close()
+        outcomes.push(`${before.toString()}|${afterBuf.subarray(0, bytesRead).toString()}`)
+      } finally {
+        await m.unmount()
+      }
+    }
+    assert.equal(outcomes[1], outcomes[0])
+    assert.equal(outcomes[0], 'small\n|CHANGED')
+  })
+})
