@@ -4,7 +4,7 @@ NODE_BIN := node_modules/.bin
 APT_PACKAGES := libfuse2 fuse3 attr
 FIXTURE_PACKAGES := libarchive-tools umoci pigz
 
-.PHONY: build deps system-deps fixtures demo test test-unit test-mount clean
+.PHONY: build system-deps fixtures demo test soak clean
 
 build: system-deps node_modules/.installed native dist/.built
 
@@ -38,3 +38,7 @@ test: build
 
 clean:
 	rm -rf dist
+
+# Not in CI: parallel workers doing random operations on one mount (SOAK_SECONDS, default 600).
+soak: build
+	@node dist/test/soak/soak.js

@@ -1,0 +1,71 @@
+import fc from 'fast-check'
+import { mkdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { apply, opArb } from '../differential/ops'
+import { mountLayerfs, unmountAll } from '../support/mounts'
+import { must, removeTemps, run, tempDir } from '../support/run'
+
+// make soak: parallel workers doing random operations on one writable mount for SOAK_SECONDS
+// (default 600). It fails on an error that no POSIX filesystem gives for these operations (EIO,
+// ENOTCONN, ...), on an operation that takes over 30 s (a hang), or on daemon memory that keeps
+// growing (RSS at the end over twice what it was after the first minute).
+
+const SECONDS = Number(process.env.SOAK_SECONDS ?? 600)
+const WORKERS = Number(process.env.SOAK_WORKERS ?? 8)
+const EXPECTED = new Set(['ok', 'ESPIPE', 'ELOOP', 'ENOENT', 'EEXIST', 'ENOTEMPTY', 'ENOTDIR', 'EISDIR', 'EINVAL', 'EPERM', 'ENXIO', 'ENODATA', 'EACCES', 'EXDEV', 'EBUSY', 'ENAMETOOLONG'])
+
+async function rssKb(mnt: string): Promise<number> {
+  const r = await run('pgrep', ['-f', '__layerfs_daemon'])
+  for (const pid of r.stdout.split('\n').filter(Boolean)) {
+    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[3]
+    if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(mnt)) {
+      const status = await readFile(`/proc/${pid}/status`, 'utf8')
+      return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
+    }
+  }
+  throw new Error('daemon gone')
+}
+
+async function main(): Promise<void> {
+  const dir = await tempDir('soak')
+  await mkdir(join(dir, 'src/a/b'), { recursive: true })
+  await must('sh', ['-c', `cd ${dir}/src && for i in $(seq 1 200); do echo $i > a/f$i; done && head -c 10000000 /dev/urandom > a/b/big`])
+  await must('tar', ['-C', join(dir, 'src'), '-cf', join(dir, 'l.tar'), '.'])
+  await mkdir(join(dir, 'u'))
+  await mkdir(join(dir, 'w'))
+  const m = await mountLayerfs([join(dir, 'l.tar')], { upper: join(dir, 'u'), work: join(dir, 'w') })
+  const end = Date.now() + SECONDS * 1000
+  const counts = new Map<string, number>()
+  let failure: string | null = null
+  let rssAfterMinute = 0
+  const sampler = setInterval(() => void rssKb(m.path).then((kb) => {
+    if (Date.now() > end - SECONDS * 1000 + 60_000 && rssAfterMinute === 0) rssAfterMinute = kb
+  }, () => { failure ??= 'the daemon died' }), 5000)
+  try {
+    await Promise.all(Array.from({ length: WORKERS }, async (_, w) => {
+      const rnd = fc.sample(opArb, { numRuns: 5000, seed: w })
+      for (let i = 0; Date.now() < end && failure === null; i++) {
+        const op = rnd[i % rnd.length]
+        const timer = setTimeout(() => { failure ??= `hang: ${JSON.stringify(op)}` }, 30_000)
+        const outcome = await apply(m.path, op)
+        clearTimeout(timer)
+        counts.set(outcome, (counts.get(outcome) ?? 0) + 1)
+        if (!EXPECTED.has(outcome)) failure ??= `unexpected ${outcome} from ${JSON.stringify(op)}`
+      }
+    }))
+    const rss = await rssKb(m.path)
+    console.log(`soak: ${SECONDS} s, ${WORKERS} workers, outcomes ${JSON.stringify(Object.fromEntries(counts))}, daemon RSS ${rssAfterMinute} kB after a minute, ${rss} kB at the end`)
+    if (!failure && rssAfterMinute > 0 && rss > 2 * rssAfterMinute) failure = `memory grew from ${rssAfterMinute} to ${rss} kB`
+  } finally {
+    clearInterval(sampler)
+    await unmountAll()
+    await removeTemps()
+  }
+  if (failure) {
+    console.error(`soak: FAILED: ${failure}`)
+    process.exit(1)
+  }
+  console.log('soak: 1 passed, 0 failed')
+}
+
+void main()
