@@ -2,7 +2,7 @@ import { constants as C, type BigIntStats } from 'node:fs'
 import { lstat, open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
-import { isOverlayXattr, kindOfMode } from './layer'
+import { kindOfMode, shownXattrName, storedXattrName } from './layer'
 import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
@@ -118,15 +118,14 @@ export class DirLayer implements Layer {
 
   async listXattrs(path: string): Promise<string[]> {
     try {
-      return sys.llistxattr(this.real(path)).filter((n) => !isOverlayXattr(n))
+      return sys.llistxattr(this.real(path)).map(shownXattrName).filter((n): n is string => n !== null)
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot list extended attributes', path)
     }
   }
 
   async getXattr(path: string, _entry: Entry, name: string): Promise<Buffer | null> {
-    if (isOverlayXattr(name)) return null
-    return xattrOrNull(this.real(path), name)
+    return xattrOrNull(this.real(path), storedXattrName(name))
   }
 
   async close(): Promise<void> {}

@@ -108,7 +108,22 @@ export function minorOf(dev: number): number {
   return (dev & 0xff) | ((dev >>> 12) & 0xfff00)
 }
 
-/** True for the extended attributes overlayfs keeps for itself; never shown through the union. */
-export function isOverlayXattr(name: string): boolean {
-  return name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')
+const OVERLAY_PREFIXES = ['trusted.overlay.', 'user.overlay.'] as const
+
+/**
+ * The name a stored attribute is shown under, or null for overlay's own bookkeeping. Kernel
+ * overlayfs (Linux 6.7+) stores a user's `trusted.overlay.X` escaped as `trusted.overlay.overlay.X`
+ * (so that overlays can nest); layerfs reads and writes that form too.
+ */
+export function shownXattrName(stored: string): string | null {
+  for (const p of OVERLAY_PREFIXES) {
+    if (stored.startsWith(p)) return stored.startsWith(p + 'overlay.') ? p + stored.slice(p.length + 'overlay.'.length) : null
+  }
+  return stored
+}
+
+/** The name an attribute the user sets or reads is stored under (escaping overlay's namespace). */
+export function storedXattrName(shown: string): string {
+  for (const p of OVERLAY_PREFIXES) if (shown.startsWith(p)) return p + 'overlay.' + shown.slice(p.length)
+  return shown
 }

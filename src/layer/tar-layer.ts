@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'node:fs'
 import { close } from 'node:fs'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup } from './layer'
-import { isOverlayXattr } from './layer'
+import { shownXattrName, storedXattrName } from './layer'
 import { TarIndexBuilder } from './tar-index-builder'
 import { FLAG_WHITEOUT, KIND_CODES, type DataLocation, type TarEntry, TarIndex } from './tar-index'
 import { scanTar } from './tar-scan'
@@ -106,12 +106,11 @@ export class TarLayer implements Layer {
 
   async listXattrs(_path: string, entry: Entry): Promise<string[]> {
     const x = this.index.xattrs(this.recordOf(entry))
-    return x ? [...x.keys()].filter((k) => !isOverlayXattr(k)) : []
+    return x ? [...x.keys()].map(shownXattrName).filter((n): n is string => n !== null) : []
   }
 
   async getXattr(_path: string, entry: Entry, name: string): Promise<Buffer | null> {
-    if (isOverlayXattr(name)) return null
-    return this.index.xattrs(this.recordOf(entry))?.get(name) ?? null
+    return this.index.xattrs(this.recordOf(entry))?.get(storedXattrName(name)) ?? null
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 import { constants as C } from 'node:fs'
 import { chmod, lchown, mkdir, open, rename, rm, symlink } from 'node:fs/promises'
 import type { Entry, EntryKind } from '../layer/layer'
-import { isOverlayXattr, majorOf, minorOf } from '../layer/layer'
+import { majorOf, minorOf, storedXattrName } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
 import { ancestorsOf } from '../paths'
@@ -145,11 +145,10 @@ export class CopyUp {
     if (entry.kind !== 'symlink') await chmod(tmp, entry.mode) // after chown, which clears setuid
     const source = this.union.layers[layer]
     for (const name of await source.listXattrs(path, entry)) {
-      if (isOverlayXattr(name)) continue
       const value = await source.getXattr(path, entry, name)
       if (value === null) continue
       try {
-        sys.lsetxattr(tmp, name, value, 0)
+        sys.lsetxattr(tmp, storedXattrName(name), value, 0)
       } catch (err) {
         // security.* or trusted.* the upper filesystem refuses: the entry stays usable without it
         log.union('copy-up %s: cannot copy xattr %s: %s', r.path, name, (err as Error).message)

@@ -5,6 +5,7 @@ import type { Union, Resolved } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
 import { baseOf, parentOf } from '../paths'
 import { sys } from '../sys'
+import { storedXattrName } from '../layer/layer'
 import { CopyUp } from './copy-up'
 import { UpperDir } from './upper-dir'
 import { PathLocks } from './path-locks'
@@ -275,7 +276,7 @@ export class Upper {
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
     await this.locks.run(async () => {
       await this.copyUp.ensure(path, 'setxattr')
-      sys.lsetxattr(this.dir.real(path), name, value, flags)
+      sys.lsetxattr(this.dir.real(path), storedXattrName(name), value, flags)
     })
   }
 
@@ -285,7 +286,7 @@ export class Upper {
       const has = await this.union.layers[r.top.layer].getXattr(r.top.path, r.top.entry, name)
       if (has === null) throw new FsError(Errno.ENODATA, 'no such attribute', path)
       await this.copyUp.ensure(path, 'removexattr')
-      sys.lremovexattr(this.dir.real(path), name)
+      sys.lremovexattr(this.dir.real(path), storedXattrName(name))
     })
   }
 
