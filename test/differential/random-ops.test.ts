@@ -1,13 +1,13 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { mkdir } from 'node:fs/promises'
+import { chmod, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describeStack, stackArb, writeLayer, type LayerSpec } from './gen'
 import { apply, describeOps, opsArb, type Op } from './ops'
 import { mountKernelOverlay, mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
 import { extractForOverlay } from '../support/oracle'
-import { must, removeTemps, tempDir } from '../support/run'
+import { must, removeTemps, run, tempDir } from '../support/run'
 import { diffTrees, snapshotTree, type EntrySnapshot } from '../support/tree'
 
 // The writable mount against kernel overlayfs (redirect_dir=on, as layerfs renames directories):
@@ -56,7 +56,15 @@ function same(a: Map<string, EntrySnapshot>, b: Map<string, EntrySnapshot>, what
   assert.deepEqual(diffTrees(a, b, { ignore }), [], `${what}\n${context}`)
 }
 
-async function check(specs: LayerSpec[], ops: Op[], lowerKind: 'tars' | 'dirs'): Promise<void> {
+/** Applies the operations as uid/gid 1000 (a child process under setpriv); returns each outcome. */
+async function applyAsUser(root: string, ops: readonly Op[]): Promise<string[]> {
+  const r = await run('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', process.execPath,
+    join(__dirname, 'apply-ops.js'), root, JSON.stringify(ops)])
+  if (r.code !== 0) throw new Error(`applying as uid 1000 failed: ${r.stderr}`)
+  return JSON.parse(r.stdout) as string[]
+}
+
+async function check(specs: LayerSpec[], ops: Op[], lowerKind: 'tars' | 'dirs', asUser = false): Promise<void> {
   const dir = await tempDir('ops')
   const { tars, dirs } = await stackOf(specs, dir)
   const k = await fresh(dir, 'kernel')
@@ -65,14 +73,25 @@ async function check(specs: LayerSpec[], ops: Op[], lowerKind: 'tars' | 'dirs'):
   const lowers = lowerKind === 'tars' ? tars : dirs
   const mounts: Mounted[] = []
   try {
+    if (asUser) {
+      // the merged root is the upper's root: one the user may write in; and a way in to the mounts
+      for (const u of [k.upper, l.upper]) await chmod(u, 0o777)
+    }
     const kernel = await mountKernelOverlay(dirs, { ...k, options: KERNEL_OPTS })
     mounts.push(kernel)
     const ours = await mountLayerfs(lowers, l)
     mounts.push(ours)
-    for (const [i, o] of ops.entries()) {
-      const expected = await apply(kernel.path, o)
-      const actual = await apply(ours.path, o)
-      assert.equal(actual, expected, `op ${i} ${JSON.stringify(o)}: kernel ${expected}, layerfs ${actual}\n${context}`)
+    if (asUser) {
+      for (const m of [kernel, ours]) await chmod(join(m.path, '..'), 0o755)
+      const expected = await applyAsUser(kernel.path, ops)
+      const actual = await applyAsUser(ours.path, ops)
+      assert.deepEqual(actual, expected, `outcomes as uid 1000 differ\n${context}`)
+    } else {
+      for (const [i, o] of ops.entries()) {
+        const expected = await apply(kernel.path, o)
+        const actual = await apply(ours.path, o)
+        assert.equal(actual, expected, `op ${i} ${JSON.stringify(o)}: kernel ${expected}, layerfs ${actual}\n${context}`)
+      }
     }
     same(await snapshotTree(kernel.path), await snapshotTree(ours.path), 'merged trees differ', context)
     for (const m of mounts.splice(0)) await m.unmount()
@@ -103,11 +122,19 @@ async function check(specs: LayerSpec[], ops: Op[], lowerKind: 'tars' | 'dirs'):
 
 describe('writable: random operations, layerfs against kernel overlayfs', () => {
   for (const lowerKind of ['tars', 'dirs'] as const) {
-    it(`${RUNS} sequences over ${lowerKind === 'tars' ? 'tar' : 'directory'} lowers`, async () => {
+    it(`${RUNS} sequences over ${lowerKind === 'tars' ? 'tar' : 'directory'} lowers, as root`, async () => {
       await fc.assert(fc.asyncProperty(stackArb, opsArb, async (specs, ops) => {
         await check(specs, ops, lowerKind)
         await removeTemps()
       }), { numRuns: RUNS, endOnFailure: process.env.CI === 'true', includeErrorInReport: true })
     })
   }
+
+  it(`${Math.ceil(RUNS / 2)} sequences over tar lowers, as uid 1000`, async () => {
+    if ((await run('setpriv', ['--reuid=1000', 'true'])).code !== 0) return // no setpriv here
+    await fc.assert(fc.asyncProperty(stackArb, opsArb, async (specs, ops) => {
+      await check(specs, ops, 'tars', true)
+      await removeTemps()
+    }), { numRuns: Math.ceil(RUNS / 2), endOnFailure: process.env.CI === 'true', includeErrorInReport: true })
+  })
 })
