@@ -26,8 +26,24 @@ function failure(op: string, path: string, err: unknown): number {
   return -errno
 }
 
+/** A name longer than NAME_MAX: FUSE passes up to 1024 bytes, where the kernel's own filesystems stop at 255. */
+function nameTooLong(path: string): boolean {
+  if (path.length <= 256) return false
+  for (let start = 1; start < path.length; ) {
+    let end = path.indexOf('/', start)
+    if (end < 0) end = path.length
+    if (end - start > 255) return true
+    start = end + 1
+  }
+  return false
+}
+
 /** Runs an async op and answers the callback exactly once, whatever happens. */
 function answer<T>(op: string, path: string, work: () => Promise<T>, ok: (value: T) => void, fail: (code: number) => void): void {
+  if (nameTooLong(path)) {
+    fail(-Errno.ENAMETOOLONG)
+    return
+  }
   let p: Promise<T>
   try {
     p = work()
@@ -70,10 +86,10 @@ function writeOps(fs: LayerFs): FuseOps {
       const who = caller()
       answer('symlink', path, () => fs.symlink(target, path, who), done(cb), cb)
     },
-    link: (existing, path, cb) => answer('link', path, () => fs.link(existing, path), done(cb), cb),
+    link: (existing, path, cb) => answer('link', nameTooLong(existing) ? existing : path, () => fs.link(existing, path), done(cb), cb),
     unlink: (path, cb) => answer('unlink', path, () => fs.unlink(path), done(cb), cb),
     rmdir: (path, cb) => answer('rmdir', path, () => fs.rmdir(path), done(cb), cb),
-    rename: (from, to, cb) => answer('rename', from, () => fs.rename(from, to), done(cb), cb),
+    rename: (from, to, cb) => answer('rename', nameTooLong(to) ? to : from, () => fs.rename(from, to), done(cb), cb),
     chmod: (path, mode, cb) => answer('chmod', path, () => fs.chmod(path, mode), done(cb), cb),
     chown: (path, uid, gid, cb) => answer('chown', path, () => fs.chown(path, uid, gid), done(cb), cb),
     utimens: (path, atime, mtime, cb) => answer('utimens', path, () => fs.utimens(path, atime, mtime), done(cb), cb),
