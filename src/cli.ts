@@ -7,7 +7,8 @@ import { parseArgs, type MountRequest } from './options'
 import type { ServeHooks, Served } from './serve'
 import { silentProgress, terminalProgress } from './progress'
 import { mountAt, readRecord } from './runtime'
-import { ask, type StatusAnswer, type WhichAnswer } from './control'
+import { ask, type WhichAnswer } from './control'
+import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 
@@ -19,7 +20,7 @@ const USAGE = `usage:
   layerfs SOURCE MOUNTPOINT -o lowerdir=...                  (mount -t fuse.layerfs SOURCE MOUNTPOINT -o ...)
   layerfs umount MOUNTPOINT
   layerfs tree MOUNTPOINT             the merged tree, with the layer serving each entry
-  layerfs status MOUNTPOINT [--json]  what the daemon serves: layers, lookups, bytes read
+  layerfs stats MOUNTPOINT [--json]   what the daemon did: copy-ups and their cost, lookups, reads
 
 Each lower is a directory (extracted layer, kernel-overlay form) or an uncompressed .tar read in
 place; the leftmost is the topmost. The mount is read-only. mount returns once the mount is live and
@@ -174,11 +175,11 @@ async function tree(mountpoint: string): Promise<void> {
   process.stdout.write(lines.join('\n') + '\n')
 }
 
-async function status(mountpoint: string, json: boolean): Promise<void> {
+async function stats(mountpoint: string, json: boolean): Promise<void> {
   const real = await realpath(mountpoint).catch(() => mountpoint)
-  let st: StatusAnswer
+  let st: StatsReport
   try {
-    st = await ask<StatusAnswer>(real, { op: 'status' })
+    st = await ask<StatsReport>(real, { op: 'stats' })
   } catch (err) {
     throw new UserError(`${mountpoint}: ${(err as Error).message}`)
   }
@@ -186,8 +187,21 @@ async function status(mountpoint: string, json: boolean): Promise<void> {
     process.stdout.write(JSON.stringify(st, null, 2) + '\n')
     return
   }
-  const out = [`mountpoint  ${st.mountpoint} (daemon pid ${st.pid})`, `lookups     ${st.lookups.hits} cached, ${st.lookups.misses} resolved, ${st.lookups.cached} in cache`, `open files  ${st.openFiles}`, 'layers (topmost first):']
-  st.layers.forEach((l, i) => out.push(`  [${i}] ${l.kind.padEnd(4)} ${l.source}  (${l.bytesRead} bytes read)`))
+  const t = st.totals
+  const out = [
+    `mountpoint  ${st.mountpoint} (daemon pid ${st.pid})`,
+    `copy-ups    ${t.copyUps}, ${t.copyUpBytes} bytes, ${t.copyUpMs} ms`,
+    `lookups     ${t.lookups} (${t.cacheHits} from the cache)`,
+    `reads       ${t.reads}, ${t.bytesRead} bytes`,
+    'layers (0 is the topmost):',
+    ...st.layers.map((l) => `  [${l.index}] ${l.kind.padEnd(4)} ${l.source}  ${l.reads} reads, ${l.bytesRead} bytes`),
+  ]
+  if (st.copyUps.length > 0) {
+    out.push('copy-ups:', `  ${'ms'.padStart(10)}  ${'bytes'.padStart(12)}  ${'reason'.padEnd(11)} layer  path`)
+    for (const c of st.copyUps) {
+      out.push(`  ${c.durationMs.toFixed(2).padStart(10)}  ${String(c.bytes).padStart(12)}  ${c.reason.padEnd(11)} [${c.layer.index}]    ${c.path}${c.data ? '' : '  (metadata only)'}`)
+    }
+  }
   process.stdout.write(out.join('\n') + '\n')
 }
 
@@ -246,8 +260,8 @@ export async function main(argv: string[]): Promise<void> {
         return await unmount(cmd.mountpoint)
       case 'tree':
         return await tree(cmd.mountpoint).catch((err: Error) => { throw err instanceof UserError ? err : new UserError(err.message) })
-      case 'status':
-        return await status(cmd.mountpoint, cmd.json)
+      case 'stats':
+        return await stats(cmd.mountpoint, cmd.json)
       case 'mount':
         if (cmd.request.foreground) return await runForeground(cmd.request)
         return await runBackground(cmd.request)

@@ -5,24 +5,16 @@ import { join } from 'node:path'
 import { runtimeDir } from './runtime'
 import { log } from './log'
 
-// The daemon's control socket: the CLI asks a live mount what it serves (`layerfs tree`, status).
+// The daemon's control socket: the CLI asks a live mount what it serves (`layerfs tree`, `layerfs stats`).
 // One JSON request per connection, one JSON answer.
 
 export type ControlRequest =
   | { readonly op: 'which'; readonly paths: readonly string[] }
-  | { readonly op: 'status' }
+  | { readonly op: 'stats' }
 
 export interface WhichAnswer {
   /** Per path: the layer position that serves it (0 = topmost), its source, and for a directory every layer merged into it; null if absent. */
   readonly layers: ReadonlyArray<{ readonly layer: number; readonly source: string; readonly merged: readonly number[] } | null>
-}
-
-export interface StatusAnswer {
-  readonly pid: number
-  readonly mountpoint: string
-  readonly layers: ReadonlyArray<{ readonly source: string; readonly kind: string; readonly bytesRead: number }>
-  readonly lookups: { readonly hits: number; readonly misses: number; readonly cached: number }
-  readonly openFiles: number
 }
 
 export type ControlHandler = (req: ControlRequest) => Promise<unknown>

@@ -16,6 +16,8 @@ export interface MountRequest {
   readonly quiet: boolean
   /** Write overlay xattrs as user.overlay.* (kernel overlayfs's -o userxattr) instead of trusted.overlay.*. */
   readonly userxattr: boolean
+  /** Where to write the stats (JSON) when the mount ends, from -o stats=FILE. */
+  readonly statsFile: string | null
   /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
   readonly logFile: string | null
 }
@@ -25,7 +27,8 @@ export type Command =
   | { readonly kind: 'umount'; readonly mountpoint: string }
   /** The merged tree of a live mount, with the layer serving each entry. */
   | { readonly kind: 'tree'; readonly mountpoint: string }
-  | { readonly kind: 'status'; readonly mountpoint: string; readonly json: boolean }
+  /** What the daemon did: copy-ups and their cost, lookups, reads per layer. */
+  | { readonly kind: 'stats'; readonly mountpoint: string; readonly json: boolean }
   | { readonly kind: 'help' }
   | { readonly kind: 'version' }
 
@@ -84,7 +87,7 @@ function pathOption(opts: Map<string, string | true>, name: string, cwd: string)
  *   layerfs [-f] -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT  (as fuse-overlayfs is called)
  *   layerfs SOURCE MOUNTPOINT -o OPTS                             (mount.fuse, mount -t fuse.layerfs)
  *   layerfs umount MOUNTPOINT
- *   layerfs tree MOUNTPOINT, layerfs status MOUNTPOINT [--json]
+ *   layerfs tree MOUNTPOINT, layerfs stats MOUNTPOINT [--json]
  */
 export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): Command {
   const args = [...argv]
@@ -96,10 +99,10 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
     if (args.length !== 2) throw new UserError('usage: layerfs tree MOUNTPOINT')
     return { kind: 'tree', mountpoint: resolve(cwd, args[1]) }
   }
-  if (args[0] === 'status') {
+  if (args[0] === 'stats') {
     const rest = args.slice(1).filter((a) => a !== '--json')
-    if (rest.length !== 1) throw new UserError('usage: layerfs status MOUNTPOINT [--json]')
-    return { kind: 'status', mountpoint: resolve(cwd, rest[0]), json: args.includes('--json') }
+    if (rest.length !== 1) throw new UserError('usage: layerfs stats MOUNTPOINT [--json]')
+    return { kind: 'stats', mountpoint: resolve(cwd, rest[0]), json: args.includes('--json') }
   }
   if (args[0] === 'mount') args.shift()
   const positional: string[] = []
@@ -142,7 +145,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
   const logOpt = opts.get('log')
   for (const [k, v] of opts) {
-    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr'].includes(k)) continue
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats'].includes(k)) continue
     log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
   }
   const fsnameOpt = opts.get('fsname')
@@ -156,6 +159,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
       foreground,
       debug: debug || opts.has('debug'),
       userxattr: opts.has('userxattr'),
+      statsFile: pathOption(opts, 'stats', cwd),
       quiet,
       logFile: typeof logOpt === 'string' ? resolve(cwd, logOpt) : env.LAYERFS_LOG ? resolve(cwd, env.LAYERFS_LOG) : null,
     },

@@ -1,5 +1,5 @@
 import { constants as C } from 'node:fs'
-import { access, open, realpath, rm, stat } from 'node:fs/promises'
+import { access, open, realpath, rm, stat, writeFile } from 'node:fs/promises'
 import type { Layer } from './layer/layer'
 import { DirLayer } from './layer/dir-layer'
 import { Upper } from './upper/upper'
@@ -12,7 +12,8 @@ import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
 import { mountAt, mounts, removeRecord, writeRecord } from './runtime'
-import { listen, socketPath, type StatusAnswer, type WhichAnswer } from './control'
+import { listen, socketPath, type WhichAnswer } from './control'
+import { Stats } from './stats'
 import { log } from './log'
 
 export interface ServeHooks {
@@ -120,6 +121,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
   }
   const union = fs.union
+  const stats = new Stats(fs, mountpoint)
   const control = await listen(mountpoint, async (creq) => {
     if (creq.op === 'which') {
       const layers = await Promise.all(creq.paths.map(async (p) => {
@@ -128,12 +130,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       }))
       return { layers } satisfies WhichAnswer
     }
-    return {
-      pid: process.pid, mountpoint,
-      layers: union.layers.map((l, i) => ({ source: l.source, kind: l.kind, bytesRead: fs.bytesRead[i] })),
-      lookups: { hits: union.cacheStats.hits, misses: union.cacheStats.misses, cached: union.cacheStats.size },
-      openFiles: fs.openFiles,
-    } satisfies StatusAnswer
+    return stats.report()
   })
   const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
   await writeRecord({ pid: process.pid, mountpoint, lowers: req.lowers, startedAt: new Date().toISOString() })
@@ -144,6 +141,10 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   let stopping = false
   const cleanUp = async (): Promise<void> => {
     clearInterval(watch)
+    if (req.statsFile) {
+      await writeFile(req.statsFile, JSON.stringify(stats.report(), null, 2) + '\n')
+        .catch((err: Error) => log.mount('stats file %s: %s', req.statsFile, err.message))
+    }
     control.close()
     await rm(socketPath(mountpoint), { force: true }).catch(() => undefined)
     await fs.close().catch(() => undefined)

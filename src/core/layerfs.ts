@@ -58,11 +58,13 @@ function statOfEntry(e: Entry, ino: number, nlink: number): Stat {
  */
 export class LayerFs {
   private readonly handles = new Handles()
-  /** Bytes served, per layer position. */
+  /** Reads served and their bytes, per layer position (the upper's too when writable). */
   readonly bytesRead: number[]
+  readonly reads: number[]
 
   constructor(readonly union: Union, readonly upper: Upper | null = null) {
     this.bytesRead = union.layers.map(() => 0)
+    this.reads = union.layers.map(() => 0)
     // read handles of a file follow it into the upper when it is copied up
     upper?.copyUp.listen((rec) => void this.copiedUp(rec.path).catch(() => undefined))
   }
@@ -122,6 +124,7 @@ export class LayerFs {
     return this.handles.add({
       read: async (buf, length, position) => {
         const n = await file.read(buf, length, position)
+        this.reads[layer]++
         this.bytesRead[layer] += n
         return n
       },

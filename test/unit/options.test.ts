@@ -40,10 +40,10 @@ describe('parseArgs', () => {
     assert.deepEqual(mount(['-o', 'lowerdir=/a\\:b:/c', '/m']).lowers, ['/a:b', '/c'])
   })
 
-  it('umount, tree, status, help', () => {
+  it('umount, tree, stats, help', () => {
     assert.deepEqual(parseArgs(['umount', 'm'], '/w', {}), { kind: 'umount', mountpoint: '/w/m' })
     assert.deepEqual(parseArgs(['tree', '/m'], '/w', {}), { kind: 'tree', mountpoint: '/m' })
-    assert.deepEqual(parseArgs(['status', '/m', '--json'], '/w', {}), { kind: 'status', mountpoint: '/m', json: true })
+    assert.deepEqual(parseArgs(['stats', '/m', '--json'], '/w', {}), { kind: 'stats', mountpoint: '/m', json: true })
     assert.equal(parseArgs(['--help'], '/w', {}).kind, 'help')
   })
 

@@ -1,0 +1,71 @@
+import type { CopyUpRecord } from './upper/copy-up'
+import type { LayerFs } from './core/layerfs'
+
+// What the daemon did, for `layerfs stats` and -o stats=FILE: every copy-up with its cost, and
+// lookups, cache hits and reads per layer.
+
+export interface CopyUpEntry {
+  readonly path: string
+  /** The layer the entry came from: its position in the stack (0 is the upper) and its source. */
+  readonly layer: { readonly index: number; readonly source: string }
+  readonly reason: string
+  readonly bytes: number
+  readonly durationMs: number
+  /** False when only metadata was copied. */
+  readonly data: boolean
+}
+
+export interface StatsReport {
+  readonly mountpoint: string
+  readonly pid: number
+  readonly copyUps: readonly CopyUpEntry[]
+  readonly totals: {
+    readonly copyUps: number
+    readonly copyUpBytes: number
+    readonly copyUpMs: number
+    readonly lookups: number
+    readonly cacheHits: number
+    readonly cacheMisses: number
+    readonly reads: number
+    readonly bytesRead: number
+  }
+  readonly layers: ReadonlyArray<{ readonly index: number; readonly source: string; readonly kind: string; readonly reads: number; readonly bytesRead: number }>
+}
+
+export class Stats {
+  private readonly copyUps: CopyUpEntry[] = []
+
+  constructor(private readonly fs: LayerFs, private readonly mountpoint: string) {
+    fs.upper?.copyUp.listen((rec: CopyUpRecord) => {
+      this.copyUps.push({
+        path: Buffer.from(rec.path, 'latin1').toString('utf8'),
+        layer: { index: rec.layer, source: rec.source },
+        reason: rec.reason, bytes: rec.bytes, durationMs: Math.round(rec.durationMs * 1000) / 1000, data: rec.data,
+      })
+    })
+  }
+
+  report(): StatsReport {
+    const { union } = this.fs
+    const cache = union.cacheStats
+    const layers = union.layers.map((l, index) => ({
+      index, source: l.source, kind: l.kind, reads: this.fs.reads[index], bytesRead: this.fs.bytesRead[index],
+    }))
+    return {
+      mountpoint: this.mountpoint,
+      pid: process.pid,
+      copyUps: this.copyUps,
+      totals: {
+        copyUps: this.copyUps.length,
+        copyUpBytes: this.copyUps.reduce((n, c) => n + c.bytes, 0),
+        copyUpMs: Math.round(this.copyUps.reduce((n, c) => n + c.durationMs, 0) * 1000) / 1000,
+        lookups: cache.hits + cache.misses,
+        cacheHits: cache.hits,
+        cacheMisses: cache.misses,
+        reads: layers.reduce((n, l) => n + l.reads, 0),
+        bytesRead: layers.reduce((n, l) => n + l.bytesRead, 0),
+      },
+      layers,
+    }
+  }
+}
