@@ -18,6 +18,5 @@ interface LayerfsSys {
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 export const sys = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys
 
-export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
 export const RENAME_WHITEOUT = 4

@@ -106,13 +106,6 @@ export class TarIndex {
     return this.parts.names.toString('latin1', off, off + this.u32[rec * W + K_NAME_LEN])
   }
 
-  path(rec: number): string {
-    if (rec === 0) return '/'
-    const parts: string[] = []
-    for (let r = rec; r !== 0; r = this.u32[r * W + K_PARENT]) parts.push(this.name(r))
-    return '/' + parts.reverse().join('/')
-  }
-
   /** Child records of a directory record: [first, first + count). */
   children(rec: number): [number, number] {
     const first = this.u32[rec * W + K_FIRST]

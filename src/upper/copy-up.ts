@@ -162,8 +162,8 @@ export function setTimes(real: Buffer, entry: Pick<Entry, 'atime' | 'mtime'>): v
   sys.utimens(real, entry.atime.sec, entry.atime.nsec, entry.mtime.sec, entry.mtime.nsec)
 }
 
+/** Whether a chunk is all zeros (a hole to keep); chunks with data usually fail at their first bytes. */
 function isZero(b: Buffer): boolean {
-  // compare 8 bytes at a time where aligned; a chunk of a sparse file is mostly all-zero or not at all
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false
   return true
 }

@@ -75,15 +75,6 @@ export class UpperDir {
     }
   }
 
-  async exists(path: string): Promise<boolean> {
-    try {
-      await lstat(this.real(path))
-      return true
-    } catch {
-      return false
-    }
-  }
-
   /**
    * Puts a whiteout at `path`, replacing what the upper has there (a file, or an empty directory
    * after `clearDir`), atomically: a hard link of the template is renamed over it.
