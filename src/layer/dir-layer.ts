@@ -6,6 +6,7 @@ import { kindOfMode, shownXattrName, storedXattrName } from './layer'
 import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
+import { PathScope, withScope } from '../long-paths'
 import { sys } from '../sys'
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
@@ -31,31 +32,34 @@ export class DirLayer implements Layer {
     return new DirLayer(source, source)
   }
 
-  private real(path: string): Buffer {
-    return fsPath(this.root, path)
+  /** The on-disk path, reachable past PATH_MAX through the scope of the call. */
+  private real(scope: PathScope, path: string): Buffer {
+    return scope.short(fsPath(this.root, path))
   }
 
   async lookup(path: string): Promise<LayerLookup> {
-    if (path === '/') return { entry: await this.entryAt('/', await lstat(this.real('/'), { bigint: true })), whiteout: false }
-    const slash = path.lastIndexOf('/')
-    const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
-    const [st, marker] = await Promise.all([lstatOrNull(this.real(path)), lstatOrNull(this.real(markerPath))])
-    const ociWhiteout = marker !== null
-    if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
-    if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
-    if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) return { entry: null, whiteout: true }
-    return { entry: await this.entryAt(path, st), whiteout: ociWhiteout }
+    return withScope(async (scope) => {
+      if (path === '/') return { entry: await this.entryAt(scope, '/', await lstat(this.real(scope, '/'), { bigint: true })), whiteout: false }
+      const slash = path.lastIndexOf('/')
+      if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
+      const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
+      const [st, marker] = await Promise.all([lstatOrNull(this.real(scope, path)), lstatOrNull(this.real(scope, markerPath))])
+      const ociWhiteout = marker !== null
+      if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
+      if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) return { entry: null, whiteout: true }
+      return { entry: await this.entryAt(scope, path, st), whiteout: ociWhiteout }
+    })
   }
 
-  private async entryAt(path: string, st: BigIntStats): Promise<Entry> {
+  private async entryAt(scope: PathScope, path: string, st: BigIntStats): Promise<Entry> {
     const kind = kindOfMode(Number(st.mode))
     if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
     let opaque = false
     let redirect: string | null = null
     if (kind === 'dir') {
-      const real = this.real(path)
+      const real = this.real(scope, path)
       for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
-      if (!opaque) opaque = (await lstatOrNull(fsPath(this.root, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
+      if (!opaque) opaque = (await lstatOrNull(this.real(scope, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
       for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
     }
     return {
@@ -68,9 +72,13 @@ export class DirLayer implements Layer {
   }
 
   async readdir(path: string): Promise<DirListing> {
+    return withScope((scope) => this.readdirIn(scope, path))
+  }
+
+  private async readdirIn(scope: PathScope, path: string): Promise<DirListing> {
     let names: Buffer[]
     try {
-      names = await readdir(this.real(path), { encoding: 'buffer' })
+      names = await readdir(this.real(scope, path), { encoding: 'buffer' })
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot list directory', path)
     }
@@ -84,13 +92,13 @@ export class DirLayer implements Layer {
         return
       }
       const child = joinPath(path, name)
-      const st = await lstatOrNull(this.real(child))
+      const st = await lstatOrNull(this.real(scope, child))
       if (!st) return
       if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) {
         whiteouts.add(name)
         return
       }
-      entries.set(name, await this.entryAt(child, st))
+      entries.set(name, await this.entryAt(scope, child, st))
     }))
     return { entries, whiteouts }
   }
@@ -98,7 +106,7 @@ export class DirLayer implements Layer {
   async open(path: string): Promise<LayerFile> {
     let fh: FileHandle
     try {
-      fh = await open(this.real(path), C.O_RDONLY | C.O_NOFOLLOW)
+      fh = await withScope((scope) => open(this.real(scope, path), C.O_RDONLY | C.O_NOFOLLOW))
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot open', path)
     }
@@ -110,7 +118,7 @@ export class DirLayer implements Layer {
 
   async readlink(path: string): Promise<string> {
     try {
-      return (await readlink(this.real(path), { encoding: 'buffer' })).toString('latin1')
+      return (await withScope((scope) => readlink(this.real(scope, path), { encoding: 'buffer' }))).toString('latin1')
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot read link', path)
     }
@@ -118,14 +126,14 @@ export class DirLayer implements Layer {
 
   async listXattrs(path: string): Promise<string[]> {
     try {
-      return sys.llistxattr(this.real(path)).map(shownXattrName).filter((n): n is string => n !== null)
+      return await withScope(async (scope) => sys.llistxattr(this.real(scope, path)).map(shownXattrName).filter((n): n is string => n !== null))
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot list extended attributes', path)
     }
   }
 
   async getXattr(path: string, _entry: Entry, name: string): Promise<Buffer | null> {
-    return xattrOrNull(this.real(path), storedXattrName(name))
+    return withScope(async (scope) => xattrOrNull(this.real(scope, path), storedXattrName(name)))
   }
 
   async close(): Promise<void> {}

@@ -3,6 +3,7 @@ import { link, lstat, mkdir, readdir, rename, rm, rmdir, stat, unlink } from 'no
 import { join } from 'node:path'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath } from '../paths'
+import { PathScope, withScope } from '../long-paths'
 import { RENAME_EXCHANGE, RENAME_WHITEOUT, sys } from '../sys'
 
 // The upper and work directories on disk, in kernel overlayfs's format: whiteouts are char 0/0
@@ -51,9 +52,25 @@ export class UpperDir {
     return dir
   }
 
-  /** The on-disk path of a merged path in the upper. */
+  /** The scope of the change under way (changes are serialised): long paths go through it. */
+  private scope: PathScope | null = null
+
+  /** The on-disk path of a merged path in the upper (reachable even past PATH_MAX inside a change). */
   real(path: string): Buffer {
-    return fsPath(this.upper, path)
+    const full = fsPath(this.upper, path)
+    return this.scope ? this.scope.short(full) : full
+  }
+
+  /** Runs one change of the upper; the descriptors that reached long paths are closed after it. */
+  async change<T>(work: () => Promise<T>): Promise<T> {
+    return withScope(async (scope) => {
+      this.scope = scope
+      try {
+        return await work()
+      } finally {
+        this.scope = null
+      }
+    })
   }
 
   /** A fresh name in the work dir for building an entry. */

@@ -40,6 +40,11 @@ export class Upper {
     this.copyUp = new CopyUp(union, dir)
   }
 
+  /** One change at a time, with long paths reachable for its duration. */
+  private run<T>(work: () => Promise<T>): Promise<T> {
+    return this.locks.run(() => this.dir.change(work))
+  }
+
   private async resolve(path: string): Promise<Resolved> {
     const r = await this.union.resolve(path)
     if (!r) throw new FsError(Errno.ENOENT, 'no such file or directory', path)
@@ -100,7 +105,7 @@ export class Upper {
   }
 
   async mkdir(path: string, mode: number, caller: Caller): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.mustBeAbsent(path)
       await this.createEntry(path, caller, (at) => mkdir(at, 0o700).then(() => undefined), mode & 0o7777)
     })
@@ -108,7 +113,7 @@ export class Upper {
 
   /** Creates and opens a regular file; returns the open upper file. */
   async create(path: string, mode: number, flags: number, caller: Caller): Promise<FileHandle> {
-    return this.locks.run(async () => {
+    return this.run(async () => {
       await this.mustBeAbsent(path)
       await this.createEntry(path, caller, async (at) => (await open(at, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)).close(), mode & 0o7777)
       const accmode = flags & (C.O_RDONLY | C.O_WRONLY | C.O_RDWR)
@@ -117,7 +122,7 @@ export class Upper {
   }
 
   async mknod(path: string, mode: number, rdev: number, caller: Caller): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.mustBeAbsent(path)
       const major = (rdev >>> 8) & 0xfff
       const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00)
@@ -126,14 +131,14 @@ export class Upper {
   }
 
   async symlink(target: string, path: string, caller: Caller): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.mustBeAbsent(path)
       await this.createEntry(path, caller, (at) => symlink(Buffer.from(target, 'latin1'), at), null)
     })
   }
 
   async link(existing: string, path: string): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       const src = await this.resolve(existing)
       if (src.top.entry.kind === 'dir') throw new FsError(Errno.EPERM, 'hard link to a directory', existing)
       await this.mustBeAbsent(path)
@@ -153,7 +158,7 @@ export class Upper {
   }
 
   async unlink(path: string): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       const r = await this.resolve(path)
       if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
       await this.remove(path, r)
@@ -161,7 +166,7 @@ export class Upper {
   }
 
   async rmdir(path: string): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       if (path === '/') throw new FsError(Errno.EBUSY, 'cannot remove the root', path)
       const r = await this.resolve(path)
       if (r.top.entry.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory', path)
@@ -185,7 +190,7 @@ export class Upper {
   }
 
   async rename(from: string, to: string): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       const src = await this.resolve(from)
       if (from === to) return
       if (to.startsWith(from + '/')) throw new FsError(Errno.EINVAL, 'cannot move a directory into itself', to)
@@ -239,14 +244,14 @@ export class Upper {
   }
 
   async chmod(path: string, mode: number): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.copyUp.ensure(path, 'chmod')
       await chmod(this.dir.real(path), mode & 0o7777)
     })
   }
 
   async chown(path: string, uid: number, gid: number): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.copyUp.ensure(path, 'chown')
       // -1 (as uint32) leaves that id unchanged
       const st = await lstat(this.dir.real(path))
@@ -255,7 +260,7 @@ export class Upper {
   }
 
   async utimens(path: string, atime: TimeSpec, mtime: TimeSpec): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.copyUp.ensure(path, 'utimens')
       const fix = (t: TimeSpec): TimeSpec => (t.nsec === UTIME_NOW || t.nsec === UTIME_OMIT ? { sec: 0, nsec: t.nsec } : t)
       const a = fix(atime)
@@ -265,7 +270,7 @@ export class Upper {
   }
 
   async truncate(path: string, size: number): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       const r = await this.resolve(path)
       if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
       await this.copyUp.ensure(path, 'truncate', { data: size > 0 })
@@ -274,14 +279,14 @@ export class Upper {
   }
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       await this.copyUp.ensure(path, 'setxattr')
       sys.lsetxattr(this.dir.real(path), storedXattrName(name), value, flags)
     })
   }
 
   async removexattr(path: string, name: string): Promise<void> {
-    await this.locks.run(async () => {
+    await this.run(async () => {
       const r = await this.resolve(path)
       const has = await this.union.layers[r.top.layer].getXattr(r.top.path, r.top.entry, name)
       if (has === null) throw new FsError(Errno.ENODATA, 'no such attribute', path)
@@ -292,7 +297,7 @@ export class Upper {
 
   /** Opens the upper file of `path` for writing, copying it up first (without data for O_TRUNC). */
   async openForWrite(path: string, flags: number): Promise<FileHandle> {
-    return this.locks.run(async () => {
+    return this.run(async () => {
       const r = await this.resolve(path)
       if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
       await this.copyUp.ensure(path, 'write', { data: (flags & C.O_TRUNC) === 0 })
@@ -306,6 +311,6 @@ export class Upper {
 
   /** Opens the upper file of an already copied-up path for reading (re-pointing a read handle). */
   async openUpperForRead(path: string): Promise<FileHandle> {
-    return open(this.dir.real(path), C.O_RDONLY)
+    return this.run(() => open(this.dir.real(path), C.O_RDONLY))
   }
 }

@@ -6,7 +6,8 @@ import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
 
 // Corners a POSIX conformance suite (pjdfstest) found, checked against kernel overlayfs: one time
-// set at a time (libfuse 2 dropped such utimens calls), and names over NAME_MAX.
+// set at a time (libfuse 2 dropped such utimens calls), names over NAME_MAX, and paths that are
+// under PATH_MAX in the mount but over it once the daemon prefixes the upper directory.
 
 after(async () => {
   await unmountAll()
@@ -29,10 +30,17 @@ t mkdir "$long"
 t mv f "$long"
 ok=$(printf 'y%.0s' $(seq 1 255))
 t touch "$ok"
+d=$(printf 'd%.0s' $(seq 1 200)); p=.; for i in $(seq 1 19); do p="$p/$d"; done
+t mkdir -p "$p"
+t sh -c "echo deep > $p/f"
+t mv "$p/f" "$p/g"
+t cat "$p/g"
+t rm "$p/g"
+t touch "$p/h"
 `
 
 describe('POSIX corners, as kernel overlayfs answers them', () => {
-  it('touch -a, touch -m (utimensat with UTIME_OMIT), and 256-byte names', async () => {
+  it('touch -a, touch -m (utimensat with UTIME_OMIT), 256-byte names, paths near PATH_MAX', async () => {
     const dir = await tempDir('posix')
     const lower = join(dir, 'lower')
     await mkdir(lower)
@@ -56,5 +64,6 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.equal(outputs[1], outputs[0])
     assert.match(outputs[0], /^1 touch x{256}$/m)
     assert.match(outputs[0], /^0 touch y{255}$/m)
+    assert.match(outputs[0], /^0 mv \S+\/f \S+\/g$/m, 'a rename deep down works')
   })
 })
