@@ -1,5 +1,5 @@
-import { constants as C, type BigIntStats } from 'node:fs'
-import { lstat, open, readdir, readlink, stat } from 'node:fs/promises'
+import { constants as C, lstatSync, type BigIntStats } from 'node:fs'
+import { open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { kindOfMode, shownXattrName, storedXattrName } from './layer'
@@ -39,11 +39,16 @@ export class DirLayer implements Layer {
 
   async lookup(path: string): Promise<LayerLookup> {
     return withScope(async (scope) => {
-      if (path === '/') return { entry: await this.entryAt(scope, '/', await lstat(this.real(scope, '/'), { bigint: true })), whiteout: false }
+      if (path === '/') {
+        const root = lstatOrNull(this.real(scope, '/'))
+        if (!root) throw new FsError(Errno.ENOENT, 'layer directory is gone', this.source)
+        return { entry: await this.entryAt(scope, '/', root), whiteout: false }
+      }
       const slash = path.lastIndexOf('/')
       if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
       const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
-      const [st, marker] = await Promise.all([lstatOrNull(this.real(scope, path)), lstatOrNull(this.real(scope, markerPath))])
+      const st = lstatOrNull(this.real(scope, path))
+      const marker = lstatOrNull(this.real(scope, markerPath))
       const ociWhiteout = marker !== null
       if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
       if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) return { entry: null, whiteout: true }
@@ -59,7 +64,7 @@ export class DirLayer implements Layer {
     if (kind === 'dir') {
       const real = this.real(scope, path)
       for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
-      if (!opaque) opaque = (await lstatOrNull(this.real(scope, joinPath(path, OCI_OPAQUE_MARKER)))) !== null
+      if (!opaque) opaque = lstatOrNull(this.real(scope, joinPath(path, OCI_OPAQUE_MARKER))) !== null
       for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
     }
     return {
@@ -92,7 +97,7 @@ export class DirLayer implements Layer {
         return
       }
       const child = joinPath(path, name)
-      const st = await lstatOrNull(this.real(scope, child))
+      const st = lstatOrNull(this.real(scope, child))
       if (!st) return
       if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) {
         whiteouts.add(name)
@@ -150,9 +155,14 @@ function ts(ns: bigint): Timestamp {
   return { sec: Number(s), nsec: Number(nsec) }
 }
 
-async function lstatOrNull(p: Buffer): Promise<BigIntStats | null> {
+/**
+ * lstat, synchronously: a thread-pool round trip costs more than the call on a local directory,
+ * and a lookup makes several. (Never on a path inside this process's own mount: a layer or upper
+ * dir is not.)
+ */
+function lstatOrNull(p: Buffer): BigIntStats | null {
   try {
-    return await lstat(p, { bigint: true })
+    return lstatSync(p, { bigint: true })
   } catch (err) {
     // ENAMETOOLONG: the '.wh.' marker of a 252+ byte name cannot exist
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR') || isErrno(err, 'ENAMETOOLONG')) return null
