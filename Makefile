@@ -1,7 +1,7 @@
 # layerfs — see README.md. `make build` is idempotent and quiet when there is nothing to do.
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
-APT_PACKAGES := libfuse2 fuse3 attr
+APT_PACKAGES := libfuse2 fuse3 attr zlib1g-dev
 FIXTURE_PACKAGES := libarchive-tools umoci pigz
 
 .PHONY: build system-deps fixtures demo test soak clean

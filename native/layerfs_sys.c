@@ -207,6 +207,8 @@ static napi_value js_renameat2(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+napi_value gzip_access_init(napi_env env, napi_value exports); // gzip_access.c
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_default, NULL },
@@ -218,6 +220,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  gzip_access_init(env, exports);
   return exports;
 }
 

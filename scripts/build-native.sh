@@ -15,7 +15,7 @@ nodedir=$(npm config get nodedir 2>/dev/null || true)
 [[ -n $nodedir && $nodedir != undefined ]] || { [[ -f /usr/include/node/node_api.h ]] && nodedir=/usr; } || true
 
 addon=native/build/Release/layerfs_sys.node
-if [[ ! -f $addon || native/layerfs_sys.c -nt $addon || native/binding.gyp -nt $addon ]]; then
+if [[ ! -f $addon || native/layerfs_sys.c -nt $addon || native/gzip_access.c -nt $addon || native/binding.gyp -nt $addon ]]; then
   ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
 fi
 

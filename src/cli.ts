@@ -15,17 +15,23 @@ import { log, redirectLog } from './log'
 // The command line: the only place that talks to the user and picks exit codes.
 
 const USAGE = `usage:
-  layerfs mount [-f] [-q] -o lowerdir=TOP:...:BASE MOUNTPOINT
+  layerfs mount [-f] [-q] -o lowerdir=TOP:...:BASE[,upperdir=U,workdir=W] MOUNTPOINT
+  layerfs mount [-f] [-q] [--platform OS/ARCH] IMAGE MOUNTPOINT [-o upperdir=U,workdir=W]
   layerfs [-f] -o lowerdir=TOP:...:BASE MOUNTPOINT          (as fuse-overlayfs is called)
   layerfs SOURCE MOUNTPOINT -o lowerdir=...                  (mount -t fuse.layerfs SOURCE MOUNTPOINT -o ...)
   layerfs umount MOUNTPOINT
   layerfs tree MOUNTPOINT             the merged tree, with the layer serving each entry
   layerfs stats MOUNTPOINT [--json]   what the daemon did: copy-ups and their cost, lookups, reads
+  layerfs cache ls                    the persisted layer indexes
+  layerfs cache prune [--all] [--unused-days N]
+                                      remove stale indexes (archive gone or changed), old ones, or all
 
-Each lower is a directory (extracted layer, kernel-overlay form) or an uncompressed .tar read in
-place; the leftmost is the topmost. The mount is read-only. mount returns once the mount is live and
-leaves a daemon serving it; -f keeps it in the foreground. End it with 'umount MOUNTPOINT'.
-Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.`
+Each lower is a directory (extracted layer, kernel-overlay form) or a tar, plain or gzip, read in
+place; the leftmost is the topmost. IMAGE is docker-archive:PATH[:NAME:TAG] (docker save, skopeo),
+oci:DIR[:REF] (an OCI image layout), or a path to either. Without upperdir the mount is read-only.
+mount returns once the mount is live and leaves a daemon serving it; -f keeps it in the foreground;
+-q hides progress bars. End it with 'umount MOUNTPOINT'. Options it does not know are accepted and
+ignored. DEBUG=layerfs:* logs what it does.`
 
 const DAEMON_ARG = '__layerfs_daemon'
 
@@ -205,6 +211,44 @@ async function stats(mountpoint: string, json: boolean): Promise<void> {
   process.stdout.write(out.join('\n') + '\n')
 }
 
+function human(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB']
+  let i = 0
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++ }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
+}
+
+async function cache(action: 'ls' | 'prune', all: boolean, unusedDays: number | null): Promise<void> {
+  const { listCache, pruneCache } = await import('./cache')
+  const { cacheDir } = await import('./layer/index-file')
+  if (action === 'prune') {
+    const r = await pruneCache({ all, unusedDays })
+    for (const e of r.removed) process.stdout.write(`removed ${e.key} (${human(e.bytes)}${e.stale ? ', ' + e.stale : ''})\n`)
+    process.stdout.write(`${r.removed.length} index(es) removed, ${human(r.bytes)} freed; ${r.markers} checked-blob marker(s) removed\n`)
+    return
+  }
+  const entries = await listCache()
+  process.stdout.write(`cache: ${cacheDir()}\n`)
+  if (entries.length === 0) {
+    process.stdout.write('no indexes\n')
+    return
+  }
+  const rows = entries.map((e) => {
+    const m = e.header?.meta
+    return [
+      e.key.startsWith('sha256:') ? e.key.slice(0, 19) : e.key,
+      m?.format ?? '?', m ? String(m.entries) : '?', m ? human(m.size) : '?', human(e.bytes),
+      m && m.size > 0 ? `${((e.bytes / m.size) * 100).toFixed(1)}%` : '-',
+      e.lastUsed.toISOString().slice(0, 16).replace('T', ' '), e.stale ?? (m?.source ?? ''),
+    ]
+  })
+  const head = ['KEY', 'FORMAT', 'ENTRIES', 'TAR SIZE', 'INDEX', 'RATIO', 'LAST USED', 'SOURCE / STATE']
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
+  const fmt = (r: string[]): string => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')
+  const total = entries.reduce((a, e) => a + e.bytes, 0)
+  process.stdout.write([fmt(head), ...rows.map(fmt), `${entries.length} index(es), ${human(total)}`].join('\n') + '\n')
+}
+
 function run(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => execFile(cmd, args, (err, _out, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve())))
 }
@@ -262,6 +306,8 @@ export async function main(argv: string[]): Promise<void> {
         return await tree(cmd.mountpoint).catch((err: Error) => { throw err instanceof UserError ? err : new UserError(err.message) })
       case 'stats':
         return await stats(cmd.mountpoint, cmd.json)
+      case 'cache':
+        return await cache(cmd.action, cmd.all, cmd.unusedDays)
       case 'mount':
         if (cmd.request.foreground) return await runForeground(cmd.request)
         return await runBackground(cmd.request)

@@ -1,12 +1,17 @@
 import { resolve } from 'node:path'
 import { UserError } from './errors'
 import { log } from './log'
+import { looksLikeImage, parseImageRef, type ImageRef } from './image/reference'
 
 /** What to mount, resolved to absolute paths: the daemon's whole input. */
 export interface MountRequest {
   readonly mountpoint: string
-  /** Lower layers, topmost first. */
+  /** Lower layers, topmost first (empty when an image gives them). */
   readonly lowers: readonly string[]
+  /** The image whose layers are the lowers, if one was named. */
+  readonly image: ImageRef | null
+  /** --platform OS/ARCH[/VARIANT] for a multi-platform image; null: this machine's. */
+  readonly platform: string | null
   readonly upper: string | null
   readonly work: string | null
   /** The mount's source name in /proc/mounts. */
@@ -29,6 +34,8 @@ export type Command =
   | { readonly kind: 'tree'; readonly mountpoint: string }
   /** What the daemon did: copy-ups and their cost, lookups, reads per layer. */
   | { readonly kind: 'stats'; readonly mountpoint: string; readonly json: boolean }
+  /** The index cache: list it, or trim it. */
+  | { readonly kind: 'cache'; readonly action: 'ls' | 'prune'; readonly all: boolean; readonly unusedDays: number | null }
   | { readonly kind: 'help' }
   | { readonly kind: 'version' }
 
@@ -104,12 +111,27 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
     if (rest.length !== 1) throw new UserError('usage: layerfs stats MOUNTPOINT [--json]')
     return { kind: 'stats', mountpoint: resolve(cwd, rest[0]), json: args.includes('--json') }
   }
+  if (args[0] === 'cache') {
+    const action = args[1]
+    const usage = 'usage: layerfs cache ls | layerfs cache prune [--all] [--unused-days N]'
+    if (action === 'ls' && args.length === 2) return { kind: 'cache', action, all: false, unusedDays: null }
+    if (action !== 'prune') throw new UserError(usage)
+    let all = false
+    let unusedDays: number | null = null
+    for (let i = 2; i < args.length; i++) {
+      if (args[i] === '--all') all = true
+      else if (args[i] === '--unused-days' && i + 1 < args.length && /^\d+(\.\d+)?$/.test(args[i + 1])) unusedDays = Number(args[++i])
+      else throw new UserError(usage)
+    }
+    return { kind: 'cache', action, all, unusedDays }
+  }
   if (args[0] === 'mount') args.shift()
   const positional: string[] = []
   const optionArgs: string[] = []
   let foreground = false
   let debug = false
   let quiet = false
+  let platform: string | null = null
   for (let i = 0; i < args.length; i++) {
     const a = args[i]
     if (a === '-o') {
@@ -119,6 +141,10 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
     else if (a === '-f' || a === '--foreground') foreground = true
     else if (a === '-d' || a === '--debug') { debug = true; foreground = true }
     else if (a === '-q' || a === '--quiet') quiet = true
+    else if (a === '--platform' || a.startsWith('--platform=')) {
+      if (a === '--platform' && i + 1 >= args.length) throw new UserError('bad option syntax: --platform needs OS/ARCH')
+      platform = a === '--platform' ? args[++i] : a.slice('--platform='.length)
+    }
     else if (a === '-h' || a === '--help') return { kind: 'help' }
     else if (a === '-V' || a === '--version') return { kind: 'version' }
     else if (a === '-s' || a === '-n' || a === '-v') log.cli('ignoring flag %s', a) // mount.fuse / fuse-overlayfs habits
@@ -131,15 +157,20 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   const opts = parseOptionList(optionArgs)
   const mountpoint = resolve(cwd, positional[positional.length - 1])
   const source = positional.length === 2 ? positional[0] : null
-  if (source !== null && /^(docker-archive|oci|oci-archive|docker):/.test(source)) {
-    throw new UserError(`image references (${source.split(':')[0]}:) are not supported by this version; give the layers with -o lowerdir=`)
-  }
   const lowerOpt = opts.get('lowerdir')
-  if (lowerOpt === undefined) throw new UserError('missing -o lowerdir=TOP:...:BASE')
-  if (lowerOpt === true || lowerOpt === '') throw new UserError('bad option syntax: lowerdir needs a value (lowerdir=TOP:...:BASE)')
-  // fuse-overlayfs and the kernel take '\:' for a colon inside a path
-  const lowers = splitEscaped(lowerOpt, ':')
-  if (lowers.some((p) => p === '')) throw new UserError('bad option syntax: empty path in lowerdir')
+  let lowers: string[] = []
+  let image: ImageRef | null = null
+  if (lowerOpt === undefined) {
+    // an image: `layerfs mount IMAGE MOUNTPOINT`, or mount.fuse's SOURCE when no lowerdir is given
+    if (source === null) throw new UserError('missing -o lowerdir=TOP:...:BASE, or an image (docker-archive:PATH, oci:DIR[:REF])')
+    image = parseImageRef(source, cwd)
+  } else {
+    if (lowerOpt === true || lowerOpt === '') throw new UserError('bad option syntax: lowerdir needs a value (lowerdir=TOP:...:BASE)')
+    if (source !== null && looksLikeImage(source)) throw new UserError(`give either an image (${source}) or -o lowerdir=, not both`)
+    // fuse-overlayfs and the kernel take '\:' for a colon inside a path
+    lowers = splitEscaped(lowerOpt, ':')
+    if (lowers.some((p) => p === '')) throw new UserError('bad option syntax: empty path in lowerdir')
+  }
   const upper = pathOption(opts, 'upperdir', cwd)
   const work = pathOption(opts, 'workdir', cwd)
   if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
@@ -154,6 +185,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
     request: {
       mountpoint,
       lowers: lowers.map((p) => resolve(cwd, p)),
+      image, platform,
       upper, work,
       fsname: typeof fsnameOpt === 'string' ? fsnameOpt : source ?? 'layerfs',
       foreground,

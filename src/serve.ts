@@ -15,6 +15,8 @@ import { mountAt, mounts, removeRecord, writeRecord } from './runtime'
 import { listen, socketPath, type WhichAnswer } from './control'
 import { Stats } from './stats'
 import { log } from './log'
+import { imageLayers } from './image/image'
+import { describeRef } from './image/reference'
 
 export interface ServeHooks {
   /** A progress bar for one long step. */
@@ -47,10 +49,8 @@ export async function preflight(req: MountRequest): Promise<string> {
   return real
 }
 
-const GZIP = Buffer.from([0x1f, 0x8b])
-const ZSTD = Buffer.from([0x28, 0xb5, 0x2f, 0xfd])
 
-/** Opens one lower: a directory, or a file that must be an uncompressed tar. */
+/** Opens one lower: a directory, or a tar file (plain or gzip). */
 export async function openLayer(path: string, hooks: ServeHooks): Promise<Layer> {
   let st
   try {
@@ -71,8 +71,6 @@ export async function openLayer(path: string, hooks: ServeHooks): Promise<Layer>
   } catch (err) {
     throw new UserError(`layer ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
   }
-  if (head.subarray(0, 2).equals(GZIP)) throw new UserError(`layer ${path}: gzip-compressed layers are not supported by this version yet`)
-  if (head.equals(ZSTD)) throw new UserError(`layer ${path}: zstd-compressed layers are not supported by this version yet`)
   const bar = hooks.progress(`indexing ${path}`)
   try {
     return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total) })
@@ -81,10 +79,23 @@ export async function openLayer(path: string, hooks: ServeHooks): Promise<Layer>
   }
 }
 
-export async function openLayers(paths: readonly string[], hooks: ServeHooks): Promise<Layer[]> {
+/** Opens the lowers a request names: its image's layers, or its lowerdir paths; topmost first. */
+export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'platform'>, hooks: ServeHooks): Promise<Layer[]> {
   const layers: Layer[] = []
   try {
-    for (const p of paths) layers.push(await openLayer(p, hooks))
+    if (req.image) {
+      const { layers: blobs } = await imageLayers(req.image, req.platform, (label) => hooks.progress(label))
+      for (const blob of blobs) {
+        const bar = hooks.progress(`indexing ${blob.name}`)
+        try {
+          layers.push(await TarLayer.open(blob, { onProgress: (done, total) => bar.update(done, total) }))
+        } finally {
+          bar.finish()
+        }
+      }
+      return layers
+    }
+    for (const p of req.lowers) layers.push(await openLayer(p, hooks))
     return layers
   } catch (err) {
     await Promise.all(layers.map((l) => l.close().catch(() => undefined)))
@@ -95,7 +106,7 @@ export async function openLayers(paths: readonly string[], hooks: ServeHooks): P
 /** Opens the layers, mounts, and keeps serving until unmounted. */
 export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Served> {
   const mountpoint = await preflight(req)
-  const lowers = await openLayers(req.lowers, hooks)
+  const lowers = await openLayers(req, hooks)
   let fs: LayerFs
   try {
     if (req.upper !== null && req.work !== null) {
@@ -133,7 +144,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     return stats.report()
   })
   const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
-  await writeRecord({ pid: process.pid, mountpoint, lowers: req.lowers, startedAt: new Date().toISOString() })
+  await writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
   log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, union.layers.length)
 
   let finish!: () => void

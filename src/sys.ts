@@ -15,8 +15,36 @@ interface LayerfsSys {
   renameat2(from: Buffer, to: Buffer, flags: number): void
 }
 
+/** An inflate cursor of native/gzip_access.c (opaque). */
+export type GzCursor = { readonly __gzCursor: unique symbol }
+
+/** A checkpoint as the native scan reports it (window raw, up to 32 KiB). */
+export interface GzCheckpoint {
+  out: number
+  in: number
+  kind: number
+  bits: number
+  prevByte: number
+  window: Buffer
+}
+
+interface GzipAccess {
+  /** A cursor over the gzip data at [base, base + length) of fd; a scanning cursor records a checkpoint every `span` output bytes. */
+  gzOpen(fd: number, base: number, length: number, span: number): GzCursor
+  gzSeek(c: GzCursor, out: number, inPos: number, kind: number, bits: number, prevByte: number, window: Buffer): void
+  /** Skips `skip` output bytes, then fills buf; returns the bytes put there (fewer only at the end). Throws code EGZIP on damage. */
+  gzRead(c: GzCursor, buf: Buffer, skip: number): number
+  gzReadAsync(c: GzCursor, buf: Buffer, skip: number, cb: (err: Error | undefined, n: number | undefined) => void): void
+  /** gzRead for the indexing pass; appends the checkpoints passed to `into`. */
+  gzScan(c: GzCursor, buf: Buffer, into: GzCheckpoint[]): number
+  /** [uncompressed offset, compressed offset, ended] */
+  gzState(c: GzCursor): [number, number, boolean]
+}
+
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-export const sys = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys
+const addon = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys & GzipAccess
+export const sys: LayerfsSys = addon
+export const gz: GzipAccess = addon
 
 export const RENAME_EXCHANGE = 2
 export const RENAME_WHITEOUT = 4

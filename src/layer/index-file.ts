@@ -1,22 +1,26 @@
 import { createHash } from 'node:crypto'
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, readSync, utimesSync } from 'node:fs'
 import { mkdir, open, rename, unlink } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { TarIndex } from './tar-index'
 import { log } from '../log'
 
-// A persisted tar index: "LAYERFS-INDEX\n", the format version, the JSON identity of the archive it
-// was built from, the three parts of the TarIndex (8-byte aligned), and a SHA-256 of all that. A
-// reader trusts a file only when magic, version, checksum and identity all match; else it rebuilds.
+// A persisted tar index: "LAYERFS-INDEX\n", the format version, a JSON header (the identity of
+// what it was built from, and facts for `layerfs cache ls`), the three parts of the TarIndex and
+// the gzip checkpoints if any (8-byte aligned), and a SHA-256 of all that. A reader trusts a file
+// only when magic, version, checksum and identity all match; else it rebuilds.
 
 const MAGIC = Buffer.from('LAYERFS-INDEX\n', 'latin1')
 // Bump whenever what an index holds or how members are decoded changes: old files are then rebuilt.
-export const INDEX_VERSION = 3
+export const INDEX_VERSION = 4
 
-/** What must not have changed in the archive for its index to be reused. */
+/** What must not have changed in a loose archive for its index to be reused. */
 export interface ArchiveIdentity {
   readonly path: string
+  /** Where the archive lies in that file (a layer inside a docker-save archive), and its length. */
+  readonly offset: number
+  readonly length: number
   readonly size: number
   readonly mtimeNs: string
   readonly ctimeNs: string
@@ -26,61 +30,113 @@ export interface ArchiveIdentity {
   readonly sample: string
 }
 
+/** An image layer's index is keyed by the digest of its blob: one index for every image that shares it. */
+export interface DigestIdentity {
+  readonly digest: string
+}
+
+export type IndexIdentity = ArchiveIdentity | DigestIdentity
+
+/** Facts about the indexed layer, shown by `layerfs cache ls`; not part of the identity. */
+export interface IndexMeta {
+  /** What it was last opened as (a path, or an image and layer). */
+  readonly source: string
+  readonly format: 'tar' | 'gzip'
+  /** sha256 of the uncompressed tar (an image's diff_id), when computed. */
+  readonly diffId: string | null
+  /** Bytes of the uncompressed tar and of the stored blob. */
+  readonly size: number
+  readonly storedSize: number
+  readonly entries: number
+}
+
+export interface IndexHeader {
+  readonly identity: IndexIdentity
+  readonly meta: IndexMeta
+}
+
+export interface LoadedIndex {
+  readonly index: TarIndex
+  readonly meta: IndexMeta
+  /** The gzip checkpoint table's bytes, or null for a plain tar. */
+  readonly access: Buffer | null
+}
+
 export function cacheDir(): string {
   const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache')
   return join(base, 'layerfs')
 }
 
-export function indexPathFor(key: string): string {
+/** The index file of a loose archive (keyed by its real path) or of a blob (keyed by its digest). */
+export function indexPathFor(key: string | DigestIdentity): string {
+  if (typeof key !== 'string') return join(cacheDir(), 'index', key.digest.replace(':', '-') + '.idx')
   return join(cacheDir(), 'index', createHash('sha256').update(key).digest('hex').slice(0, 32) + '.idx')
 }
 
 const align8 = (n: number): number => (n + 7) & ~7
 
-/** Header: magic, u32 version, u32 identity length, identity, padding, then u32 table/names/extra lengths. */
-export function encodeIndex(identity: ArchiveIdentity, index: TarIndex): Buffer {
-  const id = Buffer.from(JSON.stringify(identity), 'utf8')
+/** Magic, u32 version, u32 header length, header JSON, padding, u32 table/names/extra/access lengths, parts. */
+export function encodeIndex(header: IndexHeader, index: TarIndex, access: Buffer | null): Buffer {
+  const head = Buffer.from(JSON.stringify(header), 'utf8')
   const { table, names, extra } = index.parts
-  const headerLen = align8(MAGIC.length + 8 + id.length) + 16
-  const total = headerLen + table.length + align8(names.length) + extra.length + 32
+  const acc = access ?? Buffer.alloc(0)
+  const headerLen = align8(MAGIC.length + 8 + head.length) + 16
+  const total = headerLen + table.length + align8(names.length) + align8(extra.length) + align8(acc.length) + 32
   const out = Buffer.alloc(total)
   MAGIC.copy(out, 0)
   out.writeUInt32LE(INDEX_VERSION, MAGIC.length)
-  out.writeUInt32LE(id.length, MAGIC.length + 4)
-  id.copy(out, MAGIC.length + 8)
+  out.writeUInt32LE(head.length, MAGIC.length + 4)
+  head.copy(out, MAGIC.length + 8)
   let p = headerLen - 16
   out.writeUInt32LE(table.length, p)
   out.writeUInt32LE(names.length, p + 4)
   out.writeUInt32LE(extra.length, p + 8)
+  out.writeUInt32LE(acc.length, p + 12)
   p = headerLen
   table.copy(out, p); p += table.length
   names.copy(out, p); p += align8(names.length)
-  extra.copy(out, p); p += extra.length
+  extra.copy(out, p); p += align8(extra.length)
+  acc.copy(out, p); p += align8(acc.length)
   createHash('sha256').update(out.subarray(0, p)).digest().copy(out, p)
   return out
 }
 
-/** Decodes an index file's bytes (8-byte aligned); null when it is not a whole index of this version for this identity. */
-export function decodeIndex(file: Buffer, identity: ArchiveIdentity): TarIndex | null {
-  if (file.length < MAGIC.length + 8 + 32 || !file.subarray(0, MAGIC.length).equals(MAGIC)) return null
+/** The header of an index file's bytes, or null when it is not an index of this version. */
+export function decodeHeader(file: Buffer): { header: IndexHeader; headerLen: number } | null {
+  if (file.length < MAGIC.length + 8 || !file.subarray(0, MAGIC.length).equals(MAGIC)) return null
   if (file.readUInt32LE(MAGIC.length) !== INDEX_VERSION) return null
   const idLen = file.readUInt32LE(MAGIC.length + 4)
   if (MAGIC.length + 8 + idLen > file.length) return null
-  if (file.toString('utf8', MAGIC.length + 8, MAGIC.length + 8 + idLen) !== JSON.stringify(identity)) return null
-  const headerLen = align8(MAGIC.length + 8 + idLen) + 16
+  try {
+    const header = JSON.parse(file.toString('utf8', MAGIC.length + 8, MAGIC.length + 8 + idLen)) as IndexHeader
+    return { header, headerLen: align8(MAGIC.length + 8 + idLen) + 16 }
+  } catch {
+    return null
+  }
+}
+
+/** Decodes an index file's bytes (8-byte aligned); null when it is not a whole index of this version for this identity. */
+export function decodeIndex(file: Buffer, identity: IndexIdentity): LoadedIndex | null {
+  const h = decodeHeader(file)
+  if (!h || JSON.stringify(h.header.identity) !== JSON.stringify(identity)) return null
+  const { headerLen } = h
+  if (headerLen > file.length) return null
   const tableLen = file.readUInt32LE(headerLen - 16)
   const namesLen = file.readUInt32LE(headerLen - 12)
   const extraLen = file.readUInt32LE(headerLen - 8)
-  const end = headerLen + tableLen + align8(namesLen) + extraLen
-  if (end + 32 !== file.length) return null
-  if (!createHash('sha256').update(file.subarray(0, end)).digest().equals(file.subarray(end))) return null
+  const accessLen = file.readUInt32LE(headerLen - 4)
   const namesAt = headerLen + tableLen
   const extraAt = namesAt + align8(namesLen)
-  return new TarIndex({
+  const accessAt = extraAt + align8(extraLen)
+  const end = accessAt + align8(accessLen)
+  if (end + 32 !== file.length) return null
+  if (!createHash('sha256').update(file.subarray(0, end)).digest().equals(file.subarray(end))) return null
+  const index = new TarIndex({
     table: file.subarray(headerLen, namesAt),
     names: file.subarray(namesAt, namesAt + namesLen),
     extra: file.subarray(extraAt, extraAt + extraLen),
   })
+  return { index, meta: h.header.meta, access: accessLen > 0 ? file.subarray(accessAt, accessAt + accessLen) : null }
 }
 
 /** Reads a whole file into a fresh (so 8-byte aligned) buffer. */
@@ -106,13 +162,18 @@ function readWhole(path: string): Buffer | null {
   }
 }
 
-export function loadIndex(file: string, identity: ArchiveIdentity): TarIndex | null {
+export function loadIndex(file: string, identity: IndexIdentity): LoadedIndex | null {
   const raw = readWhole(file)
   if (!raw) return null
   try {
-    const index = decodeIndex(raw, identity)
-    if (!index) log.index('index %s is stale or damaged; rebuilding', file)
-    return index
+    const loaded = decodeIndex(raw, identity)
+    if (!loaded) log.index('index %s is stale or damaged; rebuilding', file)
+    else {
+      // its mtime says when it was last used, for `layerfs cache prune`
+      const now = new Date()
+      try { utimesSync(file, now, now) } catch { /* a read-only cache still serves */ }
+    }
+    return loaded
   } catch (err) {
     log.index('index %s unreadable (%s); rebuilding', file, (err as Error).message)
     return null
@@ -123,12 +184,12 @@ export function loadIndex(file: string, identity: ArchiveIdentity): TarIndex | n
  * Writes the index atomically: a temp file in the same directory, then rename. No fsync: the index is
  * a cache, and a file torn by a crash fails its checksum and is rebuilt.
  */
-export async function saveIndex(file: string, identity: ArchiveIdentity, index: TarIndex): Promise<void> {
+export async function saveIndex(file: string, header: IndexHeader, index: TarIndex, access: Buffer | null): Promise<void> {
   await mkdir(dirname(file), { recursive: true })
   const tmp = `${file}.${process.pid}.tmp`
   const fh = await open(tmp, 'w', 0o644)
   try {
-    await fh.writeFile(encodeIndex(identity, index))
+    await fh.writeFile(encodeIndex(header, index, access))
   } finally {
     await fh.close()
   }

@@ -1,19 +1,21 @@
 import { createHash } from 'node:crypto'
 import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'node:fs'
 import { close } from 'node:fs'
-import type { DirListing, Entry, Layer, LayerFile, LayerLookup } from './layer'
+import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { shownXattrName, storedXattrName } from './layer'
 import { TarIndexBuilder } from './tar-index-builder'
 import { FLAG_WHITEOUT, KIND_CODES, type DataLocation, type TarEntry, TarIndex } from './tar-index'
-import { scanTar } from './tar-scan'
+import { FileScanInput, scanTar, type ScanInput } from './tar-scan'
 import { TarFormatError } from './tar-headers'
-import { indexPathFor, loadIndex, saveIndex, type ArchiveIdentity } from './index-file'
+import { indexPathFor, loadIndex, saveIndex, type ArchiveIdentity, type IndexIdentity, type IndexMeta } from './index-file'
+import { formatOf, type LayerBlob } from './blob'
+import { CheckpointTable, GzipDataError, GzipReader, GzipScanInput } from './gzip-access'
 import { FsError, Errno, UserError } from '../errors'
 import { displayPath } from '../paths'
 import { log } from '../log'
 
 export interface TarLayerOptions {
-  /** Reports indexing progress: bytes of the archive scanned out of its size. */
+  /** Reports indexing progress: bytes of the stored layer read out of its size. */
   onProgress?: (done: number, total: number) => void
   /** Whether to read and write the persisted index (default true). */
   persistIndex?: boolean
@@ -22,38 +24,87 @@ export interface TarLayerOptions {
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
 const WHITEOUT_ONLY: LayerLookup = { entry: null, whiteout: true }
 
-/** An uncompressed tar served in place: an index of its members, then positional reads of their bytes. */
+/** Positional reads of the uncompressed tar stream. */
+interface TarData {
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<number>
+}
+
+const UNSUPPORTED: Record<string, string> = {
+  zstd: 'zstd-compressed layers are not supported (a zstd layer is one frame: serving it in place would mean inflating from its start for every read); decompress it with `zstd -d` or use gzip',
+  bzip2: 'bzip2-compressed layers are not supported (not an OCI layer format); decompress it with `bzip2 -d`',
+  xz: 'xz-compressed layers are not supported (not an OCI layer format); decompress it with `xz -d`',
+}
+
+/**
+ * A tar layer served in place: an index of its members, then positional reads of their bytes,
+ * straight from the file for a plain tar, through gzip checkpoints for a compressed one.
+ */
 export class TarLayer implements Layer {
-  readonly kind = 'tar'
-
-  private constructor(readonly source: string, private readonly fd: number, readonly index: TarIndex,
+  private constructor(readonly source: string, readonly kind: 'tar' | 'gzip', private readonly fd: number, readonly index: TarIndex,
     /** Whether the index came from the cache (for messages and tests). */
-    readonly fromCache: boolean, private readonly saving: Promise<void>) {}
+    readonly fromCache: boolean, private readonly saving: Promise<void>, private readonly data: TarData,
+    /** The index file (for `layerfs cache` and tests). */
+    readonly indexFile: string) {}
 
-  /** Opens and indexes (or reloads the index of) a tar; throws UserError naming the file on bad input. */
-  static async open(source: string, opts: TarLayerOptions = {}): Promise<TarLayer> {
+  /** Opens and indexes (or reloads the index of) a tar; throws UserError naming the layer on bad input. */
+  static async open(what: string | LayerBlob, opts: TarLayerOptions = {}): Promise<TarLayer> {
+    const path = typeof what === 'string' ? what : what.path
     let fd: number
     try {
-      fd = openSync(source, 'r')
+      fd = openSync(path, 'r')
     } catch (err) {
-      throw new UserError(`${source}: ${(err as Error).message.replace(/^[A-Z]+: /, '').replace(/, open '.*'$/, '')}`)
+      throw new UserError(`${path}: ${(err as Error).message.replace(/^[A-Z]+: /, '').replace(/, open '.*'$/, '')}`)
     }
     try {
       const st = fstatSync(fd, { bigint: true })
-      if (!st.isFile()) throw new UserError(`${source}: not a regular file`)
-      const identity = identityOf(realpathSync(source), fd, st)
+      if (!st.isFile()) throw new UserError(`${path}: not a regular file`)
+      const blob: LayerBlob = typeof what === 'string' ? { path, offset: 0, length: Number(st.size), name: path } : what
+      const name = blob.name
+      if (blob.offset + blob.length > Number(st.size)) throw new UserError(`${name}: ends past the end of ${path}`)
+      const head = Buffer.alloc(8)
+      const format = formatOf(head.subarray(0, readSync(fd, head, 0, Math.min(8, blob.length), blob.offset)))
+      if (format !== 'tar' && format !== 'gzip') throw new UserError(`${name}: ${UNSUPPORTED[format]}`)
+      const real = realpathSync(path)
+      const whole = blob.offset === 0 && blob.length === Number(st.size)
+      const identity: IndexIdentity = blob.digest ? { digest: blob.digest } : identityOf(real, fd, st, blob.offset, blob.length)
       const persist = opts.persistIndex !== false
-      const indexFile = indexPathFor(identity.path)
-      let index = persist ? loadIndex(indexFile, identity) : null
-      const fromCache = index !== null
-      let saving = Promise.resolve()
-      if (!index) {
-        index = buildIndex(source, fd, Number(st.size), { sec: Number(st.mtimeMs / 1000n), nsec: 0 }, opts.onProgress)
-        // written in the background: the mount need not wait for it
-        if (persist) saving = saveIndex(indexFile, identity, index).catch((err: Error) => log.index('could not save index %s: %s', indexFile, err.message))
+      const indexFile = indexPathFor(blob.digest ? { digest: blob.digest } : whole ? real : `${real}@${blob.offset}+${blob.length}`)
+      let loaded = persist ? loadIndex(indexFile, identity) : null
+      if (loaded && loaded.meta.format !== format) loaded = null
+      if (loaded && blob.diffId && loaded.meta.diffId && loaded.meta.diffId !== blob.diffId) {
+        throw new UserError(`${name}: diff_id mismatch: the image config says ${blob.diffId}, the layer's tar is ${loaded.meta.diffId}`)
       }
-      log.tar('%s: %d records (%s)', source, index.count, fromCache ? 'cached index' : 'indexed')
-      return new TarLayer(source, fd, index, fromCache, saving)
+      const fromCache = loaded !== null
+      let saving = Promise.resolve()
+      let index: TarIndex
+      let table: CheckpointTable | null = null
+      if (loaded) {
+        index = loaded.index
+        if (format === 'gzip') {
+          if (!loaded.access) throw new UserError(`${name}: cached index ${indexFile} lacks its gzip checkpoints; remove it`)
+          table = CheckpointTable.decode(loaded.access)
+        }
+      } else {
+        const mtime = { sec: Number(st.mtimeMs / 1000n), nsec: 0 }
+        const built = format === 'gzip' ? buildGzipIndex(fd, blob, mtime, opts.onProgress) : buildIndex(fd, blob, mtime, opts.onProgress)
+        index = built.index
+        table = built.table
+        const diffId = built.diffId ?? (blob.digest && format === 'tar' ? blob.digest : null)
+        if (blob.diffId && diffId && diffId !== blob.diffId) {
+          throw new UserError(`${name}: diff_id mismatch: the image config says ${blob.diffId}, the layer's tar is ${diffId}`)
+        }
+        const meta: IndexMeta = {
+          source: name, format, diffId, size: table ? table.size : blob.length, storedSize: blob.length, entries: index.count,
+        }
+        // written in the background: the mount need not wait for it
+        if (persist) {
+          saving = saveIndex(indexFile, { identity, meta }, index, table ? table.encode() : null)
+            .catch((err: Error) => log.index('could not save index %s: %s', indexFile, err.message))
+        }
+      }
+      log.tar('%s: %d records (%s)', name, index.count, fromCache ? 'cached index' : 'indexed')
+      const data: TarData = table ? new GzipReader(fd, blob.offset, blob.length, table) : new PlainData(fd, blob.offset)
+      return new TarLayer(name, format, fd, index, fromCache, saving, data, indexFile)
     } catch (err) {
       closeSync(fd)
       throw err
@@ -95,7 +146,7 @@ export class TarLayer implements Layer {
 
   async open(path: string, entry: Entry): Promise<LayerFile> {
     if (entry.kind !== 'file') throw new FsError(Errno.EINVAL, 'not a regular file', path)
-    return new TarFile(this.fd, entry.size, this.index.location(this.recordOf(entry)))
+    return new TarFile(this.data, entry.size, this.index.location(this.recordOf(entry)))
   }
 
   async readlink(path: string, entry: Entry): Promise<string> {
@@ -122,20 +173,20 @@ export class TarLayer implements Layer {
 
 /** Reads of one file's bytes inside the archive; holes of sparse files read as zeros. */
 class TarFile implements LayerFile {
-  constructor(private readonly fd: number, private readonly size: number, private readonly at: DataLocation) {}
+  constructor(private readonly data: TarData, private readonly size: number, private readonly at: DataLocation) {}
 
   async read(buf: Buffer, length: number, position: number): Promise<number> {
     const size = this.size
     const { sparse, dataOffset } = this.at
     if (position >= size) return 0
     const n = Math.min(length, size - position)
-    if (!sparse) return readFully(this.fd, buf, 0, n, dataOffset + position)
+    if (!sparse) return readFully(this.data, buf, 0, n, dataOffset + position)
     buf.fill(0, 0, n)
     let stored = dataOffset
     for (const [segOffset, segLength] of sparse) {
       const from = Math.max(position, segOffset)
       const to = Math.min(position + n, segOffset + segLength)
-      if (from < to) await readFully(this.fd, buf, from - position, to - from, stored + (from - segOffset))
+      if (from < to) await readFully(this.data, buf, from - position, to - from, stored + (from - segOffset))
       stored += segLength
     }
     return n
@@ -144,45 +195,81 @@ class TarFile implements LayerFile {
   async close(): Promise<void> {}
 }
 
-function readFully(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const step = (done: number): void => {
-      if (done >= length) return resolve(done)
-      read(fd, buf, offset + done, length - done, position + done, (err, n) => {
-        if (err) return reject(new FsError(Errno.EIO, `read failed: ${err.message}`))
-        if (n === 0) return reject(new FsError(Errno.EIO, 'archive shorter than its index says'))
-        step(done + n)
-      })
-    }
-    step(0)
-  })
+async function readFully(data: TarData, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  let done = 0
+  while (done < length) {
+    const n = await data.read(buf, offset + done, length - done, position + done)
+    if (n === 0) throw new FsError(Errno.EIO, 'archive shorter than its index says')
+    done += n
+  }
+  return done
 }
 
-function buildIndex(source: string, fd: number, size: number, mtime: { sec: number; nsec: number },
-  onProgress?: (done: number, total: number) => void): TarIndex {
+/** A plain tar at `base` in a file. */
+class PlainData implements TarData {
+  constructor(private readonly fd: number, private readonly base: number) {}
+
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      read(this.fd, buf, offset, length, this.base + position, (err, n) => {
+        if (err) reject(new FsError(Errno.EIO, `read failed: ${err.message}`))
+        else resolve(n)
+      })
+    })
+  }
+}
+
+interface Built {
+  index: TarIndex
+  table: CheckpointTable | null
+  diffId: string | null
+}
+
+function scanInto(blob: LayerBlob, input: ScanInput, mtime: Timestamp, onProgress?: (pos: number) => void): TarIndex {
   const builder = new TarIndexBuilder(mtime)
   const t0 = Date.now()
   try {
-    scanTar(fd, size, (m) => builder.add(m), { onProgress: onProgress && ((pos) => onProgress(Math.min(pos, size), size)) })
+    scanTar(input, (m) => builder.add(m), { onProgress })
   } catch (err) {
-    if (err instanceof TarFormatError) throw new UserError(`${source}: ${err.message}`)
+    if (err instanceof TarFormatError) throw new UserError(`${blob.name}: ${err.message}`)
+    if (err instanceof GzipDataError) throw new UserError(`${blob.name}: ${err.message} (near compressed offset ${err.offset})`)
     throw err
   }
   const index = builder.finish()
-  log.index('%s: indexed %d records in %d ms', displayPath(source), index.count, Date.now() - t0)
+  log.index('%s: indexed %d records in %d ms', displayPath(blob.name), index.count, Date.now() - t0)
   return index
+}
+
+function buildIndex(fd: number, blob: LayerBlob, mtime: Timestamp, onProgress?: (done: number, total: number) => void): Built {
+  const index = scanInto(blob, new FileScanInput(fd, blob.offset, blob.length), mtime, onProgress && ((pos) => onProgress(Math.min(pos, blob.length), blob.length)))
+  onProgress?.(blob.length, blob.length)
+  return { index, table: null, diffId: null }
+}
+
+function buildGzipIndex(fd: number, blob: LayerBlob, mtime: Timestamp, onProgress?: (done: number, total: number) => void): Built {
+  const input = new GzipScanInput(fd, blob.offset, blob.length)
+  const index = scanInto(blob, input, mtime, onProgress && (() => onProgress(input.consumed, blob.length)))
+  let finished
+  try {
+    finished = input.finish()
+  } catch (err) {
+    if (err instanceof GzipDataError) throw new UserError(`${blob.name}: ${err.message} (near compressed offset ${err.offset})`)
+    throw err
+  }
+  onProgress?.(blob.length, blob.length)
+  return { index, table: finished.checkpoints, diffId: finished.diffId }
 }
 
 const SAMPLE = 64 << 10
 
-function identityOf(path: string, fd: number, st: { size: bigint; mtimeNs: bigint; ctimeNs: bigint; dev: bigint; ino: bigint }): ArchiveIdentity {
-  const size = Number(st.size)
+function identityOf(path: string, fd: number, st: { size: bigint; mtimeNs: bigint; ctimeNs: bigint; dev: bigint; ino: bigint },
+  offset: number, length: number): ArchiveIdentity {
   const hash = createHash('sha256')
-  const buf = Buffer.alloc(Math.min(SAMPLE, size))
-  hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, 0)))
-  if (size > SAMPLE) hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, size - buf.length)))
+  const buf = Buffer.alloc(Math.min(SAMPLE, length))
+  hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, offset)))
+  if (length > SAMPLE) hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, offset + length - buf.length)))
   return {
-    path, size, mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), dev: String(st.dev), ino: String(st.ino),
+    path, offset, length, size: Number(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), dev: String(st.dev), ino: String(st.ino),
     sample: hash.digest('hex'),
   }
 }

@@ -27,34 +27,50 @@ export interface Member {
   xattrs: Map<string, Buffer> | null
 }
 
-const WINDOW = 4 << 20
 /** Member types whose stored bytes (if any) are not file content. */
 const NO_DATA = new Set(['1', '2', '3', '4', '5', '6', 'D'])
 
 /**
- * Reads an archive through a sliding window: small members are served from memory, large ones are
- * skipped by moving the window (so only headers are read, as `tar -t` does on a seekable file).
+ * The bytes of a tar stream as the scan reads them: positions only move forward (a gzip stream is
+ * inflated as it goes), and data the scan skips need not be read at all (a plain file is not).
  */
-class BlockReader {
+export interface ScanInput {
+  /** `len` bytes at `pos` (a view valid until the next call); shorter only at the end of the stream. */
+  get(pos: number, len: number): Buffer
+  /** Whether the stream holds bytes up to `end`; later calls ask only for positions past it. */
+  reaches(end: number): boolean
+}
+
+const WINDOW = 4 << 20
+
+/**
+ * Reads a tar stored plainly at [base, base + size) of a file through a sliding window: small members
+ * are served from memory, large ones are skipped by moving the window (so only headers are read,
+ * as `tar -t` does on a seekable file).
+ */
+export class FileScanInput implements ScanInput {
   private buf = Buffer.allocUnsafe(WINDOW)
   private start = 0
   private end = 0
-  constructor(private readonly fd: number, readonly size: number) {}
+  constructor(private readonly fd: number, private readonly base: number, readonly size: number) {}
 
-  /** `len` bytes at `pos` (a view valid until the next call); shorter only at end of file. */
   get(pos: number, len: number): Buffer {
     if (pos >= this.start && pos + len <= this.end) return this.buf.subarray(pos - this.start, pos - this.start + len)
     if (len > this.buf.length) this.buf = Buffer.allocUnsafe(len)
     const want = Math.min(this.buf.length, Math.max(0, this.size - pos))
     let got = 0
     while (got < want) {
-      const n = readSync(this.fd, this.buf, got, want - got, pos + got)
+      const n = readSync(this.fd, this.buf, got, want - got, this.base + pos + got)
       if (n === 0) break
       got += n
     }
     this.start = pos
     this.end = pos + got
     return this.buf.subarray(0, Math.min(len, got))
+  }
+
+  reaches(end: number): boolean {
+    return end <= this.size
   }
 }
 
@@ -63,9 +79,8 @@ export interface ScanOptions {
   onProgress?: (offset: number) => void
 }
 
-/** Walks every member of the tar in `fd` (positional reads only); throws TarFormatError on damage. */
-export function scanTar(fd: number, size: number, onMember: (m: Member) => void, opts: ScanOptions = {}): void {
-  const reader = new BlockReader(fd, size)
+/** Walks every member of the tar stream; throws TarFormatError on damage. */
+export function scanTar(reader: ScanInput, onMember: (m: Member) => void, opts: ScanOptions = {}): void {
   let pos = 0
   let global: PaxRecords = []
   let pax: PaxRecords | null = null
@@ -75,8 +90,9 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
   let nextProgress = 0
 
   for (;;) {
-    if (pos >= size) break // no end-of-archive blocks (umoci writes such layers): the members are complete
     const h = reader.get(pos, BLOCK)
+    // no end-of-archive blocks (umoci writes such layers): the members are complete
+    if (h.length === 0) break
     if (h.length < BLOCK) {
       if (isZeroBlock(h)) break
       throw new TarFormatError(`truncated tar: partial header at offset ${pos}`, pos)
@@ -188,8 +204,8 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
     // (POSIX allows data on a hard link, GNU dumpdirs list names) are skipped
     const hasData = !NO_DATA.has(t)
     const end = dataOffset + storedSize
-    if (end > reader.size) {
-      throw new TarFormatError(`truncated tar: ${JSON.stringify(Buffer.from(name, 'latin1').toString('utf8'))} needs ${end - reader.size} bytes past the end of the file`, headerPos)
+    if (!reader.reaches(end)) {
+      throw new TarFormatError(`truncated tar: ${JSON.stringify(Buffer.from(name, 'latin1').toString('utf8'))} (at offset ${headerPos}) ends past the end of the data`, headerPos)
     }
     if (t !== 'V' && t !== 'M' && t !== 'N') {
       onMember({
@@ -210,7 +226,6 @@ export function scanTar(fd: number, size: number, onMember: (m: Member) => void,
       nextProgress = pos + (16 << 20)
     }
   }
-  opts.onProgress?.(size)
 }
 
 function padded(n: number): number {
@@ -232,14 +247,14 @@ function numericRealSize(h: Buffer): number {
   return v
 }
 
-function readBody(reader: BlockReader, pos: number, len: number, headerPos: number): Buffer {
+function readBody(reader: ScanInput, pos: number, len: number, headerPos: number): Buffer {
   if (len > 64 << 20) throw new TarFormatError(`extended header of ${len} bytes is implausible`, headerPos)
   const body = reader.get(pos, len)
   if (body.length < len) throw new TarFormatError(`truncated tar: extended header at offset ${headerPos}`, headerPos)
   return body
 }
 
-function readSparse10(reader: BlockReader, pos: number, stored: number, headerPos: number): { map: SparseMap; bytes: number } {
+function readSparse10(reader: ScanInput, pos: number, stored: number, headerPos: number): { map: SparseMap; bytes: number } {
   // numbers separated by '\n': count, then offset/length pairs; read block by block as needed
   const nums: number[] = []
   let cur = ''
