@@ -42,9 +42,10 @@ function fail(err: unknown): never {
   process.exit(1)
 }
 
-function hooksFor(stderrIsTty: boolean, quiet: boolean): ServeHooks {
+/** Progress bars go to a terminal only; `columns` is its width (the daemon learns it from its launcher). */
+function hooksFor(stderrIsTty: boolean, quiet: boolean, columns: number): ServeHooks {
   return {
-    progress: (label) => (stderrIsTty && !quiet ? terminalProgress(label, (s) => process.stderr.write(s)) : silentProgress),
+    progress: (label) => (stderrIsTty && !quiet ? terminalProgress(label, (s) => process.stderr.write(s), columns) : silentProgress),
   }
 }
 
@@ -69,7 +70,7 @@ function stopOnSignals(): (served: Served) => void {
 async function runForeground(req: MountRequest): Promise<void> {
   const onServed = stopOnSignals()
   const { serve } = await import('./serve') // loaded only where it serves: the launcher stays quick
-  const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet))
+  const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet, process.stderr.columns || 80))
   onServed(served)
   await served.ended
   process.exit(0)
@@ -82,7 +83,7 @@ function runBackground(req: MountRequest): Promise<void> {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',
-      env: { ...process.env, LAYERFS_PROGRESS: process.stderr.isTTY && !req.quiet ? 'tty' : '' },
+      env: { ...process.env, LAYERFS_PROGRESS: process.stderr.isTTY && !req.quiet ? `tty:${process.stderr.columns || 80}` : '' },
     })
     let said = ''
     let settled = false
@@ -126,7 +127,8 @@ async function runDaemon(encoded: string): Promise<void> {
   let served
   try {
     const { serve } = await import('./serve')
-    served = await serve(req, hooksFor(process.env.LAYERFS_PROGRESS === 'tty', req.quiet))
+    const tty = /^tty:(\d+)$/.exec(process.env.LAYERFS_PROGRESS ?? '')
+    served = await serve(req, hooksFor(tty !== null, req.quiet, tty ? Number(tty[1]) : 80))
   } catch (err) {
     tell({ error: err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message}` })
     log.cli('%s', (err as Error)?.stack)

@@ -15,20 +15,27 @@ function human(n: number): string {
   return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
 }
 
+/** Work shorter than this shows no bar ($LAYERFS_PROGRESS_AFTER_MS: tests draw from the start). */
+const SHOW_AFTER_MS = Number(process.env.LAYERFS_PROGRESS_AFTER_MS ?? 300)
+
 /** A bar on `write` (a terminal's stderr), at most ten redraws a second; shown only for work over 0.3 s. */
-export function terminalProgress(label: string, write: (s: string) => void, width = 30): Progress {
+export function terminalProgress(label: string, write: (s: string) => void, columns = 80): Progress {
   const started = Date.now()
+  const width = 20
+  // the whole line must fit the terminal, or '\r' cannot redraw it: long labels keep their end
+  const room = Math.max(10, columns - width - 48)
+  const shown = label.length > room ? '…' + label.slice(label.length - room + 1) : label
   let last = 0
   let drawn = false
   return {
     update(done, total) {
       const now = Date.now()
-      if (now - started < 300 || (now - last < 100 && done < total)) return
+      if (now - started < SHOW_AFTER_MS || (now - last < 100 && done < total)) return
       last = now
       const frac = total > 0 ? Math.min(1, done / total) : 0
       const fill = Math.round(frac * width)
       const rate = done / Math.max(0.001, (now - started) / 1000)
-      write(`\r\x1b[2K${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${human(done)}/${human(total)} ${human(rate)}/s`)
+      write(`\r\x1b[2K${shown} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${human(done)}/${human(total)} ${human(rate)}/s`)
       drawn = true
     },
     finish() {

@@ -111,7 +111,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   try {
     if (req.upper !== null && req.work !== null) {
       // the upper dir is the topmost layer of the union, in kernel-overlay form
-      const upperDir = await UpperDir.open(req.upper, req.work, req.userxattr ? 'user' : 'trusted')
+      const upperDir = await UpperDir.open(req.upper, req.work, req.userxattr ? 'user' : 'auto')
       const union = new Union([await DirLayer.open(req.upper), ...lowers])
       fs = new LayerFs(union, new Upper(upperDir, union))
     } else {
@@ -145,7 +145,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   })
   const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
   await writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
-  log.mount('mounted %s (mount id %s) over %d layers', mountpoint, mine?.id, union.layers.length)
+  log.mount('mounted %s (mount id %s) over %d layers%s', mountpoint, mine?.id, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
 
   let finish!: () => void
   const ended = new Promise<void>((resolve) => (finish = resolve))

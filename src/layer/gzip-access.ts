@@ -106,8 +106,9 @@ export class GzipScanInput implements ScanInput {
   private end = 0
   private done = false
 
-  constructor(fd: number, base: number, length: number) {
-    this.cursor = gz.gzOpen(fd, base, length, SPAN)
+  /** `span`: output bytes between checkpoints (tests use small ones to get many). */
+  constructor(fd: number, base: number, length: number, span = SPAN) {
+    this.cursor = gz.gzOpen(fd, base, length, span)
   }
 
   /** Compressed bytes consumed so far, of `length`. */

@@ -12,6 +12,18 @@ import { RENAME_EXCHANGE, RENAME_WHITEOUT, sys } from '../sys'
 
 export type XattrNamespace = 'trusted' | 'user'
 
+/** Whether trusted.* xattrs can be written in `dir` (they need CAP_SYS_ADMIN in the initial user namespace). */
+function trustedWritable(dir: string): boolean {
+  const probe = Buffer.from(dir)
+  try {
+    sys.lsetxattr(probe, 'trusted.overlay.layerfs-probe', Buffer.from('y'), 0)
+    sys.lremovexattr(probe, 'trusted.overlay.layerfs-probe')
+    return true
+  } catch {
+    return false
+  }
+}
+
 export class UpperDir {
   private tempCounter = 0
   private whiteoutTemplate: Buffer
@@ -25,7 +37,11 @@ export class UpperDir {
     return join(this.work, 'work')
   }
 
-  static async open(upper: string, work: string, xattrs: XattrNamespace): Promise<UpperDir> {
+  /**
+   * `xattrs` 'auto' picks trusted.overlay.* where this process may write trusted.* (root in the
+   * initial user namespace), else user.overlay.*: the form kernel overlayfs reads with -o userxattr.
+   */
+  static async open(upper: string, work: string, xattrs: XattrNamespace | 'auto'): Promise<UpperDir> {
     for (const [what, dir] of [['upperdir', upper], ['workdir', work]] as const) {
       let st
       try {
@@ -40,10 +56,11 @@ export class UpperDir {
     if (upper === work || work.startsWith(upper + '/') || upper.startsWith(work + '/')) {
       throw new UserError('upperdir and workdir must be separate directories, neither inside the other')
     }
-    const dir = new UpperDir(upper, work, xattrs)
+    const tempDir = join(work, 'work')
     // leftovers of an interrupted copy-up are never visible: they only ever lived in the work dir
-    await rm(dir.tempDir, { recursive: true, force: true })
-    await mkdir(dir.tempDir, { mode: 0o700 })
+    await rm(tempDir, { recursive: true, force: true })
+    await mkdir(tempDir, { mode: 0o700 })
+    const dir = new UpperDir(upper, work, xattrs === 'auto' ? trustedWritable(tempDir) ? 'trusted' : 'user' : xattrs)
     try {
       sys.mknod(dir.whiteoutTemplate, C.S_IFCHR, 0, 0)
     } catch (err) {

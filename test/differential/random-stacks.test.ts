@@ -24,12 +24,14 @@ after(async () => {
 interface Built {
   gnu: string[]
   bsd: string[]
+  /** The GNU tars gzipped (by gzip, or pigz for every other layer). */
+  gz: string[]
   kernelDirs: string[]
 }
 
 async function build(stack: readonly LayerSpec[]): Promise<Built> {
   const dir = await tempDir('stack')
-  const out: Built = { gnu: [], bsd: [], kernelDirs: [] }
+  const out: Built = { gnu: [], bsd: [], gz: [], kernelDirs: [] }
   for (let i = 0; i < stack.length; i++) {
     const src = join(dir, `src${i}`)
     await mkdir(src)
@@ -40,7 +42,10 @@ async function build(stack: readonly LayerSpec[]): Promise<Built> {
     await must('bsdtar', ['--format=pax', '--xattrs', '--numeric-owner', '-C', src, '-cf', bsd, '.'], { env: { ...process.env, LC_ALL: 'C.UTF-8' } })
     const kdir = join(dir, `k${i}`)
     await extractForOverlay(gnu, kdir)
+    const gz = `${gnu}.gz`
+    await must('sh', ['-c', `${i % 2 ? 'pigz' : 'gzip -n'} -c '${gnu}' > '${gz}'`])
     out.gnu.push(gnu)
+    out.gz.push(gz)
     out.bsd.push(bsd)
     out.kernelDirs.push(kdir)
   }
@@ -58,7 +63,7 @@ async function withMounts<T>(mounts: Array<() => Promise<Mounted>>, body: (m: Mo
 }
 
 describe('random layer stacks: layerfs equals kernel overlayfs', () => {
-  it(`${RUNS} stacks, each as GNU tars, bsdtar tars and kernel-form directories`, async () => {
+  it(`${RUNS} stacks, each as GNU tars, bsdtar tars, .tar.gz and kernel-form directories`, async () => {
     let compared = 0
     await fc.assert(fc.asyncProperty(stackArb, async (stack) => {
       const b = await build(stack)
@@ -66,12 +71,13 @@ describe('random layer stacks: layerfs equals kernel overlayfs', () => {
         () => mountKernelOverlay(b.kernelDirs),
         () => mountLayerfs(b.gnu),
         () => mountLayerfs(b.bsd),
+        () => mountLayerfs(b.gz),
         () => mountLayerfs(b.kernelDirs),
       ], async ([kernel, ...ours]) => {
         const expected = await snapshotTree(kernel.path)
         for (const [i, m] of ours.entries()) {
           const diff = diffTrees(expected, await snapshotTree(m.path))
-          assert.deepEqual(diff, [], `${['GNU tar', 'bsdtar', 'kernel-form dirs'][i]} lowers differ:\n${describeStack(stack)}`)
+          assert.deepEqual(diff, [], `${['GNU tar', 'bsdtar', 'gzip', 'kernel-form dirs'][i]} lowers differ:\n${describeStack(stack)}`)
         }
         compared += expected.size
       })

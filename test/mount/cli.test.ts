@@ -5,6 +5,7 @@ import { chmod, copyFile, mkdir, open, readFile, stat, symlink, truncate, unlink
 import { join } from 'node:path'
 import { testCache, unmountAll } from '../support/mounts'
 import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
+import { daemonsFor, expectFailure, freshMountpoint, mountedAt, waitFor } from '../support/cli'
 
 // The command line as users and tools drive it: the mount forms, the daemon's life, and every bad
 // input answered with one line on stderr, a non-zero exit, nothing mounted and no daemon left.
@@ -12,29 +13,6 @@ import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
 let dir: string
 let good: string
 let env: NodeJS.ProcessEnv
-
-async function mountedAt(path: string): Promise<string | null> {
-  const info = await readFile('/proc/self/mountinfo', 'utf8')
-  const line = info.split('\n').find((l) => l.split(' ')[4] === path)
-  return line ? line.split(' - ')[1].split(' ')[0] : null
-}
-
-async function daemonsFor(path: string): Promise<number[]> {
-  const r = await run('pgrep', ['-f', `__layerfs_daemon`])
-  const pids = r.stdout.split('\n').filter(Boolean).map(Number)
-  const mine: number[] = []
-  for (const pid of pids) {
-    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-    const arg = cmd.split('\0')[3]
-    if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(path)) mine.push(pid)
-  }
-  return mine
-}
-
-async function waitFor(cond: () => Promise<boolean>, ms = 5000): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 50))) if (await cond()) return true
-  return cond()
-}
 
 before(async () => {
   dir = await tempDir('cli')
@@ -50,22 +28,8 @@ after(async () => {
 })
 
 /** Runs layerfs expecting a failure: one line, no stack, non-zero exit, nothing mounted. */
-async function fails(args: string[], mnt: string, pattern: RegExp, runEnv = env): Promise<void> {
-  const r = await run(LAYERFS, args, { env: runEnv })
-  assert.notEqual(r.code, 0, `exit code for ${args.join(' ')}`)
-  const lines = r.stderr.split('\n').filter(Boolean)
-  assert.equal(lines.length, 1, `one line on stderr, got: ${r.stderr}`)
-  assert.match(lines[0], /^layerfs: /)
-  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace')
-  assert.match(lines[0], pattern)
-  assert.equal(await mountedAt(mnt), null, 'nothing mounted')
-  assert.deepEqual(await daemonsFor(mnt), [], 'no daemon left')
-}
-
-async function freshMountpoint(): Promise<string> {
-  const mnt = join(await tempDir('cli-mnt'), 'm')
-  await mkdir(mnt)
-  return mnt
+function fails(args: string[], mnt: string, pattern: RegExp, runEnv = env): Promise<string> {
+  return expectFailure(args, mnt, pattern, runEnv)
 }
 
 describe('bad input: one clear line, non-zero exit, nothing mounted', () => {
@@ -99,14 +63,14 @@ describe('bad input: one clear line, non-zero exit, nothing mounted', () => {
     await fails(['mount', '-o', `lowerdir=${big}`, mnt], mnt, /big\.tar: truncated tar/)
   })
 
-  it('a file that is no tar, and a gzip file', async () => {
+  it('a file that is no tar, and a zstd file', async () => {
     const mnt = await freshMountpoint()
     const text = join(dir, 'notes.txt')
     await writeFile(text, 'just some text, no tar at all\n'.repeat(40))
     await fails(['mount', '-o', `lowerdir=${text}`, mnt], mnt, /notes\.txt: not a tar archive/)
-    const gz = join(dir, 'layer.tar.gz')
-    await must('sh', ['-c', `gzip -c ${good} > ${gz}`])
-    await fails(['mount', '-o', `lowerdir=${gz}`, mnt], mnt, /gzip/)
+    const zst = join(dir, 'layer.tar.zst')
+    await must('sh', ['-c', `zstd -q -c ${good} > ${zst}`])
+    await fails(['mount', '-o', `lowerdir=${zst}`, mnt], mnt, /layer\.tar\.zst: zstd-compressed layers are not supported/)
   })
 
   it('an unreadable layer (for a user who may not read it)', async () => {

@@ -53,6 +53,22 @@ export async function mountLayerfs(lowers: readonly string[], opts: LayerfsOptio
   })
 }
 
+/** Mounts an image by reference (docker-archive:PATH, oci:DIR[:REF], or a path) with `layerfs mount IMAGE MNT`. */
+export async function mountLayerfsImage(ref: string, opts: LayerfsOptions & { readonly args?: readonly string[] } = {}): Promise<Mounted> {
+  const path = join(await tempDir('mnt'), 'm')
+  await mkdir(path)
+  const o: string[] = []
+  if (opts.upper) o.push(`upperdir=${opts.upper}`, `workdir=${opts.work}`)
+  o.push(...(opts.options ?? []))
+  const env = { ...process.env, XDG_CACHE_HOME: await testCache, ...opts.env }
+  const r = await run(LAYERFS, ['mount', ...(opts.args ?? []), ref, path, ...(o.length ? ['-o', o.join(',')] : [])], { env })
+  if (r.code !== 0) throw new Error(`layerfs mount ${ref} failed: ${r.stderr.trim()}`)
+  return register(path, async () => {
+    const u = await run(LAYERFS, ['umount', path])
+    if (u.code !== 0 && (await mountedAt(path))) await run('umount', ['-l', path])
+  })
+}
+
 /** Mounts kernel overlayfs over directories (top first); a single lower gets an empty one below. */
 export async function mountKernelOverlay(lowers: readonly string[], opts: { upper?: string; work?: string; options?: readonly string[] } = {}): Promise<Mounted> {
   const base = await tempDir('kmnt')
