@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 APT_PACKAGES := libfuse2 fuse3 attr zlib1g-dev
-FIXTURE_PACKAGES := libarchive-tools umoci pigz
+FIXTURE_PACKAGES := libarchive-tools umoci pigz skopeo zstd util-linux uidmap
 
-.PHONY: build system-deps fixtures demo test soak clean
+.PHONY: build system-deps fixtures demo test soak bench clean
 
 build: system-deps node_modules/.installed native dist/.built
 
@@ -21,7 +21,7 @@ node_modules/.installed: package.json package-lock.json
 native: node_modules/.installed
 	@bash scripts/build-native.sh
 
-dist/.built: node_modules/.installed tsconfig.json $(shell find src test -name '*.ts' 2>/dev/null)
+dist/.built: node_modules/.installed tsconfig.json $(shell find src test bench -name "*.ts" 2>/dev/null)
 	@$(NODE_BIN)/tsc -p tsconfig.json
 	@touch $@
 
@@ -35,6 +35,12 @@ demo: build
 test: build
 	@$(MAKE) -s system-deps EXTRA_APT="$(FIXTURE_PACKAGES)"
 	@node --test --test-concurrency=1 --test-timeout=1200000 $$(find dist/test -name '*.test.js' | sort)
+
+# BENCH_QUICK=1: a smaller set in a few minutes. Needs root (mounts, dropping the page cache).
+BENCH_PACKAGES := fuse-overlayfs fio
+bench: build
+	@$(MAKE) -s system-deps EXTRA_APT="$(BENCH_PACKAGES)"
+	@node dist/bench/bench.js
 
 clean:
 	rm -rf dist

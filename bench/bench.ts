@@ -1,0 +1,298 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs'
+import { cpus, totalmem } from 'node:os'
+import { join, resolve } from 'node:path'
+import { plots } from './plots'
+
+// `make bench`: layerfs, kernel overlayfs and fuse-overlayfs on the same fixtures (bench/fixtures.sh),
+// in one run, the systems interleaved within each repetition so that the machine's drift hits all
+// three alike. Cold figures drop the page cache and mount afresh. Results: bench/results/latest/.
+
+export type System = 'kernel' | 'fuse-overlayfs' | 'layerfs'
+export const SYSTEMS: readonly System[] = ['kernel', 'fuse-overlayfs', 'layerfs']
+
+export interface Row {
+  readonly id: string
+  readonly title: string
+  readonly unit: 's' | 'IOPS' | 'MiB'
+  /** For copy-up rows: the file size, for the plot. */
+  readonly bytes?: number
+  readonly values: Record<System, number[]>
+}
+
+const REPO = resolve(__dirname, '..', '..')
+const LAYERFS = join(REPO, 'bin', 'layerfs')
+const QUICK = process.env.BENCH_QUICK === '1'
+const RUNS = Number(process.env.BENCH_RUNS ?? (QUICK ? 3 : 5))
+const FIXTURES = process.env.BENCH_FIXTURES ?? (QUICK ? '/var/tmp/layerfs-bench-quick' : '/var/tmp/layerfs-bench')
+const OUT = join(REPO, 'bench', 'results', 'latest')
+const SCRATCH = mkdtempSync('/var/tmp/layerfs-bench-run-')
+const CACHE = join(SCRATCH, 'cache') // layerfs's index cache, owned by the run
+
+const rows = new Map<string, Row>()
+function record(id: string, title: string, unit: Row['unit'], system: System, value: number, bytes?: number): void {
+  let row = rows.get(id)
+  if (!row) rows.set(id, (row = { id, title, unit, bytes, values: { kernel: [], 'fuse-overlayfs': [], layerfs: [] } }))
+  row.values[system].push(value)
+}
+
+function sh(cmd: string): string {
+  return execFileSync('sh', ['-c', cmd], { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: CACHE } })
+}
+
+/** Seconds a shell command takes (it must succeed). */
+function timed(cmd: string): number {
+  const t0 = process.hrtime.bigint()
+  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: CACHE } })
+  const s = Number(process.hrtime.bigint() - t0) / 1e9
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr.toString().trim()}`)
+  return s
+}
+
+function dropCaches(): void {
+  sh('sync; echo 3 > /proc/sys/vm/drop_caches')
+}
+
+let counter = 0
+interface Mount {
+  readonly path: string
+  readonly upper: string | null
+  pid(): number | null
+  unmount(): void
+}
+
+/** Mounts `set` (small-files or large-files) with one system; writable with a fresh upper. */
+function mount(system: System, set: string, writable: boolean): Mount {
+  const base = join(SCRATCH, `m${++counter}`)
+  const path = join(base, 'm')
+  const upper = join(base, 'u')
+  const work = join(base, 'w')
+  mkdirSync(path, { recursive: true })
+  if (writable) mkdirSync(upper) , mkdirSync(work)
+  const dir = join(FIXTURES, `${set}.dir`)
+  const rw = writable ? `,upperdir=${upper},workdir=${work}` : ''
+  if (system === 'kernel') {
+    mkdirSync(join(base, 'empty'))
+    sh(`mount -t overlay overlay -o lowerdir=${dir}${writable ? '' : ':' + join(base, 'empty')}${rw} ${path}`)
+  } else if (system === 'fuse-overlayfs') {
+    sh(`fuse-overlayfs -o lowerdir=${dir}${rw} ${path} 2>/dev/null`) // it warns of an option it ignores
+  } else {
+    sh(`${LAYERFS} mount -q -o lowerdir=${join(FIXTURES, `${set}.tar`)}${rw} ${path}`)
+  }
+  return {
+    path,
+    upper: writable ? upper : null,
+    pid: () => {
+      const pattern = system === 'layerfs' ? `__layerfs_daemon` : `fuse-overlayfs.*${path}`
+      for (const p of sh(`pgrep -f '${pattern}' || true`).split('\n').filter(Boolean)) {
+        let cmdline: string[]
+        try {
+          cmdline = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
+        } catch {
+          continue // pgrep's own shell, gone
+        }
+        if (system === 'fuse-overlayfs' && cmdline[0].endsWith('fuse-overlayfs')) return Number(p)
+        if (system === 'layerfs' && Buffer.from(cmdline[3] ?? '', 'base64').toString('utf8').includes(path)) return Number(p)
+      }
+      return null
+    },
+    unmount: () => {
+      if (system === 'layerfs') sh(`${LAYERFS} umount ${path}`)
+      else {
+        sh(`umount ${path}`)
+        if (system === 'fuse-overlayfs') sh(`for i in $(seq 100); do pgrep -f 'fuse-overlayfs.*${path}' >/dev/null || break; sleep 0.05; done`)
+      }
+      rmSync(base, { recursive: true, force: true })
+    },
+  }
+}
+
+function each(body: (system: System) => void): void {
+  for (let run = 0; run < RUNS; run++) {
+    // interleaved, and the order rotated per run, so no system always goes first
+    for (let i = 0; i < SYSTEMS.length; i++) body(SYSTEMS[(i + run) % SYSTEMS.length])
+  }
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`)
+}
+
+const WALK = (m: string): string => `find ${m} -printf '%s\\n' > /dev/null`
+const READ_ALL = (m: string): string => `cd ${m} && find . -type f -print0 | xargs -0 -n 2000 cat > /dev/null`
+
+function smallFileRows(): void {
+  log('time from a tarball to the first ls')
+  each((s) => {
+    rmSync(CACHE, { recursive: true, force: true })
+    const ex = join(SCRATCH, 'extract')
+    rmSync(ex, { recursive: true, force: true })
+    dropCaches()
+    let m: Mount | null = null
+    const t0 = process.hrtime.bigint()
+    if (s === 'layerfs') m = mount(s, 'small-files', false)
+    else {
+      // the peers need the layer on disk first
+      mkdirSync(ex)
+      sh(`tar -xf ${join(FIXTURES, 'small-files.tar')} -C ${ex}`)
+      const path = join(SCRATCH, 'xm')
+      mkdirSync(path, { recursive: true })
+      mkdirSync(join(SCRATCH, 'xe'), { recursive: true })
+      if (s === 'kernel') sh(`mount -t overlay overlay -o lowerdir=${ex}:${join(SCRATCH, 'xe')} ${path}`)
+      else sh(`fuse-overlayfs -o lowerdir=${ex} ${path} 2>/dev/null`)
+      m = { path, upper: null, pid: () => null, unmount: () => { sh(`umount ${path}`); sh('sleep 0.2') } }
+    }
+    sh(`ls ${m.path} > /dev/null`)
+    record('first-ls', 'tarball to first ls (index or extract, mount, ls)', 's', s, Number(process.hrtime.bigint() - t0) / 1e9)
+    m.unmount()
+    rmSync(ex, { recursive: true, force: true })
+  })
+
+  log('mount ready with the index cached')
+  each((s) => {
+    const t0 = process.hrtime.bigint()
+    const m = mount(s, 'small-files', false)
+    sh(`ls ${m.path} > /dev/null`)
+    record('mount-ready', 'mount ready, index cached (mount + ls)', 's', s, Number(process.hrtime.bigint() - t0) / 1e9)
+    m.unmount()
+  })
+
+  log('walks and reads of the small-files tree')
+  each((s) => {
+    dropCaches()
+    const m = mount(s, 'small-files', false)
+    try {
+      record('walk-cold', 'find/stat walk, cold', 's', s, timed(WALK(m.path)))
+      record('walk-warm', 'find/stat walk, warm', 's', s, timed(WALK(m.path)))
+      const pid = m.pid()
+      if (pid) record('rss', 'daemon RSS after the walk', 'MiB', s, Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024)
+    } finally {
+      m.unmount()
+    }
+    dropCaches()
+    const r = mount(s, 'small-files', false)
+    try {
+      record('read-all-cold', 'read every small file, cold', 's', s, timed(READ_ALL(r.path)))
+      record('read-all-warm', 'read every small file, warm', 's', s, timed(READ_ALL(r.path)))
+    } finally {
+      r.unmount()
+    }
+  })
+}
+
+function largeFileRows(): void {
+  const big = QUICK ? 'f64m' : 'f1g'
+  const bigMiB = QUICK ? 64 : 1024
+  log(`sequential and random reads of ${big}; first-byte latency`)
+  each((s) => {
+    dropCaches()
+    const m = mount(s, 'large-files', false)
+    try {
+      record('first-byte', 'first-byte latency, cold (head -c1 of a 64 MiB file)', 's', s, timed(`head -c1 ${m.path}/large/f64m > /dev/null`))
+      record('seq-cold', `sequential read of ${bigMiB} MiB, cold`, 's', s, timed(`dd if=${m.path}/large/${big} of=/dev/null bs=1M status=none`))
+      record('seq-warm', `sequential read of ${bigMiB} MiB, warm`, 's', s, timed(`dd if=${m.path}/large/${big} of=/dev/null bs=1M status=none`))
+      const fio = JSON.parse(sh(`fio --name=rand --filename=${m.path}/large/${big} --readonly --rw=randread --bs=4k --ioengine=psync `
+        + `--runtime=${QUICK ? 3 : 8} --time_based --output-format=json`)) as { jobs: Array<{ read: { iops: number } }> }
+      record('rand-iops', 'random 4 KiB reads (fio, IOPS)', 'IOPS', s, fio.jobs[0].read.iops)
+    } finally {
+      m.unmount()
+    }
+  })
+
+  const sizes: Array<[string, number]> = [['f4k', 4096], ['f1m', 1 << 20], ['f64m', 64 << 20], ...(QUICK ? [] : [['f1g', 1 << 30]] as Array<[string, number]>)]
+  log(`copy-up of ${sizes.map((x) => x[0]).join(', ')}`)
+  each((s) => {
+    const m = mount(s, 'large-files', true)
+    try {
+      for (const [name, bytes] of sizes) {
+        const label = name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
+        record(`copyup-${name}`, `copy-up of a ${label} lower file (first 1-byte append)`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
+        record(`write2-${name}`, `second 1-byte append to the ${label} file`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
+      }
+      record('meta-copyup', 'chmod of a 64 MiB lower file (metadata copy-up)', 's', s, timed(`chmod 600 ${m.path}/large/f64m-meta`))
+    } finally {
+      m.unmount()
+    }
+  })
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+}
+
+function fmt(v: number, unit: Row['unit']): string {
+  if (unit === 'IOPS') return Math.round(v).toLocaleString('en-US')
+  if (unit === 'MiB') return v.toFixed(1)
+  return v < 0.01 ? `${(v * 1000).toFixed(2)} ms` : v < 1 ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} s`
+}
+
+function version(cmd: string): string {
+  try {
+    return sh(`${cmd} 2>&1`).split('\n').find((l) => /\d/.test(l))?.trim() ?? '?'
+  } catch {
+    return '?'
+  }
+}
+
+function report(started: Date): void {
+  mkdirSync(OUT, { recursive: true })
+  const machine = {
+    cpu: cpus()[0]?.model ?? '?', cores: cpus().length, memGiB: Math.round(totalmem() / 2 ** 30), kernel: sh('uname -r').trim(),
+  }
+  const versions = {
+    layerfs: (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version,
+    node: process.version, 'fuse-overlayfs': version('fuse-overlayfs --version | grep fuse-overlayfs'), fio: version('fio --version'),
+  }
+  const all = [...rows.values()]
+  const json = { started: started.toISOString(), quick: QUICK, runs: RUNS, machine, versions, rows: all.map((r) => ({
+    ...r, summary: Object.fromEntries(SYSTEMS.map((s) => [s, { median: median(r.values[s]), min: Math.min(...r.values[s]), max: Math.max(...r.values[s]) }])),
+  })) }
+  writeFileSync(join(OUT, 'results.json'), JSON.stringify(json, null, 2) + '\n')
+  const lines = [
+    `# layerfs benchmark${QUICK ? ' (BENCH_QUICK=1)' : ''}`, '',
+    `${started.toISOString()} — ${RUNS} runs per row, the three systems interleaved in each run; cold rows drop the page cache and mount afresh.`,
+    `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Linux ${machine.kernel}.`,
+    `Versions: layerfs ${versions.layerfs} (Node ${versions.node}), ${versions['fuse-overlayfs']}, ${versions.fio}.`,
+    'layerfs reads the tars in place; kernel overlayfs and fuse-overlayfs read the same tars extracted. Ratio: to kernel overlayfs',
+    '(time: lower is better; IOPS: higher is better). Median (min–max).', '',
+    '| row | kernel overlayfs | fuse-overlayfs | ratio | layerfs | ratio | layerfs vs fuse-overlayfs |',
+    '|---|---|---|---|---|---|---|',
+  ]
+  for (const r of all) {
+    const m = Object.fromEntries(SYSTEMS.map((s) => [s, median(r.values[s])])) as Record<System, number>
+    const cell = (s: System): string => r.values[s].length === 0 ? 'n/a'
+      : `${fmt(m[s], r.unit)} (${fmt(Math.min(...r.values[s]), r.unit)}–${fmt(Math.max(...r.values[s]), r.unit)})`
+    const ratio = (s: System): string => (r.values.kernel.length && r.values[s].length ? `${(m[s] / m.kernel).toFixed(2)}×` : '')
+    const better = r.unit === 'IOPS' ? m.layerfs >= m['fuse-overlayfs'] : m.layerfs <= m['fuse-overlayfs']
+    const verdict = r.values.layerfs.length && r.values['fuse-overlayfs'].length ? (better ? 'as fast or faster' : '**slower**') : ''
+    lines.push(`| ${r.title} | ${cell('kernel')} | ${cell('fuse-overlayfs')} | ${ratio('fuse-overlayfs')} | ${cell('layerfs')} | ${ratio('layerfs')} | ${verdict} |`)
+  }
+  lines.push('', 'Plots: copyup.svg (copy-up time against file size), walk.svg (walks and reads), read-throughput.svg, first-byte.svg.', '')
+  writeFileSync(join(OUT, 'report.md'), lines.join('\n'))
+}
+
+async function main(): Promise<void> {
+  const started = new Date()
+  if (!existsSync(LAYERFS)) throw new Error('run make build first')
+  log(`fixtures in ${FIXTURES}${QUICK ? ' (quick)' : ''}`)
+  execFileSync('bash', [join(REPO, 'bench', 'fixtures.sh'), FIXTURES], {
+    stdio: 'inherit', env: { ...process.env, SMALL_FILES: QUICK ? '20000' : '200000', LARGE: QUICK ? '0' : '1' },
+  })
+  try {
+    smallFileRows()
+    largeFileRows()
+  } finally {
+    sh(`grep -o '${SCRATCH}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l || true`)
+    rmSync(SCRATCH, { recursive: true, force: true })
+  }
+  report(started)
+  await plots([...rows.values()], OUT)
+  log(`done: ${join(OUT, 'report.md')}`)
+  process.stdout.write(readFileSync(join(OUT, 'report.md'), 'utf8'))
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench: ${err.message}\n`)
+  process.exit(1)
+})
