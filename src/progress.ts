@@ -22,9 +22,15 @@ const SHOW_AFTER_MS = Number(process.env.LAYERFS_PROGRESS_AFTER_MS ?? 300)
 export function terminalProgress(label: string, write: (s: string) => void, columns = 80): Progress {
   const started = Date.now()
   const width = 20
-  // the whole line must fit the terminal, or '\r' cannot redraw it: long labels keep their end
-  const room = Math.max(10, columns - width - 48)
-  const shown = label.length > room ? '…' + label.slice(label.length - room + 1) : label
+  // the whole line must fit the terminal, or '\r' cannot redraw it: a long label keeps its first
+  // word (what is being done) and the end of the rest (which file)
+  const room = Math.max(16, columns - width - 34)
+  let shown = label
+  if (label.length > room) {
+    const sp = label.indexOf(' ')
+    const verb = sp > 0 && sp < room / 2 ? label.slice(0, sp + 1) : ''
+    shown = verb + '…' + label.slice(label.length - (room - verb.length - 1))
+  }
   let last = 0
   let drawn = false
   return {
@@ -35,7 +41,7 @@ export function terminalProgress(label: string, write: (s: string) => void, colu
       const frac = total > 0 ? Math.min(1, done / total) : 0
       const fill = Math.round(frac * width)
       const rate = done / Math.max(0.001, (now - started) / 1000)
-      write(`\r\x1b[2K${shown} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${human(done)}/${human(total)} ${human(rate)}/s`)
+      write(`\r\x1b[2K${shown} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% of ${human(total)}, ${human(rate)}/s`)
       drawn = true
     },
     finish() {
