@@ -1,5 +1,5 @@
 import { createServer, createConnection, type Server } from 'node:net'
-import { rm } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { runtimeDir } from './runtime'
@@ -25,6 +25,7 @@ export function socketPath(mountpoint: string): string {
 
 export async function listen(mountpoint: string, handle: ControlHandler): Promise<Server> {
   const path = socketPath(mountpoint)
+  await mkdir(runtimeDir(), { recursive: true, mode: 0o700 })
   await rm(path, { force: true })
   const server = createServer((sock) => {
     let buf = ''

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,9 +13,26 @@ export interface MountRecord {
   readonly startedAt: string
 }
 
+/**
+ * This process's uid as the initial user namespace sees it: root inside `unshare -r` is the user
+ * who ran it, and may not write /run.
+ */
+function outerUid(): { uid: number; namespaced: boolean } {
+  const uid = process.getuid?.() ?? 0
+  try {
+    for (const line of readFileSync('/proc/self/uid_map', 'utf8').trim().split('\n')) {
+      const [inner, outer, count] = line.trim().split(/\s+/).map(Number)
+      if (inner === 0 && outer === 0 && count === 4294967295) return { uid, namespaced: false }
+      if (uid >= inner && uid < inner + count) return { uid: outer + (uid - inner), namespaced: true }
+    }
+  } catch { /* no /proc: take the uid as it is */ }
+  return { uid, namespaced: false }
+}
+
 export function runtimeDir(): string {
   if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'layerfs')
-  return process.getuid?.() === 0 ? '/run/layerfs' : join(tmpdir(), `layerfs-${process.getuid?.() ?? 'user'}`)
+  const { uid, namespaced } = outerUid()
+  return uid === 0 && !namespaced ? '/run/layerfs' : join(tmpdir(), `layerfs-${uid}`)
 }
 
 function recordPath(mountpoint: string): string {

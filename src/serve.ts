@@ -133,18 +133,27 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   }
   const union = fs.union
   const stats = new Stats(fs, mountpoint)
-  const control = await listen(mountpoint, async (creq) => {
-    if (creq.op === 'which') {
-      const layers = await Promise.all(creq.paths.map(async (p) => {
-        const r = await union.resolve(p)
-        return r ? { layer: r.top.layer, source: union.layers[r.top.layer].source, merged: r.parts.map((x) => x.layer) } : null
-      }))
-      return { layers } satisfies WhichAnswer
-    }
-    return stats.report()
-  })
-  const mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
-  await writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
+  let control: Awaited<ReturnType<typeof listen>>
+  let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
+  try {
+    control = await listen(mountpoint, async (creq) => {
+      if (creq.op === 'which') {
+        const layers = await Promise.all(creq.paths.map(async (p) => {
+          const r = await union.resolve(p)
+          return r ? { layer: r.top.layer, source: union.layers[r.top.layer].source, merged: r.parts.map((x) => x.layer) } : null
+        }))
+        return { layers } satisfies WhichAnswer
+      }
+      return stats.report()
+    })
+    mine = (await mounts()).filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
+    await writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
+  } catch (err) {
+    // never leave a mount behind that nobody serves
+    await fuse.unmount().catch(() => undefined)
+    await fs.close().catch(() => undefined)
+    throw new UserError(`${mountpoint}: cannot set up the daemon's control files: ${(err as Error).message}`)
+  }
   log.mount('mounted %s (mount id %s) over %d layers%s', mountpoint, mine?.id, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
 
   let finish!: () => void

@@ -34,7 +34,8 @@ function readJsonBlob<T>(dir: string, desc: Descriptor, what: string): T {
   let bytes: Buffer
   try {
     bytes = readFileSync(path)
-  } catch {
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EACCES') throw new UserError(`${path}: permission denied`)
     throw new UserError(`${dir}: ${what} ${shortDigest(desc.digest)} is missing (no ${path})`)
   }
   const actual = 'sha256:' + createHash('sha256').update(bytes).digest('hex')
@@ -80,14 +81,17 @@ export function ociLayers(dir: string, ref: string | null, platform: Platform): 
   try {
     layout = JSON.parse(readFileSync(join(dir, 'oci-layout'), 'utf8')) as { imageLayoutVersion?: string }
   } catch (err) {
-    throw new UserError(`${dir}: not an OCI image layout (${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no oci-layout file' : 'unreadable oci-layout file'})`)
+    const code = (err as NodeJS.ErrnoException).code
+    throw new UserError(`${dir}: ${code === 'ENOENT' ? 'not an OCI image layout (no oci-layout file)' : code === 'EACCES' ? 'oci-layout: permission denied' : 'not an OCI image layout (unreadable oci-layout file)'}`)
   }
   if (typeof layout.imageLayoutVersion !== 'string') throw new UserError(`${dir}: not an OCI image layout (oci-layout has no imageLayoutVersion)`)
   let index: { manifests?: Descriptor[] }
   try {
     index = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests?: Descriptor[] }
   } catch (err) {
-    throw new UserError(`${dir}: not an OCI image layout (${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no index.json' : 'index.json is not valid JSON'})`)
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EACCES') throw new UserError(`${dir}/index.json: permission denied`)
+    throw new UserError(`${dir}: not an OCI image layout (${code === 'ENOENT' ? 'no index.json' : 'index.json is not valid JSON'})`)
   }
   let desc = pick(dir, index.manifests ?? [], ref)
   const name = ref ?? desc.annotations?.[REF_NAME] ?? shortDigest(desc.digest)

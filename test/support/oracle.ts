@@ -7,10 +7,12 @@ import { must, run } from './run'
 // where GNU tar fails, as on archives without end blocks) and its OCI markers are turned into
 // overlay form. Member names are listed by Python's tarfile, a third implementation.
 
-const CONVERT = String.raw`
+/** Turns an extracted layer's OCI markers into overlay form; $OVERLAY_OPAQUE_XATTR names the opaque xattr. */
+export const CONVERT = String.raw`
 import os, sys, stat, tarfile
 from decimal import Decimal
 tarpath, root = sys.argv[1], os.fsencode(sys.argv[2])
+OPAQUE = os.environ.get('OVERLAY_OPAQUE_XATTR', 'trusted.overlay.opaque')
 tar_mtime = int(os.stat(tarpath).st_mtime)
 # directories the archive lists, with the mtime it records (the last listing wins, as extraction does)
 explicit = {}
@@ -29,7 +31,7 @@ for dp, dns, fns in os.walk(root, topdown=False):
         if not n.startswith(b'.wh.'): continue
         p = os.path.join(dp, n)
         if n == b'.wh..wh..opq':
-            os.unlink(p); os.setxattr(dp, 'trusted.overlay.opaque', b'y', follow_symlinks=False)
+            os.unlink(p); os.setxattr(dp, OPAQUE, b'y', follow_symlinks=False)
             continue
         if n.startswith(b'.wh..wh.'):
             os.unlink(p); continue
@@ -41,7 +43,7 @@ for dp, dns, fns in os.walk(root, topdown=False):
             os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             continue
         # the same layer has the name too: it stays, and hides the layers below (a directory: opaque)
-        if stat.S_ISDIR(st.st_mode): os.setxattr(hidden, 'trusted.overlay.opaque', b'y', follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode): os.setxattr(hidden, OPAQUE, b'y', follow_symlinks=False)
 # directory times as the archive records them: extraction moves them (a child written after its
 # parent's times were set), and a parent the archive never lists gets the archive's mtime, as in layerfs
 for dp, dns, fns in os.walk(root):
