@@ -1,7 +1,7 @@
 # layerfs — see README.md. `make build` is idempotent and quiet when there is nothing to do.
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
-APT_PACKAGES := libfuse2 fuse3 attr zlib1g-dev
+APT_PACKAGES := libfuse2 fuse3 libfuse3-dev attr zlib1g-dev
 FIXTURE_PACKAGES := libarchive-tools umoci pigz skopeo zstd util-linux uidmap
 
 .PHONY: build system-deps fixtures demo test soak bench clean

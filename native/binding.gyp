@@ -4,5 +4,11 @@
     "sources": ["layerfs_sys.c", "gzip_access.c"],
     "libraries": ["-lz"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+  }, {
+    "target_name": "layerfs_fuse",
+    "sources": ["fuse_ll.c"],
+    "include_dirs": ["/usr/include/fuse3"],
+    "libraries": ["-lfuse3", "-lpthread"],
+    "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
   }]
 }

@@ -15,7 +15,10 @@ nodedir=$(npm config get nodedir 2>/dev/null || true)
 [[ -n $nodedir && $nodedir != undefined ]] || { [[ -f /usr/include/node/node_api.h ]] && nodedir=/usr; } || true
 
 addon=native/build/Release/layerfs_sys.node
-if [[ ! -f $addon || native/layerfs_sys.c -nt $addon || native/gzip_access.c -nt $addon || native/binding.gyp -nt $addon ]]; then
+fuse_addon=native/build/Release/layerfs_fuse.node
+stale=0
+for src in native/*.c native/binding.gyp; do [[ -f $addon && -f $fuse_addon && ! $src -nt $addon && ! $src -nt $fuse_addon ]] || stale=1; done
+if ((stale)); then
   ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
 fi
 

@@ -8,6 +8,7 @@ import { TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
 import { mountFuse, type FuseMount } from './fuse/adapter'
+import { lowLevelWanted, mountLowLevel } from './fuse/lowlevel'
 import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
@@ -124,9 +125,11 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   const readOnly = fs.upper === null
   let fuse: FuseMount
   try {
-    fuse = await mountFuse(fs, mountpoint, {
-      fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug,
-    })
+    const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug }
+    // read-only mounts go through our own low-level binding; writable ones through fuse-native
+    fuse = readOnly && lowLevelWanted()
+      ? await mountLowLevel(fs, mountpoint, fuseOpts, () => log.mount('%s: the FUSE session ended', mountpoint))
+      : await mountFuse(fs, mountpoint, fuseOpts)
   } catch (err) {
     await fs.close()
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)

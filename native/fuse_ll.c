@@ -1,0 +1,454 @@
+// fuse_ll: libfuse 3's low-level API served on Node's own thread. The /dev/fuse descriptor is
+// polled by libuv; each request is read and handed to one JS dispatch function right there, and
+// JS answers (at once or later) through the ll* reply functions. No thread hop and no semaphore
+// per request, unlike fuse-native (which parks a libfuse thread while JS works); and READDIRPLUS,
+// directory and symlink caching, which libfuse 2's high-level API cannot give.
+#define FUSE_USE_VERSION 35
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <uv.h>
+#include <fuse_lowlevel.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
+
+enum {
+  OP_LOOKUP = 1, OP_FORGET, OP_GETATTR, OP_READLINK, OP_OPEN, OP_READ, OP_RELEASE, OP_OPENDIR,
+  OP_READDIR, OP_RELEASEDIR, OP_STATFS, OP_GETXATTR, OP_LISTXATTR, OP_INIT, OP_DESTROY,
+};
+
+typedef struct {
+  napi_env env;
+  struct fuse_session *se;
+  uv_poll_t poll;
+  napi_ref dispatch;
+  napi_ref self;
+  napi_async_context actx;
+  struct fuse_buf buf;
+  int polling;
+  int ended;
+} Session;
+
+// The attribute layout JS fills in (a Float64Array): see src/fuse/lowlevel.ts.
+enum { A_INO, A_MODE, A_NLINK, A_UID, A_GID, A_RDEV, A_SIZE, A_BLOCKS, A_BLKSIZE, A_ATIME, A_ATIMENS, A_MTIME, A_MTIMENS, A_CTIME, A_CTIMENS, A_COUNT };
+
+static void fill_stat(struct stat *st, const double *a) {
+  memset(st, 0, sizeof *st);
+  st->st_ino = (ino_t)a[A_INO]; st->st_mode = (mode_t)a[A_MODE]; st->st_nlink = (nlink_t)a[A_NLINK];
+  st->st_uid = (uid_t)a[A_UID]; st->st_gid = (gid_t)a[A_GID]; st->st_rdev = (dev_t)a[A_RDEV];
+  st->st_size = (off_t)a[A_SIZE]; st->st_blocks = (blkcnt_t)a[A_BLOCKS]; st->st_blksize = (blksize_t)a[A_BLKSIZE];
+  st->st_atim.tv_sec = (time_t)a[A_ATIME]; st->st_atim.tv_nsec = (long)a[A_ATIMENS];
+  st->st_mtim.tv_sec = (time_t)a[A_MTIME]; st->st_mtim.tv_nsec = (long)a[A_MTIMENS];
+  st->st_ctim.tv_sec = (time_t)a[A_CTIME]; st->st_ctim.tv_nsec = (long)a[A_CTIMENS];
+}
+
+// ---------------------------------------------------------------- requests to JS
+
+// Calls dispatch(op, req, ino, a, b, c); we are inside the poll callback's scopes.
+static void dispatch_to(Session *s, fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c) {
+  napi_env env = s->env;
+  napi_value fn, argv[6], undefined, result;
+  napi_get_reference_value(env, s->dispatch, &fn);
+  napi_get_undefined(env, &undefined);
+  napi_create_int32(env, op, &argv[0]);
+  napi_create_double(env, (double)(uintptr_t)req, &argv[1]);
+  napi_create_double(env, (double)ino, &argv[2]);
+  argv[3] = a ? a : undefined; argv[4] = b ? b : undefined; argv[5] = c ? c : undefined;
+  if (napi_call_function(env, undefined, fn, 6, argv, &result) != napi_ok) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    if (req) fuse_reply_err(req, EIO); // JS failed before it could answer
+  }
+}
+
+static void dispatch(fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c) {
+  dispatch_to(fuse_req_userdata(req), req, op, ino, a, b, c);
+}
+
+static napi_value num(napi_env env, double v) { napi_value r; napi_create_double(env, v, &r); return r; }
+static napi_value latin1(napi_env env, const char *s) { napi_value r; napi_create_string_latin1(env, s, NAPI_AUTO_LENGTH, &r); return r; }
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn) {
+  // READDIRPLUS always (a walk then needs no LOOKUP per entry); symlinks and listings cached
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  conn->max_readahead = 1 << 20;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  dispatch(req, OP_LOOKUP, parent, latin1(((Session *)fuse_req_userdata(req))->env, name), NULL, NULL);
+}
+
+static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Session *s = fuse_req_userdata(req);
+  dispatch_to(s, NULL, OP_FORGET, ino, num(s->env, (double)nlookup), NULL, NULL);
+  fuse_reply_none(req);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+  Session *s = fuse_req_userdata(req);
+  for (size_t i = 0; i < count; i++) dispatch_to(s, NULL, OP_FORGET, forgets[i].ino, num(s->env, (double)forgets[i].nlookup), NULL, NULL);
+  fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { dispatch(req, OP_GETATTR, ino, NULL, NULL, NULL); }
+static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_READLINK, ino, NULL, NULL, NULL); }
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  dispatch(req, OP_OPEN, ino, num(((Session *)fuse_req_userdata(req))->env, fi->flags), NULL, NULL);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  dispatch(req, OP_READ, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  dispatch(req, OP_RELEASE, ino, num(((Session *)fuse_req_userdata(req))->env, (double)fi->fh), NULL, NULL);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { dispatch(req, OP_OPENDIR, ino, NULL, NULL, NULL); }
+
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  dispatch(req, OP_READDIR, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  // plain readdir (READDIRPLUS refused by the kernel): the same listing, told apart by a negative size
+  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  dispatch(req, OP_READDIR, ino, num(env, (double)fi->fh), num(env, -(double)size), num(env, (double)off));
+}
+
+static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  dispatch(req, OP_RELEASEDIR, ino, num(((Session *)fuse_req_userdata(req))->env, (double)fi->fh), NULL, NULL);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_STATFS, ino, NULL, NULL, NULL); }
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  dispatch(req, OP_GETXATTR, ino, latin1(env, name), num(env, (double)size), NULL);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  dispatch(req, OP_LISTXATTR, ino, num(((Session *)fuse_req_userdata(req))->env, (double)size), NULL, NULL);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+  .init = ll_init, .lookup = ll_lookup, .forget = ll_forget, .forget_multi = ll_forget_multi, .getattr = ll_getattr,
+  .readlink = ll_readlink, .open = ll_open, .read = ll_read, .release = ll_release, .opendir = ll_opendir,
+  .readdir = ll_readdir, .readdirplus = ll_readdirplus, .releasedir = ll_releasedir, .statfs = ll_statfs,
+  .getxattr = ll_getxattr, .listxattr = ll_listxattr,
+};
+
+// ---------------------------------------------------------------- the loop
+
+static void session_end(Session *s) {
+  if (s->ended) return;
+  s->ended = 1;
+  if (s->polling) { uv_poll_stop(&s->poll); s->polling = 0; }
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value fn, undefined, argv[6], self;
+  napi_get_reference_value(env, s->dispatch, &fn);
+  napi_get_undefined(env, &undefined);
+  napi_get_reference_value(env, s->self, &self);
+  napi_create_int32(env, OP_DESTROY, &argv[0]);
+  for (int i = 1; i < 6; i++) argv[i] = undefined;
+  napi_callback_scope cscope;
+  napi_open_callback_scope(env, self, s->actx, &cscope);
+  napi_call_function(env, undefined, fn, 6, argv, NULL);
+  napi_close_callback_scope(env, cscope);
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_readable(uv_poll_t *handle, int status, int events) {
+  Session *s = handle->data;
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value self;
+  napi_get_reference_value(env, s->self, &self);
+  napi_callback_scope cscope; // promise reactions run when it closes
+  napi_open_callback_scope(env, self, s->actx, &cscope);
+  int end = 0;
+  // a batch: requests that are already there, without starving the rest of the loop
+  for (int i = 0; i < 64; i++) {
+    int res = fuse_session_receive_buf(s->se, &s->buf);
+    if (res == -EAGAIN || res == -EINTR) break;
+    if (res <= 0) { end = 1; break; }
+    napi_handle_scope inner;
+    napi_open_handle_scope(env, &inner);
+    fuse_session_process_buf(s->se, &s->buf);
+    napi_close_handle_scope(env, inner);
+    if (fuse_session_exited(s->se)) { end = 1; break; }
+  }
+  napi_close_callback_scope(env, cscope);
+  napi_close_handle_scope(env, scope);
+  if (end) session_end(s);
+}
+
+static void finalize_session(napi_env env, void *data, void *hint) {
+  Session *s = data;
+  if (s->se) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+  }
+  free(s->buf.mem);
+  free(s);
+}
+
+// llMount(mountpoint, options: string (-o list), dispatch) -> session. Throws when the mount fails.
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3], this_arg;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &this_arg, NULL));
+  char mnt[4096], opts[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof mnt, &len));
+  CHECK(napi_get_value_string_utf8(env, argv[1], opts, sizeof opts, &len));
+  Session *s = calloc(1, sizeof *s);
+  s->env = env;
+  char *fargv[] = { "layerfs", "-o", opts, NULL };
+  struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
+  s->se = fuse_session_new(&args, &ops, sizeof ops, s);
+  if (!s->se) { free(s); napi_throw_error(env, NULL, "fuse_session_new failed (bad options?)"); return NULL; }
+  if (fuse_session_mount(s->se, mnt) != 0) {
+    fuse_session_destroy(s->se); free(s);
+    napi_throw_error(env, NULL, "mounting failed (see the line libfuse printed)");
+    return NULL;
+  }
+  int fd = fuse_session_fd(s->se);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  uv_loop_t *loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  uv_poll_init(loop, &s->poll, fd);
+  s->poll.data = s;
+  uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  s->polling = 1;
+  napi_value ext, name;
+  CHECK(napi_create_external(env, s, finalize_session, NULL, &ext));
+  CHECK(napi_create_reference(env, argv[2], 1, &s->dispatch));
+  CHECK(napi_create_reference(env, ext, 1, &s->self));
+  CHECK(napi_create_string_utf8(env, "layerfs:fuse", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_async_init(env, ext, name, &s->actx));
+  return ext;
+}
+
+static Session *session_arg(napi_env env, napi_value v) {
+  void *p = NULL;
+  napi_get_value_external(env, v, &p);
+  return p;
+}
+
+// llUnmount(session): detaches the mount; the session then ends (dispatch gets OP_DESTROY).
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Session *s = session_arg(env, argv[0]);
+  if (!s || !s->se) return NULL;
+  fuse_session_unmount(s->se);
+  session_end(s);
+  // stop the reads for good, and drop what the references keep alive
+  fuse_session_destroy(s->se);
+  s->se = NULL;
+  uv_close((uv_handle_t *)&s->poll, NULL);
+  napi_delete_reference(env, s->dispatch);
+  napi_async_destroy(env, s->actx);
+  return NULL;
+}
+
+// ---------------------------------------------------------------- replies from JS
+
+static fuse_req_t req_arg(napi_env env, napi_value v) {
+  double d = 0; napi_get_value_double(env, v, &d); return (fuse_req_t)(uintptr_t)d;
+}
+static double dbl(napi_env env, napi_value v) { double d = 0; napi_get_value_double(env, v, &d); return d; }
+
+static double *attr_arg(napi_env env, napi_value v, size_t count) {
+  napi_typedarray_type type; size_t length; void *data; napi_value ab; size_t off;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, &ab, &off) != napi_ok || type != napi_float64_array || length < count) return NULL;
+  return data;
+}
+
+#define ARGS(n) size_t argc = n; napi_value argv[n]; CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+
+static napi_value js_reply_err(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t e = 0; napi_get_value_int32(env, argv[1], &e);
+  fuse_reply_err(req_arg(env, argv[0]), e);
+  return NULL;
+}
+
+// llReplyEntry(req, nodeid, attrs, entryTimeout, attrTimeout)
+static napi_value js_reply_entry(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  double *a = attr_arg(env, argv[2], A_COUNT);
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof e);
+  e.ino = (fuse_ino_t)dbl(env, argv[1]);
+  e.generation = 1;
+  if (a) fill_stat(&e.attr, a);
+  e.attr_timeout = dbl(env, argv[4]);
+  e.entry_timeout = dbl(env, argv[3]);
+  fuse_reply_entry(req_arg(env, argv[0]), &e);
+  return NULL;
+}
+
+// llReplyNegative(req, timeout): no such entry, and the kernel may remember that.
+static napi_value js_reply_negative(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof e);
+  e.entry_timeout = dbl(env, argv[1]);
+  fuse_reply_entry(req_arg(env, argv[0]), &e);
+  return NULL;
+}
+
+static napi_value js_reply_attr(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  double *a = attr_arg(env, argv[1], A_COUNT);
+  struct stat st;
+  fill_stat(&st, a);
+  fuse_reply_attr(req_arg(env, argv[0]), &st, dbl(env, argv[2]));
+  return NULL;
+}
+
+// llReplyBuf(req, buffer, length)
+static napi_value js_reply_buf(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  void *data; size_t len;
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  size_t n = (size_t)dbl(env, argv[2]);
+  fuse_reply_buf(req_arg(env, argv[0]), data, n < len ? n : len);
+  return NULL;
+}
+
+// llReplyReadlink(req, latin1 string)
+static napi_value js_reply_readlink(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  size_t len;
+  CHECK(napi_get_value_string_latin1(env, argv[1], NULL, 0, &len));
+  char *s = malloc(len + 1);
+  napi_get_value_string_latin1(env, argv[1], s, len + 1, &len);
+  fuse_reply_readlink(req_arg(env, argv[0]), s);
+  free(s);
+  return NULL;
+}
+
+// llReplyOpen(req, fh, keepCache, cacheDir)
+static napi_value js_reply_open(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof fi);
+  fi.fh = (uint64_t)dbl(env, argv[1]);
+  bool keep = false, dir = false;
+  napi_get_value_bool(env, argv[2], &keep);
+  napi_get_value_bool(env, argv[3], &dir);
+  fi.keep_cache = keep;
+  fi.cache_readdir = dir;
+  fuse_reply_open(req_arg(env, argv[0]), &fi);
+  return NULL;
+}
+
+// llReplyStatfs(req, Float64Array [bsize, frsize, blocks, bfree, bavail, files, ffree, namemax])
+static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  double *a = attr_arg(env, argv[1], 8);
+  struct statvfs st;
+  memset(&st, 0, sizeof st);
+  if (a) {
+    st.f_bsize = a[0]; st.f_frsize = a[1]; st.f_blocks = a[2]; st.f_bfree = a[3]; st.f_bavail = a[4];
+    st.f_files = a[5]; st.f_ffree = a[6]; st.f_favail = a[6]; st.f_namemax = a[7];
+  }
+  fuse_reply_statfs(req_arg(env, argv[0]), &st);
+  return NULL;
+}
+
+// llReplyXattr(req, size, value|null): the size when asked for it, ERANGE when it does not fit.
+static napi_value js_reply_xattr(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  fuse_req_t req = req_arg(env, argv[0]);
+  size_t size = (size_t)dbl(env, argv[1]);
+  void *data; size_t len;
+  if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) { fuse_reply_err(req, ENODATA); return NULL; }
+  if (size == 0) fuse_reply_xattr(req, len);
+  else if (len > size) fuse_reply_err(req, ERANGE);
+  else fuse_reply_buf(req, data, len);
+  return NULL;
+}
+
+// llReplyDir(req, size, plus, names[], nodeids Float64Array, attrs Float64Array (A_COUNT each), first, timeout)
+// -> entries put in the reply. Entry i gets offset first + i + 1 (where the next readdir resumes).
+static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
+  ARGS(8);
+  fuse_req_t req = req_arg(env, argv[0]);
+  size_t size = (size_t)dbl(env, argv[1]);
+  double timeout = dbl(env, argv[7]);
+  bool plus = false; napi_get_value_bool(env, argv[2], &plus);
+  uint32_t n = 0; CHECK(napi_get_array_length(env, argv[3], &n));
+  double *ids = attr_arg(env, argv[4], n);
+  double *attrs = attr_arg(env, argv[5], (size_t)n * A_COUNT);
+  double first = dbl(env, argv[6]);
+  char *buf = malloc(size ? size : 1);
+  size_t used = 0;
+  uint32_t added = 0;
+  char name[1100];
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v; size_t len;
+    napi_get_element(env, argv[3], i, &v);
+    napi_get_value_string_latin1(env, v, name, sizeof name, &len);
+    size_t need;
+    if (plus) {
+      struct fuse_entry_param e;
+      memset(&e, 0, sizeof e);
+      e.ino = (fuse_ino_t)ids[i];
+      fill_stat(&e.attr, attrs + (size_t)i * A_COUNT);
+      e.generation = 1;
+      e.attr_timeout = timeout;
+      e.entry_timeout = timeout;
+      need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, (off_t)(first + i + 1));
+    } else {
+      struct stat st;
+      fill_stat(&st, attrs + (size_t)i * A_COUNT);
+      need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(first + i + 1));
+    }
+    if (need > size - used) break;
+    used += need;
+    added++;
+  }
+  fuse_reply_buf(req, buf, used);
+  free(buf);
+  napi_value r; napi_create_uint32(env, added, &r);
+  return r;
+}
+
+napi_value fuse_ll_init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "llMount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
+    { "llUnmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyEntry", NULL, js_reply_entry, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyNegative", NULL, js_reply_negative, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyAttr", NULL, js_reply_attr, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyBuf", NULL, js_reply_buf, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyReadlink", NULL, js_reply_readlink, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyOpen", NULL, js_reply_open, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyXattr", NULL, js_reply_xattr, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+static napi_value init(napi_env env, napi_value exports) { return fuse_ll_init(env, exports); }
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
