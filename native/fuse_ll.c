@@ -20,6 +20,8 @@
 enum {
   OP_LOOKUP = 1, OP_FORGET, OP_GETATTR, OP_READLINK, OP_OPEN, OP_READ, OP_RELEASE, OP_OPENDIR,
   OP_READDIR, OP_RELEASEDIR, OP_STATFS, OP_GETXATTR, OP_LISTXATTR, OP_INIT, OP_DESTROY,
+  OP_SETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK, OP_LINK, OP_UNLINK, OP_RMDIR, OP_RENAME, OP_CREATE,
+  OP_WRITE, OP_FLUSH, OP_FSYNC, OP_SETXATTR, OP_REMOVEXATTR,
 };
 
 typedef struct {
@@ -50,24 +52,32 @@ static void fill_stat(struct stat *st, const double *a) {
 // ---------------------------------------------------------------- requests to JS
 
 // Calls dispatch(op, req, ino, a, b, c); we are inside the poll callback's scopes.
-static void dispatch_to(Session *s, fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c) {
+static void dispatch_to4(Session *s, fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c, napi_value d) {
   napi_env env = s->env;
-  napi_value fn, argv[6], undefined, result;
+  napi_value fn, argv[7], undefined, result;
   napi_get_reference_value(env, s->dispatch, &fn);
   napi_get_undefined(env, &undefined);
   napi_create_int32(env, op, &argv[0]);
   napi_create_double(env, (double)(uintptr_t)req, &argv[1]);
   napi_create_double(env, (double)ino, &argv[2]);
-  argv[3] = a ? a : undefined; argv[4] = b ? b : undefined; argv[5] = c ? c : undefined;
-  if (napi_call_function(env, undefined, fn, 6, argv, &result) != napi_ok) {
+  argv[3] = a ? a : undefined; argv[4] = b ? b : undefined; argv[5] = c ? c : undefined; argv[6] = d ? d : undefined;
+  if (napi_call_function(env, undefined, fn, 7, argv, &result) != napi_ok) {
     napi_value exc;
     napi_get_and_clear_last_exception(env, &exc);
     if (req) fuse_reply_err(req, EIO); // JS failed before it could answer
   }
 }
 
+static void dispatch_to(Session *s, fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c) {
+  dispatch_to4(s, req, op, ino, a, b, c, NULL);
+}
+
 static void dispatch(fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c) {
   dispatch_to(fuse_req_userdata(req), req, op, ino, a, b, c);
+}
+
+static void dispatch4(fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c, napi_value d) {
+  dispatch_to4(fuse_req_userdata(req), req, op, ino, a, b, c, d);
 }
 
 static napi_value num(napi_env env, double v) { napi_value r; napi_create_double(env, v, &r); return r; }
@@ -98,7 +108,9 @@ static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
   fuse_reply_none(req);
 }
 
-static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { dispatch(req, OP_GETATTR, ino, NULL, NULL, NULL); }
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  dispatch(req, OP_GETATTR, ino, num(((Session *)fuse_req_userdata(req))->env, fi ? (double)fi->fh : -1), NULL, NULL);
+}
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_READLINK, ino, NULL, NULL, NULL); }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
@@ -142,11 +154,60 @@ static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   dispatch(req, OP_LISTXATTR, ino, num(((Session *)fuse_req_userdata(req))->env, (double)size), NULL, NULL);
 }
 
+static napi_value bytes(napi_env env, const void *data, size_t len) { napi_value r; napi_create_buffer_copy(env, len, data, NULL, &r); return r; }
+#define ENV(req) (((Session *)fuse_req_userdata(req))->env)
+
+// setattr: [valid, mode, uid, gid, size, atime, atimensec, mtime, mtimensec, fh or -1]
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
+  napi_env env = ENV(req);
+  napi_value arr;
+  napi_create_array_with_length(env, 10, &arr);
+  double v[10] = { to_set, attr->st_mode, attr->st_uid, attr->st_gid, (double)attr->st_size,
+    (double)attr->st_atim.tv_sec, attr->st_atim.tv_nsec, (double)attr->st_mtim.tv_sec, attr->st_mtim.tv_nsec, fi ? (double)fi->fh : -1 };
+  for (uint32_t i = 0; i < 10; i++) napi_set_element(env, arr, i, num(env, v[i]));
+  dispatch(req, OP_SETATTR, ino, arr, NULL, NULL);
+}
+static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
+  napi_env env = ENV(req); dispatch(req, OP_MKNOD, parent, latin1(env, name), num(env, mode), num(env, (double)rdev));
+}
+static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
+  napi_env env = ENV(req); dispatch(req, OP_MKDIR, parent, latin1(env, name), num(env, mode), NULL);
+}
+static void ll_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
+  napi_env env = ENV(req); dispatch(req, OP_SYMLINK, parent, latin1(env, name), latin1(env, link), NULL);
+}
+static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
+  napi_env env = ENV(req); dispatch(req, OP_LINK, ino, num(env, (double)newparent), latin1(env, newname), NULL);
+}
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) { dispatch(req, OP_UNLINK, parent, latin1(ENV(req), name), NULL, NULL); }
+static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) { dispatch(req, OP_RMDIR, parent, latin1(ENV(req), name), NULL, NULL); }
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname, unsigned int flags) {
+  napi_env env = ENV(req);
+  dispatch4(req, OP_RENAME, parent, latin1(env, name), num(env, (double)newparent), latin1(env, newname), num(env, flags));
+}
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi) {
+  napi_env env = ENV(req); dispatch(req, OP_CREATE, parent, latin1(env, name), num(env, mode), num(env, fi->flags));
+}
+static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+  napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
+}
+static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, 0); }
+static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  napi_env env = ENV(req); dispatch(req, OP_FSYNC, ino, num(env, (double)fi->fh), num(env, datasync), NULL);
+}
+static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags) {
+  napi_env env = ENV(req); dispatch(req, OP_SETXATTR, ino, latin1(env, name), bytes(env, value, size), num(env, flags));
+}
+static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) { dispatch(req, OP_REMOVEXATTR, ino, latin1(ENV(req), name), NULL, NULL); }
+
 static const struct fuse_lowlevel_ops ops = {
   .init = ll_init, .lookup = ll_lookup, .forget = ll_forget, .forget_multi = ll_forget_multi, .getattr = ll_getattr,
   .readlink = ll_readlink, .open = ll_open, .read = ll_read, .release = ll_release, .opendir = ll_opendir,
   .readdir = ll_readdir, .readdirplus = ll_readdirplus, .releasedir = ll_releasedir, .statfs = ll_statfs,
   .getxattr = ll_getxattr, .listxattr = ll_listxattr,
+  .setattr = ll_setattr, .mknod = ll_mknod, .mkdir = ll_mkdir, .symlink = ll_symlink, .link = ll_link, .unlink = ll_unlink,
+  .rmdir = ll_rmdir, .rename = ll_rename, .create = ll_create, .write = ll_write, .flush = ll_flush, .fsync = ll_fsync,
+  .setxattr = ll_setxattr, .removexattr = ll_removexattr,
 };
 
 // ---------------------------------------------------------------- the loop
@@ -158,15 +219,15 @@ static void session_end(Session *s) {
   napi_env env = s->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value fn, undefined, argv[6], self;
+  napi_value fn, undefined, argv[7], self;
   napi_get_reference_value(env, s->dispatch, &fn);
   napi_get_undefined(env, &undefined);
   napi_get_reference_value(env, s->self, &self);
   napi_create_int32(env, OP_DESTROY, &argv[0]);
-  for (int i = 1; i < 6; i++) argv[i] = undefined;
+  for (int i = 1; i < 7; i++) argv[i] = undefined;
   napi_callback_scope cscope;
   napi_open_callback_scope(env, self, s->actx, &cscope);
-  napi_call_function(env, undefined, fn, 6, argv, NULL);
+  napi_call_function(env, undefined, fn, 7, argv, NULL);
   napi_close_callback_scope(env, cscope);
   napi_close_handle_scope(env, scope);
 }
@@ -431,6 +492,41 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// llReplyCreate(req, nodeid, attrs, entryTimeout, attrTimeout, fh)
+static napi_value js_reply_create(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  double *a = attr_arg(env, argv[2], A_COUNT);
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof e);
+  e.ino = (fuse_ino_t)dbl(env, argv[1]);
+  e.generation = 1;
+  if (a) fill_stat(&e.attr, a);
+  e.entry_timeout = dbl(env, argv[3]);
+  e.attr_timeout = dbl(env, argv[4]);
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof fi);
+  fi.fh = (uint64_t)dbl(env, argv[5]);
+  fuse_reply_create(req_arg(env, argv[0]), &e, &fi);
+  return NULL;
+}
+
+static napi_value js_reply_write(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  fuse_reply_write(req_arg(env, argv[0]), (size_t)dbl(env, argv[1]));
+  return NULL;
+}
+
+// llCaller(req) -> [uid, gid, pid, umask] of the process that made the request
+static napi_value js_caller(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  const struct fuse_ctx *c = fuse_req_ctx(req_arg(env, argv[0]));
+  napi_value arr;
+  CHECK(napi_create_array_with_length(env, 4, &arr));
+  double v[4] = { c->uid, c->gid, c->pid, c->umask };
+  for (uint32_t i = 0; i < 4; i++) napi_set_element(env, arr, i, num(env, v[i]));
+  return arr;
+}
+
 napi_value fuse_ll_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "llMount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
@@ -445,6 +541,9 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llReplyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyXattr", NULL, js_reply_xattr, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyCreate", NULL, js_reply_create, NULL, NULL, NULL, napi_default, NULL },
+    { "llReplyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL },
+    { "llCaller", NULL, js_caller, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

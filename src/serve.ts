@@ -126,8 +126,8 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   let fuse: FuseMount
   try {
     const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug }
-    // read-only mounts go through our own low-level binding; writable ones through fuse-native
-    fuse = readOnly && lowLevelWanted()
+    // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
+    fuse = lowLevelWanted()
       ? await mountLowLevel(fs, mountpoint, fuseOpts, () => log.mount('%s: the FUSE session ended', mountpoint))
       : await mountFuse(fs, mountpoint, fuseOpts)
   } catch (err) {

@@ -7,6 +7,8 @@ export interface OpenFile {
   write?(buf: Buffer, length: number, position: number): Promise<number>
   truncate?(size: number): Promise<void>
   sync?(dataOnly: boolean): Promise<void>
+  /** The upper file's own attributes (an open file whose name is gone still has them). */
+  stat?(): Promise<import('node:fs').BigIntStats>
   close(): Promise<void>
 }
 
@@ -21,6 +23,7 @@ export function upperFile(fh: FileHandle): OpenFile {
     },
     truncate: (size) => fh.truncate(size),
     sync: (dataOnly) => (dataOnly ? fh.datasync() : fh.sync()),
+    stat: () => fh.stat({ bigint: true }),
     close: () => fh.close(),
   }
 }

@@ -98,6 +98,20 @@ export class LayerFs {
     return this.statOf(await this.resolve(path))
   }
 
+  /**
+   * The attributes of an open file whose name is gone (unlinked while open): its upper file's
+   * own, with `last` (what its name showed) for the rest. A lower file cannot change: `last`.
+   */
+  async fgetattr(fh: number, last: Stat): Promise<Stat> {
+    const st = await this.handles.get(fh).stat?.()
+    if (!st) return { ...last, nlink: 0 }
+    const t = (ns: bigint): { sec: number; nsec: number } => ({ sec: Number(ns / 1000000000n), nsec: Number(ns % 1000000000n) })
+    return {
+      ...last, mode: Number(st.mode), nlink: Number(st.nlink), uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size),
+      blocks: Number(st.blocks), atime: t(st.atimeNs), mtime: t(st.mtimeNs), ctime: t(st.ctimeNs),
+    }
+  }
+
   async readdir(path: string): Promise<DirEntryWithStat[]> {
     const dir = await this.resolve(path)
     const merged = await this.union.readdir(path)

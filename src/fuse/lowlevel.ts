@@ -1,17 +1,18 @@
 import { join } from 'node:path'
 import type { LayerFs, Stat } from '../core/layerfs'
+import type { Caller } from '../upper/upper'
 import { Errno, FsError, errnoOf } from '../errors'
 import { joinPath } from '../paths'
 import { log } from '../log'
 import type { FuseMount, FuseMountOptions } from './adapter'
 
-// Read-only mounts through our own binding of libfuse 3's low-level API (native/fuse_ll.c): the
+// Mounts through our own binding of libfuse 3's low-level API (native/fuse_ll.c): the
 // requests are read and answered on Node's thread, listings go out with attributes (READDIRPLUS)
 // and everything is cached by the kernel for as long as the mount lives (lowers never change).
 // The only importer of layerfs_fuse.node. Nodes are numbered here: nodeid -> path.
 
 type Session = { readonly __session: unique symbol }
-type Dispatch = (op: number, req: number, ino: number, a: unknown, b: unknown, c: unknown) => void
+type Dispatch = (op: number, req: number, ino: number, a: unknown, b: unknown, c: unknown, d: unknown) => void
 
 interface LowLevel {
   llMount(mountpoint: string, options: string, dispatch: Dispatch): Session
@@ -26,6 +27,10 @@ interface LowLevel {
   llReplyStatfs(req: number, s: Float64Array): void
   llReplyXattr(req: number, size: number, value: Buffer | null): void
   llReplyDir(req: number, size: number, plus: boolean, names: string[], ids: Float64Array, attrs: Float64Array, first: number, timeout: number): number
+  llReplyCreate(req: number, nodeid: number, attr: Float64Array, entryTimeout: number, attrTimeout: number, fh: number): void
+  llReplyWrite(req: number, count: number): void
+  /** [uid, gid, pid, umask] of the requesting process. */
+  llCaller(req: number): [number, number, number, number]
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -34,7 +39,13 @@ const ll = require(join(__dirname, '..', '..', '..', 'native', 'build', 'Release
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 4, OPEN: 5, READ: 6, RELEASE: 7, OPENDIR: 8, READDIR: 9,
   RELEASEDIR: 10, STATFS: 11, GETXATTR: 12, LISTXATTR: 13, INIT: 14, DESTROY: 15,
+  SETATTR: 16, MKNOD: 17, MKDIR: 18, SYMLINK: 19, LINK: 20, UNLINK: 21, RMDIR: 22, RENAME: 23, CREATE: 24,
+  WRITE: 25, FLUSH: 26, FSYNC: 27, SETXATTR: 28, REMOVEXATTR: 29,
 } as const
+// fuse_lowlevel.h's FUSE_SET_ATTR_* bits
+const SET = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const
+const UTIME_NOW = (1 << 30) - 1
+const UTIME_OMIT = (1 << 30) - 2
 const A_COUNT = 15
 /** Entries in one READDIR answer at most (the kernel's buffer takes fewer; the rest come next time). */
 const DIR_CHUNK = 512
@@ -49,7 +60,7 @@ function fill(a: Float64Array, at: number, s: Stat): void {
 
 /** The kernel's nodeids and the paths they stand for; a node lives while the kernel holds lookups on it. */
 class Nodes {
-  private readonly byId = new Map<number, { path: string; lookups: number }>([[1, { path: '/', lookups: 1 }]])
+  private readonly byId = new Map<number, { path: string; lookups: number; last?: Stat; gone?: boolean }>([[1, { path: '/', lookups: 1 }]])
   private readonly byPath = new Map<string, number>([['/', 1]])
   private next = 2
 
@@ -68,6 +79,41 @@ class Nodes {
       this.byId.set(id, { path, lookups: 0 })
     }
     return id
+  }
+
+  /** What getattr last answered for the node: an open file that was unlinked still has it. */
+  remember(id: number, st: Stat): void {
+    const n = this.byId.get(id)
+    if (n) n.last = st
+  }
+
+  /** The last attributes of a node whose name is gone, or null while its name stands. */
+  lastOf(id: number): Stat | null {
+    const n = this.byId.get(id)
+    return n?.gone && n.last ? { ...n.last, nlink: 0 } : null
+  }
+
+  /** The path is gone (unlink, rmdir): its node stays until forgotten, but no new lookup finds it. */
+  unlinked(path: string): void {
+    const id = this.byPath.get(path)
+    if (id === undefined) return
+    this.byPath.delete(path)
+    const n = this.byId.get(id)
+    if (n) n.gone = true
+  }
+
+  /** A rename: the node at `from` and every node below it now live under `to`. */
+  renamed(from: string, to: string): void {
+    this.unlinked(to)
+    const moved: Array<[string, number]> = []
+    for (const [p, id] of this.byPath) if (p === from || p.startsWith(from + '/')) moved.push([p, id])
+    for (const [p, id] of moved) {
+      const np = to + p.slice(from.length)
+      this.byPath.delete(p)
+      this.byPath.set(np, id)
+      const n = this.byId.get(id)
+      if (n) n.path = np
+    }
   }
 
   /** One more lookup the kernel holds on the node. */
@@ -102,9 +148,13 @@ interface DirHandle {
   readonly stats: Stat[]
 }
 
-/** Mounts `fs` read-only; resolves once the mount is live. */
+/** Mounts `fs`; resolves once the mount is live. */
 export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOptions, onEnd: () => void): Promise<FuseMount> {
+  const ro = opts.readOnly
+  // read-only: everything cached for the mount's life. Writable: names for a moment, attributes
+  // asked for each time (hard links are separate nodes here, and copy-ups change them)
   const t = opts.cacheSeconds
+  const ta = ro ? t : 0
   const nodes = new Nodes()
   const dirs = new Map<number, DirHandle>()
   let nextDir = 1
@@ -136,7 +186,40 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }, (err: unknown) => fail(req, op, err))
   }
 
-  const dispatch: Dispatch = (op, req, ino, a, b, c) => {
+  /** Open handles per node (writable mounts: fstat of an unlinked file asks without one). */
+  const openFiles = new Map<number, Set<number>>()
+  const opened = (ino: number, fh: number): void => {
+    if (ro) return
+    let set = openFiles.get(ino)
+    if (!set) openFiles.set(ino, (set = new Set()))
+    set.add(fh)
+  }
+  /** Answers a request that made `path` with its entry (a new node, one lookup). */
+  const entry = (req: number, path: string, fh?: number): void => {
+    handle(req, 'entry', () => fs.getattr(path), (st) => {
+      const id = nodes.idOf(path)
+      nodes.count(id)
+      nodes.remember(id, st)
+      if (fh !== undefined) opened(id, fh)
+      fill(attr, 0, st)
+      if (fh === undefined) ll.llReplyEntry(req, id, attr, t, ta)
+      else ll.llReplyCreate(req, id, attr, t, ta, fh)
+    })
+  }
+  const caller = (req: number): Caller => {
+    const c = ll.llCaller(req)
+    return { uid: c[0], gid: c[1], pid: c[2] }
+  }
+  const child = (ino: number, name: string): string => {
+    if (name.length > 255) throw new FsError(Errno.ENAMETOOLONG, 'name too long')
+    return joinPath(nodes.path(ino), name)
+  }
+  /** A change: runs it, then answers 0, or the entry it made. */
+  const change = (req: number, op: string, work: () => Promise<string | void>): void => {
+    handle(req, op, work, (made) => (typeof made === 'string' ? entry(req, made) : ll.llReplyErr(req, 0)))
+  }
+
+  const dispatch: Dispatch = (op, req, ino, a, b, c, d) => {
     switch (op) {
       case OP.LOOKUP: {
         const name = a as string
@@ -153,8 +236,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           if (!r) return ll.llReplyNegative(req, t)
           const id = nodes.idOf(r.path)
           nodes.count(id)
+          nodes.remember(id, r.stat)
           fill(attr, 0, r.stat)
-          ll.llReplyEntry(req, id, attr, t, t)
+          ll.llReplyEntry(req, id, attr, t, ta)
         })
         return
       }
@@ -162,20 +246,35 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         nodes.forget(ino, a as number)
         return
       case OP.GETATTR:
-        return handle(req, 'getattr', () => fs.getattr(nodes.path(ino)), (s) => {
+        return handle(req, 'getattr', async () => {
+          const gone = nodes.lastOf(ino)
+          // unlinked while open: fstat and reads still need its size (fstat comes without a handle)
+          if (gone) {
+            const fh = (a as number) >= 0 ? (a as number) : openFiles.get(ino)?.values().next().value
+            return fh !== undefined ? fs.fgetattr(fh, gone) : gone
+          }
+          const st = await fs.getattr(nodes.path(ino))
+          nodes.remember(ino, st)
+          return st
+        }, (s) => {
           fill(attr, 0, s)
-          ll.llReplyAttr(req, attr, t)
+          ll.llReplyAttr(req, attr, ta)
         })
       case OP.READLINK:
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
       case OP.OPEN:
-        return handle(req, 'open', () => fs.open(nodes.path(ino), a as number), (fh) => ll.llReplyOpen(req, fh, true, false))
+        return handle(req, 'open', () => fs.open(nodes.path(ino), a as number), (fh) => {
+          opened(ino, fh)
+          ll.llReplyOpen(req, fh, ro, false)
+        })
       case OP.READ: {
         const size = b as number
         const buf = Buffer.allocUnsafe(size)
         return handle(req, 'read', () => fs.read(a as number, buf, size, c as number), (n) => ll.llReplyBuf(req, buf, n))
       }
       case OP.RELEASE:
+        openFiles.get(ino)?.delete(a as number)
+        if (openFiles.get(ino)?.size === 0) openFiles.delete(ino)
         return handle(req, 'release', () => fs.release(a as number), () => ll.llReplyErr(req, 0))
       case OP.OPENDIR:
         return handle(req, 'opendir', async () => {
@@ -188,7 +287,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         }, (d) => {
           const fh = nextDir++
           dirs.set(fh, d)
-          ll.llReplyOpen(req, fh, false, true)
+          // a listing the kernel may keep (and reuse on the next open) only where nothing changes
+          ll.llReplyOpen(req, fh, ro, ro)
         })
       case OP.READDIR: {
         const d = dirs.get(a as number)
@@ -205,7 +305,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
           fill(attrs, (i - first) * A_COUNT, d.stats[i])
         }
-        const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, t)
+        const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, ta)
         if (plus) {
           // each entry that went out is a lookup the kernel now holds; the others are not
           for (let i = 0; i < names.length; i++) {
@@ -232,6 +332,68 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         return handle(req, 'listxattr', () => fs.listxattr(nodes.path(ino)), (names) => {
           ll.llReplyXattr(req, a as number, Buffer.from(names.map((n) => n + '\0').join(''), 'latin1'))
         })
+      case OP.SETATTR: {
+        const [valid, mode, uid, gid, size, asec, ansec, msec, mnsec, fh] = a as number[]
+        return handle(req, 'setattr', async () => {
+          const path = nodes.path(ino)
+          if (valid & SET.SIZE) await (fh >= 0 ? fs.ftruncate(fh, size) : fs.truncate(path, size))
+          if (valid & SET.MODE) await fs.chmod(path, mode & 0o7777)
+          if (valid & (SET.UID | SET.GID)) await fs.chown(path, valid & SET.UID ? uid : 0xffffffff, valid & SET.GID ? gid : 0xffffffff)
+          if (valid & (SET.ATIME | SET.MTIME)) {
+            const at = !(valid & SET.ATIME) ? { sec: 0, nsec: UTIME_OMIT } : valid & SET.ATIME_NOW ? { sec: 0, nsec: UTIME_NOW } : { sec: asec, nsec: ansec }
+            const mt = !(valid & SET.MTIME) ? { sec: 0, nsec: UTIME_OMIT } : valid & SET.MTIME_NOW ? { sec: 0, nsec: UTIME_NOW } : { sec: msec, nsec: mnsec }
+            await fs.utimens(path, at, mt)
+          }
+          const st = await fs.getattr(path)
+          nodes.remember(ino, st)
+          return st
+        }, (st) => {
+          fill(attr, 0, st)
+          ll.llReplyAttr(req, attr, ta)
+        })
+      }
+      case OP.MKNOD: {
+        const who = caller(req)
+        return change(req, 'mknod', async () => { const p = child(ino, a as string); await fs.mknod(p, b as number, c as number, who); return p })
+      }
+      case OP.MKDIR: {
+        const who = caller(req)
+        return change(req, 'mkdir', async () => { const p = child(ino, a as string); await fs.mkdir(p, b as number, who); return p })
+      }
+      case OP.SYMLINK: {
+        const who = caller(req)
+        return change(req, 'symlink', async () => { const p = child(ino, a as string); await fs.symlink(b as string, p, who); return p })
+      }
+      case OP.LINK:
+        return change(req, 'link', async () => { const p = child(a as number, b as string); await fs.link(nodes.path(ino), p); return p })
+      case OP.UNLINK:
+        return change(req, 'unlink', async () => { const p = child(ino, a as string); await fs.unlink(p); nodes.unlinked(p) })
+      case OP.RMDIR:
+        return change(req, 'rmdir', async () => { const p = child(ino, a as string); await fs.rmdir(p); nodes.unlinked(p) })
+      case OP.RENAME:
+        // RENAME_NOREPLACE and RENAME_EXCHANGE are not offered (as through libfuse 2 before)
+        if ((d as number) !== 0) return ll.llReplyErr(req, Errno.EINVAL)
+        return change(req, 'rename', async () => {
+          const from = child(ino, a as string)
+          const to = child(b as number, c as string)
+          await fs.rename(from, to)
+          nodes.renamed(from, to)
+        })
+      case OP.CREATE: {
+        const who = caller(req)
+        let path = ''
+        return handle(req, 'create', async () => { path = child(ino, a as string); return fs.create(path, b as number, c as number, who) }, (fh) => entry(req, path, fh))
+      }
+      case OP.WRITE: {
+        const buf = b as Buffer
+        return handle(req, 'write', () => fs.write(a as number, buf, buf.length, c as number), (n) => ll.llReplyWrite(req, n))
+      }
+      case OP.FSYNC:
+        return change(req, 'fsync', () => fs.fsync(a as number, (b as number) !== 0))
+      case OP.SETXATTR:
+        return change(req, 'setxattr', () => fs.setxattr(nodes.path(ino), a as string, b as Buffer, c as number))
+      case OP.REMOVEXATTR:
+        return change(req, 'removexattr', () => fs.removexattr(nodes.path(ino), a as string))
       case OP.DESTROY:
         if (!ended) {
           ended = true
@@ -243,7 +405,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }
   }
 
-  const options = ['ro', 'default_permissions', `fsname=${opts.fsname.replace(/[,\\]/g, '_')}`, 'subtype=layerfs']
+  const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${opts.fsname.replace(/[,\\]/g, '_')}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
@@ -260,5 +422,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }))
 }
 
-/** Whether read-only mounts use this binding ($LAYERFS_ADAPTER=fuse-native picks the old path, for comparison). */
-export const lowLevelWanted = (): boolean => process.env.LAYERFS_ADAPTER !== 'fuse-native'
+/** Whether mounts use this binding ($LAYERFS_ADAPTER=fuse-native picks the old path, to compare). */
+export function lowLevelWanted(): boolean {
+  return process.env.LAYERFS_ADAPTER !== 'fuse-native'
+}

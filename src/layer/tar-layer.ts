@@ -205,11 +205,21 @@ async function readFully(data: TarData, buf: Buffer, offset: number, length: num
   return done
 }
 
+/** Reads up to this size are made on the calling thread: a thread-pool round trip costs more than a cached pread. */
+const SYNC_READ_MAX = 256 << 10
+
 /** A plain tar at `base` in a file. */
 class PlainData implements TarData {
   constructor(private readonly fd: number, private readonly base: number) {}
 
   read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    if (length <= SYNC_READ_MAX) {
+      try {
+        return Promise.resolve(readSync(this.fd, buf, offset, length, this.base + position))
+      } catch (err) {
+        return Promise.reject(new FsError(Errno.EIO, `read failed: ${(err as Error).message}`))
+      }
+    }
     return new Promise((resolve, reject) => {
       read(this.fd, buf, offset, length, this.base + position, (err, n) => {
         if (err) reject(new FsError(Errno.EIO, `read failed: ${err.message}`))

@@ -7,7 +7,8 @@ import { must, removeTemps, run, tempDir } from '../support/run'
 
 // Corners a POSIX conformance suite (pjdfstest) found, checked against kernel overlayfs: one time
 // set at a time (libfuse 2 dropped such utimens calls), names over NAME_MAX, and paths that are
-// under PATH_MAX in the mount but over it once the daemon prefixes the upper directory.
+// under PATH_MAX in the mount but over it once the daemon prefixes the upper directory; I/O on open
+// files whose name is gone.
 
 after(async () => {
   await unmountAll()
@@ -37,6 +38,15 @@ t mv "$p/f" "$p/g"
 t cat "$p/g"
 t rm "$p/g"
 t touch "$p/h"
+# an open file whose name is gone: fstat and I/O go on (pjdfstest unlink/14.t)
+python3 -c '
+import os
+fd = os.open("new", os.O_CREAT | os.O_RDWR, 0o644); os.write(fd, b"Hello, World!"); os.unlink("new")
+st = os.fstat(fd); print("new", st.st_nlink, st.st_size, os.pread(fd, 13, 0))
+os.write(fd, b"!!"); print("new", os.fstat(fd).st_size, os.pread(fd, 20, 0))
+fd2 = os.open("lower", os.O_RDWR); os.pwrite(fd2, b"X", 0); os.unlink("lower")
+st = os.fstat(fd2); print("lower", st.st_nlink, st.st_size, os.pread(fd2, 5, 0))
+'
 `
 
 describe('POSIX corners, as kernel overlayfs answers them', () => {
@@ -65,5 +75,6 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^1 touch x{256}$/m)
     assert.match(outputs[0], /^0 touch y{255}$/m)
     assert.match(outputs[0], /^0 mv \S+\/f \S+\/g$/m, 'a rename deep down works')
+    assert.match(outputs[0], /^new 0 13 b'Hello, World!'$/m, 'an unlinked open file')
   })
 })
