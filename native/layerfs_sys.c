@@ -207,6 +207,43 @@ static napi_value js_renameat2(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// copyRange(fdIn, offIn, fdOut, offOut, length) -> bytes copied: copy_file_range(2) (the kernel
+// copies, or clones where the filesystem can), pread/pwrite where it cannot (other filesystems).
+static napi_value js_copy_range(napi_env env, napi_callback_info info) {
+  size_t argc = 5; napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t in = -1, out = -1;
+  int64_t off_in = 0, off_out = 0, len = 0;
+  napi_get_value_int32(env, argv[0], &in); napi_get_value_int64(env, argv[1], &off_in);
+  napi_get_value_int32(env, argv[2], &out); napi_get_value_int64(env, argv[3], &off_out);
+  napi_get_value_int64(env, argv[4], &len);
+  int64_t done = 0;
+  int fallback = 0;
+  char *buf = NULL;
+  while (done < len) {
+    ssize_t n;
+    if (!fallback) {
+      loff_t a = off_in + done, b = off_out + done;
+      n = copy_file_range(in, &a, out, &b, (size_t)(len - done), 0);
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) { fallback = 1; continue; }
+    } else {
+      if (!buf && !(buf = malloc(1 << 20))) return throw_errno(env, ENOMEM, "copyRange");
+      size_t want = (size_t)(len - done) < (1 << 20) ? (size_t)(len - done) : (1 << 20);
+      n = pread(in, buf, want, off_in + done);
+      if (n > 0) {
+        ssize_t w = 0;
+        while (w < n) { ssize_t k = pwrite(out, buf + w, n - w, off_out + done + w); if (k < 0) { if (errno == EINTR) continue; n = -1; break; } w += k; }
+      }
+    }
+    if (n < 0) { if (errno == EINTR) continue; int err = errno; free(buf); return throw_errno(env, err, "copy_file_range"); }
+    if (n == 0) break; // the source ended early
+    done += n;
+  }
+  free(buf);
+  napi_value r; napi_create_int64(env, done, &r);
+  return r;
+}
+
 napi_value gzip_access_init(napi_env env, napi_value exports); // gzip_access.c
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -216,6 +253,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_default, NULL },
     { "lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_default, NULL },
     { "mknod", NULL, js_mknod, NULL, NULL, NULL, napi_default, NULL },
+    { "copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_default, NULL },
     { "utimens", NULL, js_utimens, NULL, NULL, NULL, napi_default, NULL },
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
   };

@@ -13,6 +13,8 @@ interface LayerfsSys {
   mknod(path: Buffer, mode: number, major: number, minor: number): void
   utimens(path: Buffer, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void
   renameat2(from: Buffer, to: Buffer, flags: number): void
+  /** Copies `length` bytes between descriptors in the kernel (copy_file_range, else pread/pwrite); returns the bytes copied. */
+  copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number
 }
 
 /** An inflate cursor of native/gzip_access.c (opaque). */

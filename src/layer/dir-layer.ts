@@ -117,6 +117,7 @@ export class DirLayer implements Layer {
     }
     return {
       read: async (buf, length, position) => (await fh.read(buf, 0, length, position)).bytesRead,
+      span: () => ({ fd: fh.fd, offset: 0 }),
       close: () => fh.close(),
     }
   }

@@ -55,6 +55,11 @@ export interface DirListing {
 export interface LayerFile {
   /** Reads up to `length` bytes at `position` into `buf`; returns the count (0 at end of file). Rejects with EIO. */
   read(buf: Buffer, length: number, position: number): Promise<number>
+  /**
+   * Where all of the file's bytes lie, in order, in a local descriptor (a directory layer's file, a
+   * plain tar member that is not sparse): copy-up then lets the kernel copy them. Null otherwise.
+   */
+  span?(): { fd: number; offset: number } | null
   close(): Promise<void>
 }
 

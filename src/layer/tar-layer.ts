@@ -146,7 +146,7 @@ export class TarLayer implements Layer {
 
   async open(path: string, entry: Entry): Promise<LayerFile> {
     if (entry.kind !== 'file') throw new FsError(Errno.EINVAL, 'not a regular file', path)
-    return new TarFile(this.data, entry.size, this.index.location(this.recordOf(entry)))
+    return new TarFile(this.data, entry.size, this.index.location(this.recordOf(entry)), this.data instanceof PlainData ? this.data : null)
   }
 
   async readlink(path: string, entry: Entry): Promise<string> {
@@ -173,7 +173,12 @@ export class TarLayer implements Layer {
 
 /** Reads of one file's bytes inside the archive; holes of sparse files read as zeros. */
 class TarFile implements LayerFile {
-  constructor(private readonly data: TarData, private readonly size: number, private readonly at: DataLocation) {}
+  constructor(private readonly data: TarData, private readonly size: number, private readonly at: DataLocation,
+    private readonly plain: PlainData | null) {}
+
+  span(): { fd: number; offset: number } | null {
+    return this.plain && !this.at.sparse ? { fd: this.plain.fd, offset: this.plain.base + this.at.dataOffset } : null
+  }
 
   async read(buf: Buffer, length: number, position: number): Promise<number> {
     const size = this.size
@@ -210,7 +215,7 @@ const SYNC_READ_MAX = 256 << 10
 
 /** A plain tar at `base` in a file. */
 class PlainData implements TarData {
-  constructor(private readonly fd: number, private readonly base: number) {}
+  constructor(readonly fd: number, readonly base: number) {}
 
   read(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
     if (length <= SYNC_READ_MAX) {

@@ -1,5 +1,4 @@
-import { constants as C } from 'node:fs'
-import { chmod, lchown, mkdir, open, rename, rm, symlink } from 'node:fs/promises'
+import { closeSync, constants as C, chmodSync, ftruncateSync, lchownSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs'
 import type { Entry, EntryKind } from '../layer/layer'
 import { majorOf, minorOf, storedXattrName } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
@@ -84,18 +83,18 @@ export class CopyUp {
           bytes = withData ? await this.copyData(r, tmp) : await this.emptyFile(tmp)
           break
         case 'dir':
-          await mkdir(tmp, { mode: 0o700 })
+          mkdirSync(tmp, { mode: 0o700 })
           break
         case 'symlink':
-          await symlink(Buffer.from(await source.readlink(r.top.path, entry), 'latin1'), tmp)
+          symlinkSync(Buffer.from(await source.readlink(r.top.path, entry), 'latin1'), tmp)
           break
         default:
           sys.mknod(tmp, TYPE_BITS[entry.kind]! | 0o600, majorOf(entry.rdev), minorOf(entry.rdev))
       }
       await this.copyMetadata(r, tmp)
-      await rename(tmp, this.dir.real(r.path))
+      renameSync(tmp, this.dir.real(r.path))
     } catch (err) {
-      await rm(tmp, { recursive: true, force: true }).catch(() => undefined)
+      try { rmSync(tmp, { recursive: true, force: true }) } catch { /* best effort */ }
       throw err instanceof FsError ? err : new FsError(errnoOf(err), `copy-up failed (${(err as Error).message})`, r.path)
     }
     this.union.forget(r.path)
@@ -105,34 +104,43 @@ export class CopyUp {
     for (const fn of this.listeners) fn(rec)
   }
 
+  // Copy-up works on the daemon's thread with synchronous calls on the local upper and work dirs:
+  // a thread-pool round trip per step cost more than the steps themselves.
+
   private async emptyFile(tmp: Buffer): Promise<number> {
-    await (await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)).close()
+    closeSync(openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600))
     return 0
   }
 
-  /** Streams the file's bytes from its layer; a sparse source keeps its holes. */
+  /** The file's bytes from its layer: copied by the kernel where they lie in a local file, else streamed; a sparse source keeps its holes. */
   private async copyData(r: Resolved, tmp: Buffer): Promise<number> {
     const entry = r.top.entry
     const src = await this.union.layers[r.top.layer].open(r.top.path, entry)
-    const out = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
+    const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
     const sparse = entry.storedSize < entry.size
-    const buf = Buffer.allocUnsafe(CHUNK)
     let copied = 0
     try {
+      const span = sparse ? null : src.span?.() ?? null
+      if (span) {
+        copied = sys.copyRange(span.fd, span.offset, out, 0, entry.size)
+        if (copied !== entry.size) throw new FsError(Errno.EIO, `layer file shorter than its entry (${copied} of ${entry.size} bytes)`, r.path)
+        return copied
+      }
+      const buf = Buffer.allocUnsafe(CHUNK)
       for (let pos = 0; pos < entry.size; ) {
         const n = await src.read(buf, Math.min(CHUNK, entry.size - pos), pos)
         if (n === 0) break
         const chunk = buf.subarray(0, n)
         if (!(sparse && isZero(chunk))) {
           let done = 0
-          while (done < n) done += (await out.write(chunk, done, n - done, pos + done)).bytesWritten
+          while (done < n) done += writeSync(out, chunk, done, n - done, pos + done)
         }
         pos += n
         copied += n
       }
-      if (sparse) await out.truncate(entry.size)
+      if (sparse) ftruncateSync(out, entry.size)
     } finally {
-      await out.close()
+      closeSync(out)
       await src.close()
     }
     return copied
@@ -141,8 +149,8 @@ export class CopyUp {
   /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`. */
   private async copyMetadata(r: Resolved, tmp: Buffer): Promise<void> {
     const { entry, layer, path } = r.top
-    await lchown(tmp, entry.uid, entry.gid)
-    if (entry.kind !== 'symlink') await chmod(tmp, entry.mode) // after chown, which clears setuid
+    lchownSync(tmp, entry.uid, entry.gid)
+    if (entry.kind !== 'symlink') chmodSync(tmp, entry.mode) // after chown, which clears setuid
     const source = this.union.layers[layer]
     for (const name of await source.listXattrs(path, entry)) {
       const value = await source.getXattr(path, entry, name)
