@@ -92,7 +92,7 @@ function mount(system: System, set: string, writable: boolean): Mount {
           continue // pgrep's own shell, gone
         }
         if (system === 'fuse-overlayfs' && cmdline[0].endsWith('fuse-overlayfs')) return Number(p)
-        if (system === 'layerfs' && Buffer.from(cmdline[3] ?? '', 'base64').toString('utf8').includes(path)) return Number(p)
+        if (system === 'layerfs' && Buffer.from(cmdline.filter(Boolean).pop() ?? '', 'base64').toString('utf8').includes(path)) return Number(p)
       }
       return null
     },

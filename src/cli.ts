@@ -79,7 +79,9 @@ async function runForeground(req: MountRequest): Promise<void> {
 /** Starts the daemon and waits for its word on fd 3: ready, or one error line. */
 function runBackground(req: MountRequest): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [__filename, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+    // a small young generation: the daemon allocates little per request, and V8's default (16 MiB
+    // semi-spaces) costs ~30 MB of resident memory for nothing (measured: 114 -> 84 MB after a walk)
+    const child = spawn(process.execPath, ['--max-semi-space-size=2', __filename, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',

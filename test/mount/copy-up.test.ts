@@ -24,7 +24,7 @@ async function hashOf(path: string): Promise<string> {
 async function daemonPid(mnt: string): Promise<number> {
   const r = await run('pgrep', ['-f', '__layerfs_daemon'])
   for (const pid of r.stdout.split('\n').filter(Boolean).map(Number)) {
-    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[3]
+    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean).pop()
     if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(mnt)) return pid
   }
   throw new Error(`no daemon for ${mnt}`)

@@ -17,7 +17,7 @@ const EXPECTED = new Set(['ok', 'ESPIPE', 'ELOOP', 'EPIPE', 'ENOENT', 'EEXIST', 
 async function rssKb(mnt: string): Promise<number> {
   const r = await run('pgrep', ['-f', '__layerfs_daemon'])
   for (const pid of r.stdout.split('\n').filter(Boolean)) {
-    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[3]
+    const arg = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean).pop()
     if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(mnt)) {
       const status = await readFile(`/proc/${pid}/status`, 'utf8')
       return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)

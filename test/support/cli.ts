@@ -19,7 +19,7 @@ export async function daemonsFor(path: string): Promise<number[]> {
   const mine: number[] = []
   for (const pid of pids) {
     const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-    const arg = cmd.split('\0')[3]
+    const arg = cmd.split('\0').filter(Boolean).pop() // the daemon's last argument: its request
     if (arg && Buffer.from(arg, 'base64').toString('utf8').includes(path)) mine.push(pid)
   }
   return mine
