@@ -21,6 +21,8 @@ export interface MountRequest {
   readonly quiet: boolean
   /** Write overlay xattrs as user.overlay.* (kernel overlayfs's -o userxattr) instead of trusted.overlay.*. */
   readonly userxattr: boolean
+  /** -o metacopy=on: chmod, chown, utimens and xattr changes copy a lower file's metadata only, as kernel overlayfs's metacopy=on. */
+  readonly metacopy: boolean
   /** Where to write the stats (JSON) when the mount ends, from -o stats=FILE. */
   readonly statsFile: string | null
   /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
@@ -44,7 +46,7 @@ const KNOWN_IGNORED = new Set([
   'rw', 'ro', 'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'auto', 'noauto', 'user', 'nouser', 'users',
   'atime', 'noatime', 'relatime', 'strictatime', 'diratime', 'nodiratime', 'sync', 'async', 'defaults', '_netdev',
   'fsync', 'squash_to_root', 'squash_to_uid', 'squash_to_gid', 'static_nlink', 'noacl', 'xino', 'index',
-  'redirect_dir', 'metacopy', 'volatile', 'threaded', 'plugins', 'uidmapping', 'gidmapping', 'timeout',
+  'redirect_dir', 'volatile', 'threaded', 'plugins', 'uidmapping', 'gidmapping', 'timeout',
   'context', 'fscontext', 'defcontext', 'rootcontext', 'allow_other', 'allow_root', 'default_permissions',
 ])
 
@@ -86,6 +88,12 @@ function pathOption(opts: Map<string, string | true>, name: string, cwd: string)
   if (v === undefined) return null
   if (v === true || v === '') throw new UserError(`bad option syntax: ${name} needs a value (${name}=PATH)`)
   return resolve(cwd, v)
+}
+
+function metacopyOption(v: string | true | undefined): boolean {
+  if (v === undefined || v === 'off') return false
+  if (v === true || v === 'on') return true
+  throw new UserError(`bad option: metacopy=${v} (on or off)`)
 }
 
 /**
@@ -176,7 +184,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
   const logOpt = opts.get('log')
   for (const [k, v] of opts) {
-    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats'].includes(k)) continue
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats', 'metacopy'].includes(k)) continue
     log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
   }
   const fsnameOpt = opts.get('fsname')
@@ -191,6 +199,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
       foreground,
       debug: debug || opts.has('debug'),
       userxattr: opts.has('userxattr'),
+      metacopy: metacopyOption(opts.get('metacopy')),
       statsFile: pathOption(opts, 'stats', cwd),
       quiet,
       logFile: typeof logOpt === 'string' ? resolve(cwd, logOpt) : env.LAYERFS_LOG ? resolve(cwd, env.LAYERFS_LOG) : null,

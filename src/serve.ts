@@ -113,8 +113,11 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     if (req.upper !== null && req.work !== null) {
       // the upper dir is the topmost layer of the union, in kernel-overlay form
       const upperDir = await UpperDir.open(req.upper, req.work, req.userxattr ? 'user' : 'auto')
+      if (req.metacopy && upperDir.xattrs === 'user') {
+        throw new UserError('metacopy=on needs trusted.* xattrs: kernel overlayfs refuses it with userxattr (and so unprivileged)')
+      }
       const union = new Union([await DirLayer.open(req.upper), ...lowers])
-      fs = new LayerFs(union, new Upper(upperDir, union))
+      fs = new LayerFs(union, new Upper(upperDir, union, { metacopy: req.metacopy }))
     } else {
       fs = new LayerFs(new Union(lowers))
     }

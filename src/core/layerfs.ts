@@ -66,7 +66,8 @@ export class LayerFs {
     this.bytesRead = union.layers.map(() => 0)
     this.reads = union.layers.map(() => 0)
     // read handles of a file follow it into the upper when it is copied up
-    upper?.copyUp.listen((rec) => void this.copiedUp(rec.path).catch(() => undefined))
+    // read handles follow a file into the upper, unless only its metadata went there
+    upper?.copyUp.listen((rec) => void (rec.metacopy ? undefined : this.copiedUp(rec.path).catch(() => undefined)))
   }
 
   private writable(path: string): Upper {
@@ -132,9 +133,12 @@ export class LayerFs {
     }
     const r = await this.resolve(path)
     if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
-    if (r.top.layer === 0 && this.upper) return this.handles.add(upperFile(await this.upper.openUpperForRead(path)))
-    const file = await this.union.layers[r.top.layer].open(r.top.path, r.top.entry)
-    const layer = r.top.layer
+    if (r.top.entry.metacopy && !r.data) throw new FsError(Errno.EIO, 'metacopy file without data below', path)
+    if (r.top.layer === 0 && this.upper && !r.data) return this.handles.add(upperFile(await this.upper.openUpperForRead(path)))
+    // a metacopy file reads its lower data (and follows the file into the upper once it has it)
+    const from = r.data ?? r.top
+    const file = await this.union.layers[from.layer].open(from.path, from.entry)
+    const layer = from.layer
     return this.handles.add({
       read: async (buf, length, position) => {
         const n = await file.read(buf, length, position)

@@ -81,8 +81,12 @@ class Nodes {
     return id
   }
 
+  /** Whether nodes keep their last attributes (writable mounts: for open files whose name goes). */
+  constructor(private readonly keepLast: boolean) {}
+
   /** What getattr last answered for the node: an open file that was unlinked still has it. */
   remember(id: number, st: Stat): void {
+    if (!this.keepLast) return
     const n = this.byId.get(id)
     if (n) n.last = st
   }
@@ -155,7 +159,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   // asked for each time (hard links are separate nodes here, and copy-ups change them)
   const t = opts.cacheSeconds
   const ta = ro ? t : 0
-  const nodes = new Nodes()
+  const nodes = new Nodes(!ro)
   const dirs = new Map<number, DirHandle>()
   let nextDir = 1
   const attr = new Float64Array(A_COUNT)

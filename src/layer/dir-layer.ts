@@ -3,7 +3,7 @@ import { open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { kindOfMode, shownXattrName, storedXattrName } from './layer'
-import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
+import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, METACOPY_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
 import { PathScope, withScope } from '../long-paths'
@@ -61,6 +61,13 @@ export class DirLayer implements Layer {
     if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
     let opaque = false
     let redirect: string | null = null
+    let metacopy = false
+    if (kind === 'file') {
+      const real = this.real(scope, path)
+      metacopy = METACOPY_XATTRS.some((name) => xattrOrNull(real, name) !== null)
+      // a metacopy file renamed: where the layers below hold its data
+      if (metacopy) for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
+    }
     if (kind === 'dir') {
       const real = this.real(scope, path)
       for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
@@ -72,7 +79,7 @@ export class DirLayer implements Layer {
       size: Number(st.size), storedSize: Number(st.blocks) * 512,
       mtime: ts(st.mtimeNs), atime: ts(st.atimeNs), ctime: ts(st.ctimeNs),
       nlink: Number(st.nlink), ino: Number(st.ino % BigInt(INO_SPACE)) || 1, rdev: Number(st.rdev),
-      opaque, redirect,
+      opaque, redirect, metacopy,
     }
   }
 

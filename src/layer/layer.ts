@@ -33,6 +33,8 @@ export interface Entry {
    * hold its contents, absolute ('/a/b') or a sibling name ('b'); null when not redirected.
    */
   readonly redirect?: string | null
+  /** A file that holds only metadata (kernel overlayfs's metacopy): its data is the layers' below. */
+  readonly metacopy?: boolean
   /** Bytes stored for the file (less than size for sparse files); for st_blocks. */
   readonly storedSize: number
 }

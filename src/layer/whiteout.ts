@@ -30,6 +30,9 @@ export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque'] a
 /** Where a renamed directory's contents lie in lower layers (kernel overlayfs's redirect_dir). */
 export const REDIRECT_XATTRS = ['trusted.overlay.redirect', 'user.overlay.redirect'] as const
 
+/** A file whose data lies in the layers below (kernel overlayfs's metacopy=on): only metadata is here. */
+export const METACOPY_XATTRS = ['trusted.overlay.metacopy', 'user.overlay.metacopy'] as const
+
 export function isOpaqueValue(value: Buffer | null): boolean {
   return value !== null && value.length === 1 && value[0] === 0x79 /* 'y' */
 }

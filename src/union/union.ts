@@ -21,6 +21,8 @@ export interface Resolved {
   readonly parts: readonly Part[]
   /** The inode number shown, stable per (layer position, entry). */
   readonly ino: number
+  /** For a metacopy file: the lower file that holds its data (undefined when it has none). */
+  readonly data?: Part
 }
 
 export interface MergedEntry {
@@ -43,7 +45,7 @@ export class Union {
   constructor(readonly layers: readonly Layer[], opts: { cacheSize?: number } = {}) {
     if (layers.length === 0) throw new Error('a union needs at least one layer')
     if (layers.length >= 8192) throw new Error('too many layers')
-    this.cache = new LookupCache(opts.cacheSize ?? 100_000)
+    this.cache = new LookupCache(opts.cacheSize ?? 20_000)
   }
 
   inoOf(part: Part, path: string): number {
@@ -68,14 +70,24 @@ export class Union {
       candidates = parent.parts.map((p) => ({ layer: p.layer, path: joinPath(p.path, name) }))
     }
     const parts: Part[] = []
+    let data: Part | undefined
     for (let i = 0; i < candidates.length; i++) {
       const { layer, path: layerPath } = candidates[i]
       const found = await this.layers[layer].lookup(layerPath)
       const entry = found.entry
-      if (entry) {
+      if (entry && parts.length > 0 && parts[0].entry.metacopy) {
+        // below a metacopy file: the first file that is not one itself holds the data
+        if (entry.kind !== 'file') break
+        if (!entry.metacopy) {
+          data = { layer, entry, path: layerPath }
+          break
+        }
+      } else if (entry) {
         if (parts.length > 0 && entry.kind !== 'dir') break // a lower non-directory ends the merge
         parts.push({ layer, entry, path: layerPath })
-        if (entry.kind !== 'dir' || entry.opaque) break
+        if ((entry.kind !== 'dir' && !entry.metacopy) || entry.opaque) break
+      }
+      if (entry && (entry.kind === 'dir' || entry.metacopy)) {
         if (entry.redirect) {
           // a renamed directory: the layers below hold its contents under its old path
           const redirect = entry.redirect
@@ -88,7 +100,7 @@ export class Union {
       if (found.whiteout) break
     }
     if (parts.length === 0) return null
-    return { path, top: parts[0], parts, ino: this.inoOf(parts[0], path) }
+    return { path, top: parts[0], parts, ino: this.inoOf(parts[0], path), ...(data ? { data } : {}) }
   }
 
   /** The merged listing of a directory (without '.' and '..'). */

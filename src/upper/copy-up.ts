@@ -23,9 +23,13 @@ export interface CopyUpRecord {
   readonly durationMs: number
   /** False when only metadata was copied (a directory, a symlink, or data not needed). */
   readonly data: boolean
+  /** A metacopy file was made: the data stays below. */
+  readonly metacopy: boolean
 }
 
 const CHUNK = 1 << 20
+/** Operations that change only metadata: with metacopy, a lower file's data is not copied for them. */
+const METADATA_ONLY: ReadonlySet<CopyUpReason> = new Set(['chmod', 'chown', 'utimens', 'setxattr', 'removexattr'])
 const TYPE_BITS: Partial<Record<EntryKind, number>> = { char: C.S_IFCHR, block: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }
 
 /**
@@ -37,7 +41,8 @@ export class CopyUp {
   private readonly inflight = new Map<string, Promise<void>>()
   private readonly listeners: Array<(rec: CopyUpRecord) => void> = []
 
-  constructor(private readonly union: Union, private readonly dir: UpperDir) {}
+  /** `metacopy`: metadata-only copy-up for chmod, chown, utimens and xattr changes (kernel overlayfs's metacopy=on). */
+  constructor(private readonly union: Union, private readonly dir: UpperDir, private readonly metacopy = false) {}
 
   /** Calls `fn` after each copy-up (open handles follow the file; statistics count it). */
   listen(fn: (rec: CopyUpRecord) => void): void {
@@ -49,13 +54,15 @@ export class CopyUp {
     for (;;) {
       const r = await this.union.resolve(path)
       if (!r) throw new FsError(Errno.ENOENT, 'no such file or directory', path)
-      if (r.top.layer === 0) return r
+      const metaOnly = this.metacopy && METADATA_ONLY.has(reason) && r.top.entry.kind === 'file'
+      // an upper metacopy file gets its data when anything but its metadata changes
+      if (r.top.layer === 0 && (!r.top.entry.metacopy || metaOnly)) return r
       const pending = this.inflight.get(path)
       if (pending) {
         await pending
         continue
       }
-      const work = this.copy(r, reason, opts.data !== false)
+      const work = this.copy(r, reason, opts.data !== false || r.top.layer === 0, metaOnly)
       this.inflight.set(path, work)
       try {
         await work
@@ -70,7 +77,7 @@ export class CopyUp {
     for (const dir of ancestorsOf(path).reverse()) if (dir !== '/') await this.ensure(dir, 'parent')
   }
 
-  private async copy(r: Resolved, reason: CopyUpReason, withData: boolean): Promise<void> {
+  private async copy(r: Resolved, reason: CopyUpReason, withData: boolean, metaOnly = false): Promise<void> {
     const started = process.hrtime.bigint()
     await this.ensureParents(r.path)
     const { entry, layer } = r.top
@@ -80,7 +87,8 @@ export class CopyUp {
     try {
       switch (entry.kind) {
         case 'file':
-          bytes = withData ? await this.copyData(r, tmp) : await this.emptyFile(tmp)
+          if (metaOnly) this.metacopyFile(tmp, entry.size)
+          else bytes = withData ? await this.copyData(r, tmp) : await this.emptyFile(tmp)
           break
         case 'dir':
           mkdirSync(tmp, { mode: 0o700 })
@@ -92,6 +100,7 @@ export class CopyUp {
           sys.mknod(tmp, TYPE_BITS[entry.kind]! | 0o600, majorOf(entry.rdev), minorOf(entry.rdev))
       }
       await this.copyMetadata(r, tmp)
+      if (metaOnly) sys.lsetxattr(tmp, this.dir.xattrName('metacopy'), Buffer.alloc(0), 0)
       renameSync(tmp, this.dir.real(r.path))
     } catch (err) {
       try { rmSync(tmp, { recursive: true, force: true }) } catch { /* best effort */ }
@@ -100,12 +109,22 @@ export class CopyUp {
     this.union.forget(r.path)
     const durationMs = Number(process.hrtime.bigint() - started) / 1e6
     log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
-    const rec: CopyUpRecord = { path: r.path, layer, source: source.source, reason, bytes, durationMs, data: entry.kind === 'file' && withData }
+    const rec: CopyUpRecord = { path: r.path, layer, source: source.source, reason, bytes, durationMs, data: entry.kind === 'file' && withData && !metaOnly, metacopy: metaOnly }
     for (const fn of this.listeners) fn(rec)
   }
 
   // Copy-up works on the daemon's thread with synchronous calls on the local upper and work dirs:
   // a thread-pool round trip per step cost more than the steps themselves.
+
+  /** A metacopy file: the size of its data, no data (a hole), as kernel overlayfs writes it. */
+  private metacopyFile(tmp: Buffer, size: number): void {
+    const fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
+    try {
+      ftruncateSync(fd, size)
+    } finally {
+      closeSync(fd)
+    }
+  }
 
   private async emptyFile(tmp: Buffer): Promise<number> {
     closeSync(openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600))
@@ -114,8 +133,11 @@ export class CopyUp {
 
   /** The file's bytes from its layer: copied by the kernel where they lie in a local file, else streamed; a sparse source keeps its holes. */
   private async copyData(r: Resolved, tmp: Buffer): Promise<number> {
-    const entry = r.top.entry
-    const src = await this.union.layers[r.top.layer].open(r.top.path, entry)
+    // a metacopy file's data is the lower file's; its size and everything else are its own
+    const from = r.data ?? r.top
+    if (r.top.entry.metacopy && !r.data) throw new FsError(Errno.EIO, 'metacopy file without data below', r.path)
+    const entry = { ...from.entry, size: r.top.entry.size }
+    const src = await this.union.layers[from.layer].open(from.path, from.entry)
     const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
     const sparse = entry.storedSize < entry.size
     let copied = 0

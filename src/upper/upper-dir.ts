@@ -95,7 +95,7 @@ export class UpperDir {
     return Buffer.from(join(this.tempDir, `#${process.pid}-${++this.tempCounter}`))
   }
 
-  xattrName(what: 'opaque' | 'redirect'): string {
+  xattrName(what: 'opaque' | 'redirect' | 'metacopy'): string {
     return `${this.xattrs}.overlay.${what}`
   }
 

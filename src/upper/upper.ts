@@ -36,8 +36,8 @@ export class Upper {
   readonly copyUp: CopyUp
   private readonly locks = new PathLocks()
 
-  constructor(readonly dir: UpperDir, private readonly union: Union) {
-    this.copyUp = new CopyUp(union, dir)
+  constructor(readonly dir: UpperDir, private readonly union: Union, opts: { metacopy?: boolean } = {}) {
+    this.copyUp = new CopyUp(union, dir, opts.metacopy ?? false)
   }
 
   /** One change at a time, with long paths reachable for its duration. */

@@ -25,7 +25,7 @@ export interface SnapshotOptions {
   /** Hash file contents (default true). */
   readonly content?: boolean
   /**
-   * Keep overlay's own opaque and redirect xattrs (to compare upper dirs). Its bookkeeping
+   * Keep overlay's own opaque, redirect and metacopy xattrs (to compare upper dirs). Its bookkeeping
    * (origin, impure, uuid, ...) is always left out: file handles and flags of the kernel's own.
    */
   readonly overlayXattrs?: boolean
@@ -67,7 +67,7 @@ export async function snapshotTree(root: string, opts: SnapshotOptions = {}): Pr
     if (opts.xattrs !== false) {
       for (const name of sys.llistxattr(abs).sort()) {
         if (name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')) {
-          if (!opts.overlayXattrs || !/\.overlay\.(opaque|redirect)$/.test(name)) continue
+          if (!opts.overlayXattrs || !/\.overlay\.(opaque|redirect|metacopy)$/.test(name)) continue
         }
         xattrs[name] = sys.lgetxattr(abs, name)?.toString('hex') ?? ''
       }
