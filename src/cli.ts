@@ -30,8 +30,9 @@ Each lower is a directory (extracted layer, kernel-overlay form) or a tar, plain
 place; the leftmost is the topmost. IMAGE is docker-archive:PATH[:NAME:TAG] (docker save, skopeo),
 oci:DIR[:REF] (an OCI image layout), or a path to either. Without upperdir the mount is read-only.
 mount returns once the mount is live and leaves a daemon serving it; -f keeps it in the foreground;
--q hides progress bars. End it with 'umount MOUNTPOINT'. Options it does not know are accepted and
-ignored. DEBUG=layerfs:* logs what it does.`
+-q hides progress bars. End it with 'umount MOUNTPOINT'. -o userxattr writes user.overlay.* xattrs;
+-o metacopy=on copies only metadata for chmod/chown/utimens/xattr changes (kernel metacopy form).
+Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.`
 
 const DAEMON_ARG = '__layerfs_daemon'
 
