@@ -1,4 +1,4 @@
-import type { FileHandle } from 'node:fs/promises'
+import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, readSync, writeSync, type BigIntStats } from 'node:fs'
 import { Errno, FsError, errnoOf } from '../errors'
 
 /** An open file: reads always; writes, truncation and sync when it is an upper file opened for writing. */
@@ -8,23 +8,33 @@ export interface OpenFile {
   truncate?(size: number): Promise<void>
   sync?(dataOnly: boolean): Promise<void>
   /** The upper file's own attributes (an open file whose name is gone still has them). */
-  stat?(): Promise<import('node:fs').BigIntStats>
+  stat?(): Promise<BigIntStats>
   close(): Promise<void>
 }
 
-/** An upper file, through a Node FileHandle. */
-export function upperFile(fh: FileHandle): OpenFile {
+/**
+ * An upper file by its descriptor. Its calls are synchronous, on the daemon's thread: the upper is a
+ * local directory, and a thread-pool round trip per read or write cost more than the call itself.
+ */
+export function upperFile(fd: number): OpenFile {
+  const run = <T>(fn: () => T): Promise<T> => {
+    try {
+      return Promise.resolve(fn())
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
   return {
-    read: async (buf, length, position) => (await fh.read(buf, 0, length, position)).bytesRead,
-    write: async (buf, length, position) => {
+    read: (buf, length, position) => run(() => readSync(fd, buf, 0, length, position)),
+    write: (buf, length, position) => run(() => {
       let done = 0
-      while (done < length) done += (await fh.write(buf, done, length - done, position + done)).bytesWritten
+      while (done < length) done += writeSync(fd, buf, done, length - done, position + done)
       return done
-    },
-    truncate: (size) => fh.truncate(size),
-    sync: (dataOnly) => (dataOnly ? fh.datasync() : fh.sync()),
-    stat: () => fh.stat({ bigint: true }),
-    close: () => fh.close(),
+    }),
+    truncate: (size) => run(() => ftruncateSync(fd, size)),
+    sync: (dataOnly) => run(() => (dataOnly ? fdatasyncSync(fd) : fsyncSync(fd))),
+    stat: () => run(() => fstatSync(fd, { bigint: true })),
+    close: () => run(() => closeSync(fd)),
   }
 }
 

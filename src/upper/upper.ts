@@ -1,6 +1,5 @@
-import { constants as C } from 'node:fs'
-import { chmod, lchown, link, lstat, mkdir, open, symlink, truncate, unlink } from 'node:fs/promises'
-import type { FileHandle } from 'node:fs/promises'
+import { closeSync, constants as C, openSync } from 'node:fs'
+import { chmod, lchown, link, lstat, mkdir, symlink, truncate, unlink } from 'node:fs/promises'
 import type { Union, Resolved } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
 import { baseOf, parentOf } from '../paths'
@@ -111,13 +110,13 @@ export class Upper {
     })
   }
 
-  /** Creates and opens a regular file; returns the open upper file. */
-  async create(path: string, mode: number, flags: number, caller: Caller): Promise<FileHandle> {
+  /** Creates and opens a regular file; returns the open upper file's descriptor. */
+  async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
     return this.run(async () => {
       await this.mustBeAbsent(path)
-      await this.createEntry(path, caller, async (at) => (await open(at, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)).close(), mode & 0o7777)
+      await this.createEntry(path, caller, async (at) => closeSync(openSync(at, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)), mode & 0o7777)
       const accmode = flags & (C.O_RDONLY | C.O_WRONLY | C.O_RDWR)
-      return open(this.dir.real(path), accmode | (flags & C.O_APPEND))
+      return openSync(this.dir.real(path), accmode | (flags & C.O_APPEND))
     })
   }
 
@@ -296,13 +295,14 @@ export class Upper {
   }
 
   /** Opens the upper file of `path` for writing, copying it up first (without data for O_TRUNC). */
-  async openForWrite(path: string, flags: number): Promise<FileHandle> {
+  async openForWrite(path: string, flags: number): Promise<number> {
     return this.run(async () => {
       const r = await this.resolve(path)
       if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
       await this.copyUp.ensure(path, 'write', { data: (flags & C.O_TRUNC) === 0 })
       try {
-        return await open(this.dir.real(path), flags & ~(C.O_CREAT | C.O_EXCL))
+        // descriptors of the local upper are used synchronously (see handles.ts)
+        return openSync(this.dir.real(path), flags & ~(C.O_CREAT | C.O_EXCL))
       } catch (err) {
         throw new FsError(errnoOf(err), 'cannot open', path)
       }
@@ -310,7 +310,7 @@ export class Upper {
   }
 
   /** Opens the upper file of an already copied-up path for reading (re-pointing a read handle). */
-  async openUpperForRead(path: string): Promise<FileHandle> {
-    return this.run(() => open(this.dir.real(path), C.O_RDONLY))
+  async openUpperForRead(path: string): Promise<number> {
+    return this.run(async () => openSync(this.dir.real(path), C.O_RDONLY))
   }
 }
