@@ -161,6 +161,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const ta = ro ? t : 0
   const nodes = new Nodes(!ro)
   const dirs = new Map<number, DirHandle>()
+  // read-only mounts on kernels that allow it: no OPENDIR/RELEASEDIR at all; listings by node
+  let skipOpendir = false
+  const listings = new Map<number, Promise<DirHandle>>()
   let nextDir = 1
   const attr = new Float64Array(A_COUNT)
   let session: Session | null = null
@@ -223,6 +226,37 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     handle(req, op, work, (made) => (typeof made === 'string' ? entry(req, made) : ll.llReplyErr(req, 0)))
   }
 
+  /** A directory's entries with the attributes getattr answers for each (what READDIRPLUS sends). */
+  const listing = async (path: string): Promise<DirHandle> => {
+    const list = await fs.readdir(path)
+    const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
+    const stats = await Promise.all(list.map((e, i) => (paths[i] === null ? e.stat : fs.getattr(paths[i]!).catch(() => e.stat))))
+    return { names: list.map((e) => e.name), paths, stats }
+  }
+  /** Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing. */
+  const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number): void => {
+    const plus = sizeArg > 0
+    const size = Math.abs(sizeArg)
+    const end = Math.min(d.names.length, first + DIR_CHUNK)
+    const names = d.names.slice(first, end)
+    const ids = new Float64Array(names.length)
+    const attrs = new Float64Array(names.length * A_COUNT)
+    for (let i = first; i < end; i++) {
+      const p = d.paths[i]
+      ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
+      fill(attrs, (i - first) * A_COUNT, d.stats[i])
+    }
+    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, ta)
+    if (plus) {
+      // each entry that went out is a lookup the kernel now holds; the others are not
+      for (let i = 0; i < names.length; i++) {
+        if (ids[i] === 0) continue
+        if (i < added) nodes.count(ids[i])
+        else nodes.dropIfUnused(ids[i])
+      }
+    }
+  }
+
   const dispatch: Dispatch = (op, req, ino, a, b, c, d) => {
     switch (op) {
       case OP.LOOKUP: {
@@ -280,45 +314,33 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         openFiles.get(ino)?.delete(a as number)
         if (openFiles.get(ino)?.size === 0) openFiles.delete(ino)
         return handle(req, 'release', () => fs.release(a as number), () => ll.llReplyErr(req, 0))
+      case OP.INIT:
+        skipOpendir = ro && (a as number) === 1
+        return
       case OP.OPENDIR:
-        return handle(req, 'opendir', async () => {
-          const path = nodes.path(ino)
-          const list = await fs.readdir(path)
-          // the attributes that go out with the names are what getattr answers for each
-          const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
-          const stats = await Promise.all(list.map((e, i) => (paths[i] === null ? e.stat : fs.getattr(paths[i]!).catch(() => e.stat))))
-          return { names: list.map((e) => e.name), paths, stats }
-        }, (d) => {
+        if (skipOpendir) return ll.llReplyErr(req, Errno.ENOSYS)
+        return handle(req, 'opendir', () => listing(nodes.path(ino)), (d) => {
           const fh = nextDir++
           dirs.set(fh, d)
           // a listing the kernel may keep (and reuse on the next open) only where nothing changes
           ll.llReplyOpen(req, fh, ro, ro)
         })
       case OP.READDIR: {
+        if (skipOpendir) {
+          // no handle: the listing of the node, kept while the kernel reads it in pieces
+          const first = c as number
+          if (first === 0) listings.delete(ino)
+          let p = listings.get(ino)
+          if (!p) {
+            p = listing(nodes.path(ino))
+            listings.set(ino, p)
+            if (listings.size > 64) listings.delete(listings.keys().next().value as number)
+          }
+          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, first))
+        }
         const d = dirs.get(a as number)
         if (!d) return ll.llReplyErr(req, Errno.EBADF)
-        const plus = (b as number) > 0
-        const size = Math.abs(b as number)
-        const first = c as number
-        const end = Math.min(d.names.length, first + DIR_CHUNK)
-        const names = d.names.slice(first, end)
-        const ids = new Float64Array(names.length)
-        const attrs = new Float64Array(names.length * A_COUNT)
-        for (let i = first; i < end; i++) {
-          const p = d.paths[i]
-          ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
-          fill(attrs, (i - first) * A_COUNT, d.stats[i])
-        }
-        const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, ta)
-        if (plus) {
-          // each entry that went out is a lookup the kernel now holds; the others are not
-          for (let i = 0; i < names.length; i++) {
-            if (ids[i] === 0) continue
-            if (i < added) nodes.count(ids[i])
-            else nodes.dropIfUnused(ids[i])
-          }
-        }
-        return
+        return readdirReply(req, d, b as number, c as number)
       }
       case OP.RELEASEDIR:
         dirs.delete(a as number)
