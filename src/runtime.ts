@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { accessSync, constants as FS, mkdirSync, readFileSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { homedir, tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 // Where a daemon says who it is (pid, mountpoint, layers), and what the kernel says is mounted.
@@ -29,10 +29,31 @@ function outerUid(): { uid: number; namespaced: boolean } {
   return { uid, namespaced: false }
 }
 
+let chosen: string | null = null
+
+/**
+ * Where control sockets and mount records live: $XDG_RUNTIME_DIR/layerfs, /run/layerfs for root,
+ * else $TMPDIR/layerfs-UID; the first that exists or can be made, writable. A locked-down /tmp
+ * (mode 0755, seen on CI machines) falls through to the user's cache dir rather than failing.
+ * Every command resolves it the same way, so `umount` and `stats` find what the daemon wrote.
+ */
 export function runtimeDir(): string {
-  if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'layerfs')
+  if (chosen) return chosen
   const { uid, namespaced } = outerUid()
-  return uid === 0 && !namespaced ? '/run/layerfs' : join(tmpdir(), `layerfs-${uid}`)
+  const candidates = [
+    ...(process.env.XDG_RUNTIME_DIR ? [join(process.env.XDG_RUNTIME_DIR, 'layerfs')] : []),
+    ...(uid === 0 && !namespaced ? ['/run/layerfs'] : []),
+    join(tmpdir(), `layerfs-${uid}`),
+    join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'layerfs', `run-${uid}`),
+  ]
+  for (const dir of candidates) {
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
+      accessSync(dir, FS.W_OK | FS.X_OK)
+      return (chosen = dir)
+    } catch { /* not usable: the next one */ }
+  }
+  return candidates[candidates.length - 1] // unusable too: the error comes where it is written
 }
 
 function recordPath(mountpoint: string): string {
