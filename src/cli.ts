@@ -86,7 +86,8 @@ function runBackground(req: MountRequest): Promise<void> {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',
-      env: { ...process.env, LAYERFS_PROGRESS: process.stderr.isTTY && !req.quiet ? `tty:${process.stderr.columns || 80}` : '' },
+      // without NODE_EXTRA_CA_CERTS: the daemon makes no TLS connections (see bin/layerfs)
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: undefined, LAYERFS_PROGRESS: process.stderr.isTTY && !req.quiet ? `tty:${process.stderr.columns || 80}` : '' },
     })
     let said = ''
     let settled = false

@@ -7,7 +7,7 @@ import { UpperDir } from './upper/upper-dir'
 import { TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
-import { mountFuse, type FuseMount } from './fuse/adapter'
+import type { FuseMount } from './fuse/adapter'
 import { lowLevelWanted, mountLowLevel } from './fuse/lowlevel'
 import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
@@ -132,7 +132,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
     fuse = lowLevelWanted()
       ? await mountLowLevel(fs, mountpoint, fuseOpts, () => log.mount('%s: the FUSE session ended', mountpoint))
-      : await mountFuse(fs, mountpoint, fuseOpts)
+      : await (await import('./fuse/adapter')).mountFuse(fs, mountpoint, fuseOpts) // loaded only when asked for
   } catch (err) {
     await fs.close()
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
