@@ -34,7 +34,98 @@ typedef struct {
   struct fuse_buf buf;
   int polling;
   int ended;
+  struct Direct **direct; // hash buckets: handles (or nodes) whose reads C serves itself
+  size_t direct_cap, direct_count;
+  char *rbuf; size_t rcap;
+  double *layer_counts; size_t nlayers; // [reads, bytes] per layer position, for the stats
 } Session;
+
+// A file whose bytes lie in order in a local descriptor (a plain tar member, a directory layer's
+// file, an upper file): its READs are answered here with pread, without a call into JS. JS sets
+// and drops these (it owns the descriptors and drops an entry before it closes one).
+typedef struct Direct {
+  uint64_t key;
+  int fd;
+  int layer;
+  int64_t base;  // offset of the file's byte 0 in fd
+  int64_t limit; // its length, or -1: up to fd's end (an upper file, which may grow)
+  struct Direct *next;
+} Direct;
+
+#define KEY_BY_NODE (1ULL << 63) // keyed by nodeid: read-only mounts without OPEN send fh 0
+
+static size_t direct_slot(Session *s, uint64_t key) {
+  key ^= key >> 33; key *= 0xff51afd7ed558ccdULL; key ^= key >> 33;
+  return (size_t)key & (s->direct_cap - 1);
+}
+
+static Direct *direct_find(Session *s, uint64_t key) {
+  if (!s->direct_count) return NULL;
+  for (Direct *d = s->direct[direct_slot(s, key)]; d; d = d->next) if (d->key == key) return d;
+  return NULL;
+}
+
+static void direct_drop(Session *s, uint64_t key) {
+  if (!s->direct_count) return;
+  for (Direct **p = &s->direct[direct_slot(s, key)]; *p; p = &(*p)->next) {
+    if ((*p)->key != key) continue;
+    Direct *d = *p;
+    *p = d->next;
+    free(d);
+    s->direct_count--;
+    return;
+  }
+}
+
+static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer) {
+  direct_drop(s, key);
+  if (s->direct_count + 1 > s->direct_cap) { // grow (and rehash) at load factor 1
+    size_t cap = s->direct_cap ? s->direct_cap * 2 : 256;
+    Direct **old = s->direct; size_t oldcap = s->direct_cap;
+    s->direct = calloc(cap, sizeof *s->direct);
+    s->direct_cap = cap;
+    for (size_t i = 0; i < oldcap; i++) for (Direct *d = old[i], *n; d; d = n) {
+      n = d->next; size_t b = direct_slot(s, d->key); d->next = s->direct[b]; s->direct[b] = d;
+    }
+    free(old);
+  }
+  Direct *d = malloc(sizeof *d);
+  *d = (Direct){ key, fd, layer, base, limit, NULL };
+  size_t b = direct_slot(s, key);
+  d->next = s->direct[b]; s->direct[b] = d;
+  s->direct_count++;
+}
+
+static void direct_free_all(Session *s) {
+  for (size_t i = 0; i < s->direct_cap; i++) for (Direct *d = s->direct[i], *n; d; d = n) { n = d->next; free(d); }
+  free(s->direct); s->direct = NULL; s->direct_cap = s->direct_count = 0;
+}
+
+static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off_t off) {
+  if (d->limit >= 0) {
+    if (off >= d->limit) { fuse_reply_buf(req, NULL, 0); return; }
+    if ((int64_t)(off + size) > d->limit) size = (size_t)(d->limit - off);
+  }
+  if (size > s->rcap) {
+    free(s->rbuf);
+    s->rcap = size;
+    s->rbuf = malloc(size);
+    if (!s->rbuf) { s->rcap = 0; fuse_reply_err(req, ENOMEM); return; }
+  }
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = pread(d->fd, s->rbuf + got, size - got, d->base + off + (off_t)got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { fuse_reply_err(req, errno); return; }
+    if (n == 0) break;
+    got += (size_t)n;
+  }
+  if (d->layer >= 0 && (size_t)d->layer < s->nlayers) {
+    s->layer_counts[2 * d->layer] += 1;
+    s->layer_counts[2 * d->layer + 1] += (double)got;
+  }
+  fuse_reply_buf(req, s->rbuf, got);
+}
 
 // The attribute layout JS fills in (a Float64Array): see src/fuse/lowlevel.ts.
 enum { A_INO, A_MODE, A_NLINK, A_UID, A_GID, A_RDEV, A_SIZE, A_BLOCKS, A_BLKSIZE, A_ATIME, A_ATIMENS, A_MTIME, A_MTIMENS, A_CTIME, A_CTIMENS, A_COUNT };
@@ -92,7 +183,8 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_readahead = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
-  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0), NULL, NULL);
+  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0),
+    num(s->env, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0), NULL);
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -121,7 +213,10 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  Session *s = fuse_req_userdata(req);
+  Direct *d = direct_find(s, fi->fh ? fi->fh : (ino | KEY_BY_NODE));
+  if (d) { serve_direct(s, req, d, size, off); return; }
+  napi_env env = s->env;
   dispatch(req, OP_READ, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
 }
 
@@ -194,7 +289,8 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
   napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
 }
-static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, 0); }
+// Nothing to do at close: ENOSYS tells the kernel so once, and it sends no FLUSH again.
+static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, ENOSYS); }
 static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
   napi_env env = ENV(req); dispatch(req, OP_FSYNC, ino, num(env, (double)fi->fh), num(env, datasync), NULL);
 }
@@ -268,6 +364,9 @@ static void finalize_session(napi_env env, void *data, void *hint) {
     fuse_session_destroy(s->se);
   }
   free(s->buf.mem);
+  direct_free_all(s);
+  free(s->rbuf);
+  free(s->layer_counts);
   free(s);
 }
 
@@ -519,6 +618,42 @@ static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// llDirect(session, byNode, id, fd, base, limit, layer): READs of handle (or node) id are served from fd
+static napi_value js_direct(napi_env env, napi_callback_info info) {
+  ARGS(7);
+  Session *s = session_arg(env, argv[0]);
+  bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
+  uint64_t key = (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0);
+  if (s) direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]));
+  return NULL;
+}
+
+// llDirectDrop(session, byNode, id)
+static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
+  if (s) direct_drop(s, (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0));
+  return NULL;
+}
+
+// llDirectCounts(session, layers) -> Float64Array [reads, bytes] per layer of the READs served here
+static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Session *s = session_arg(env, argv[0]);
+  size_t n = (size_t)dbl(env, argv[1]);
+  if (s && s->nlayers < n) {
+    s->layer_counts = realloc(s->layer_counts, 2 * n * sizeof(double));
+    memset(s->layer_counts + 2 * s->nlayers, 0, 2 * (n - s->nlayers) * sizeof(double));
+    s->nlayers = n;
+  }
+  void *data; napi_value ab, arr;
+  CHECK(napi_create_arraybuffer(env, 2 * n * sizeof(double), &data, &ab));
+  if (s) memcpy(data, s->layer_counts, 2 * n * sizeof(double));
+  CHECK(napi_create_typedarray(env, napi_float64_array, 2 * n, ab, 0, &arr));
+  return arr;
+}
+
 // llCaller(req) -> [uid, gid, pid, umask] of the process that made the request
 static napi_value js_caller(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -547,6 +682,9 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llReplyCreate", NULL, js_reply_create, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL },
     { "llCaller", NULL, js_caller, NULL, NULL, NULL, napi_default, NULL },
+    { "llDirect", NULL, js_direct, NULL, NULL, NULL, napi_default, NULL },
+    { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
+    { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -138,7 +138,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
   }
   const union = fs.union
-  const stats = new Stats(fs, mountpoint)
+  const stats = new Stats(fs, mountpoint, () => fuse.directReads?.() ?? null)
   let control: Awaited<ReturnType<typeof listen>>
   let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
   try {

@@ -35,7 +35,9 @@ export interface StatsReport {
 export class Stats {
   private readonly copyUps: CopyUpEntry[] = []
 
-  constructor(private readonly fs: LayerFs, private readonly mountpoint: string) {
+  /** `servedElsewhere`: reads the FUSE binding answered without LayerFs, per layer position. */
+  constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
+    private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null) {
     fs.upper?.copyUp.listen((rec: CopyUpRecord) => {
       this.copyUps.push({
         path: Buffer.from(rec.path, 'latin1').toString('utf8'),
@@ -48,8 +50,10 @@ export class Stats {
   report(): StatsReport {
     const { union } = this.fs
     const cache = union.cacheStats
+    const more = this.servedElsewhere()
     const layers = union.layers.map((l, index) => ({
-      index, source: l.source, kind: l.kind, reads: this.fs.reads[index], bytesRead: this.fs.bytesRead[index],
+      index, source: l.source, kind: l.kind,
+      reads: this.fs.reads[index] + (more?.reads[index] ?? 0), bytesRead: this.fs.bytesRead[index] + (more?.bytes[index] ?? 0),
     }))
     return {
       mountpoint: this.mountpoint,

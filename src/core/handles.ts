@@ -1,9 +1,24 @@
 import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, readSync, writeSync, type BigIntStats } from 'node:fs'
 import { Errno, FsError, errnoOf } from '../errors'
 
+/**
+ * Where an open file's bytes lie, in order, in a local descriptor (a plain tar member, a directory
+ * layer's file, an upper file): a FUSE binding may then answer reads with pread itself.
+ */
+export interface DirectSpan {
+  readonly fd: number
+  /** Where the file's byte 0 lies in `fd`. */
+  readonly offset: number
+  /** The file's length, or -1: up to the descriptor's end (an upper file, which may grow). */
+  readonly length: number
+  /** The layer position its reads count for. */
+  readonly layer: number
+}
+
 /** An open file: reads always; writes, truncation and sync when it is an upper file opened for writing. */
 export interface OpenFile {
   read(buf: Buffer, length: number, position: number): Promise<number>
+  direct?(): DirectSpan | null
   write?(buf: Buffer, length: number, position: number): Promise<number>
   truncate?(size: number): Promise<void>
   sync?(dataOnly: boolean): Promise<void>
@@ -26,6 +41,7 @@ export function upperFile(fd: number): OpenFile {
   }
   return {
     read: (buf, length, position) => run(() => readSync(fd, buf, 0, length, position)),
+    direct: () => ({ fd, offset: 0, length: -1, layer: 0 }),
     write: (buf, length, position) => run(() => {
       let done = 0
       while (done < length) done += writeSync(fd, buf, done, length - done, position + done)
@@ -48,6 +64,8 @@ interface Slot {
 export class Handles {
   private readonly open = new Map<number, Slot>()
   private next = 1
+  /** Told when a handle's file changes (re-pointed after a copy-up), before the old one is closed. */
+  onChange: ((fh: number) => void) | null = null
 
   add(file: OpenFile, lowerPath: string | null = null): number {
     // handles cross the binding as uint32; wrap, skipping 0 and numbers still in use
@@ -69,12 +87,13 @@ export class Handles {
    * kernel overlayfs (since 4.19): a write through another handle is seen.
    */
   async repoint(path: string, openUpper: () => Promise<OpenFile>): Promise<void> {
-    for (const slot of this.open.values()) {
+    for (const [fh, slot] of this.open) {
       if (slot.lowerPath !== path) continue
       const old = slot.file
       try {
         slot.file = await openUpper()
         slot.lowerPath = null
+        this.onChange?.(fh)
         await old.close()
       } catch (err) {
         throw new FsError(errnoOf(err), 'cannot re-open after copy-up', path)

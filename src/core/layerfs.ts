@@ -6,7 +6,7 @@ import type { Resolved, Union } from '../union/union'
 import type { Caller, TimeSpec, Upper } from '../upper/upper'
 import { Errno, FsError } from '../errors'
 import { parentOf } from '../paths'
-import { Handles, upperFile } from './handles'
+import { Handles, upperFile, type DirectSpan } from './handles'
 
 /** What getattr answers. */
 export interface Stat {
@@ -146,6 +146,10 @@ export class LayerFs {
         this.bytesRead[layer] += n
         return n
       },
+      direct: () => {
+        const span = file.span?.()
+        return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer } : null
+      },
       close: () => file.close(),
     }, path)
   }
@@ -158,6 +162,16 @@ export class LayerFs {
   async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
     const fh = await this.writable(path).create(path, mode, flags, caller)
     return this.handles.add(upperFile(fh))
+  }
+
+  /** Where handle `fh`'s bytes lie in a local descriptor, if they do (valid until it changes or is released). */
+  direct(fh: number): DirectSpan | null {
+    return this.handles.get(fh).direct?.() ?? null
+  }
+
+  /** Calls `fn` when a handle's file changes under it (a read handle re-pointed after a copy-up). */
+  onHandleChange(fn: (fh: number) => void): void {
+    this.handles.onChange = fn
   }
 
   read(fh: number, buf: Buffer, length: number, position: number): Promise<number> {

@@ -134,6 +134,8 @@ export interface FuseMountOptions {
 
 export interface FuseMount {
   unmount(): Promise<void>
+  /** Reads answered by the binding itself, per layer position (they never reach LayerFs). */
+  directReads?(): { reads: number[]; bytes: number[] }
 }
 
 /** Mounts `fs` at `mountpoint`; resolves once the kernel has sent INIT (the mount is live). */

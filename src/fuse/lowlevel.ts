@@ -31,6 +31,11 @@ interface LowLevel {
   llReplyWrite(req: number, count: number): void
   /** [uid, gid, pid, umask] of the requesting process. */
   llCaller(req: number): [number, number, number, number]
+  /** READs of handle (or, byNode, node) `id` are answered in C with pread(fd, base + offset), up to `limit` (-1: EOF). */
+  llDirect(s: Session, byNode: boolean, id: number, fd: number, base: number, limit: number, layer: number): void
+  llDirectDrop(s: Session, byNode: boolean, id: number): void
+  /** [reads, bytes] per layer position of the READs answered in C (sizes the table on first call). */
+  llDirectCounts(s: Session, layers: number): Float64Array
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -50,6 +55,9 @@ const A_COUNT = 15
 /** Entries in one READDIR answer at most (the kernel's buffer takes fewer; the rest come next time). */
 const DIR_CHUNK = 512
 
+/** Open files a read-only mount without OPEN reads by node (their descriptors stay open while listed). */
+const NODE_FILES = 256
+
 /** Writes a Stat in the layout fuse_ll.c reads (see its A_* enum). */
 function fill(a: Float64Array, at: number, s: Stat): void {
   a[at] = s.ino; a[at + 1] = s.mode; a[at + 2] = s.nlink; a[at + 3] = s.uid; a[at + 4] = s.gid; a[at + 5] = s.rdev
@@ -68,6 +76,10 @@ class Nodes {
     const n = this.byId.get(id)
     if (!n) throw new FsError(Errno.ESTALE, 'unknown node')
     return n.path
+  }
+
+  has(id: number): boolean {
+    return this.byId.has(id)
   }
 
   /** The node of `path`, made if needed, without counting a lookup. */
@@ -163,6 +175,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const dirs = new Map<number, DirHandle>()
   // read-only mounts on kernels that allow it: no OPENDIR/RELEASEDIR at all; listings by node
   let skipOpendir = false
+  // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache
+  let skipOpen = false
+  const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
   const listings = new Map<number, Promise<DirHandle>>()
   let nextDir = 1
   const attr = new Float64Array(A_COUNT)
@@ -193,6 +208,35 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }, (err: unknown) => fail(req, op, err))
   }
 
+  /** Lets C answer the handle's READs where its bytes lie in a local descriptor (or stop doing so). */
+  const direct = (fh: number, byNode = false, id = fh): void => {
+    const span = fs.direct(fh)
+    if (span) ll.llDirect(session!, byNode, id, span.fd, span.offset, span.length, span.layer)
+    else ll.llDirectDrop(session!, byNode, id)
+  }
+  fs.onHandleChange((fh) => direct(fh))
+  /** The handle a node is read through when the kernel sends no OPEN: opened on first read, kept for the next. */
+  const nodeFile = (ino: number): Promise<number> => {
+    let p = nodeFiles.get(ino)
+    if (p) {
+      nodeFiles.delete(ino) // to the young end
+      nodeFiles.set(ino, p)
+      return p
+    }
+    p = fs.open(nodes.path(ino), 0)
+    nodeFiles.set(ino, p)
+    p.then((fh) => direct(fh, true, ino), () => nodeFiles.delete(ino))
+    if (nodeFiles.size > NODE_FILES) dropNodeFile(nodeFiles.keys().next().value as number)
+    return p
+  }
+  const dropNodeFile = (ino: number): void => {
+    const p = nodeFiles.get(ino)
+    if (!p) return
+    nodeFiles.delete(ino)
+    ll.llDirectDrop(session!, true, ino)
+    p.then((fh) => fs.release(fh), () => undefined).catch(() => undefined)
+  }
+
   /** Open handles per node (writable mounts: fstat of an unlinked file asks without one). */
   const openFiles = new Map<number, Set<number>>()
   const opened = (ino: number, fh: number): void => {
@@ -207,7 +251,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       const id = nodes.idOf(path)
       nodes.count(id)
       nodes.remember(id, st)
-      if (fh !== undefined) opened(id, fh)
+      if (fh !== undefined) {
+        opened(id, fh)
+        direct(fh)
+      }
       fill(attr, 0, st)
       if (fh === undefined) ll.llReplyEntry(req, id, attr, t, ta)
       else ll.llReplyCreate(req, id, attr, t, ta, fh)
@@ -282,6 +329,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
+        if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
         return
       case OP.GETATTR:
         return handle(req, 'getattr', async () => {
@@ -301,21 +349,27 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       case OP.READLINK:
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
       case OP.OPEN:
+        if (skipOpen) return ll.llReplyErr(req, Errno.ENOSYS)
         return handle(req, 'open', () => fs.open(nodes.path(ino), a as number), (fh) => {
           opened(ino, fh)
+          direct(fh)
           ll.llReplyOpen(req, fh, ro, false)
         })
       case OP.READ: {
+        // what C did not answer itself: gzip data, sparse members, the first read of a node
         const size = b as number
         const buf = Buffer.allocUnsafe(size)
-        return handle(req, 'read', () => fs.read(a as number, buf, size, c as number), (n) => ll.llReplyBuf(req, buf, n))
+        const fh = a as number
+        return handle(req, 'read', async () => fs.read(fh === 0 ? await nodeFile(ino) : fh, buf, size, c as number), (n) => ll.llReplyBuf(req, buf, n))
       }
       case OP.RELEASE:
+        ll.llDirectDrop(session!, false, a as number) // before its descriptor closes
         openFiles.get(ino)?.delete(a as number)
         if (openFiles.get(ino)?.size === 0) openFiles.delete(ino)
         return handle(req, 'release', () => fs.release(a as number), () => ll.llReplyErr(req, 0))
       case OP.INIT:
         skipOpendir = ro && (a as number) === 1
+        skipOpen = ro && (b as number) === 1
         return
       case OP.OPENDIR:
         if (skipOpendir) return ll.llReplyErr(req, Errno.ENOSYS)
@@ -442,10 +496,16 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   } catch (err) {
     return Promise.reject(err)
   }
+  const layers = fs.union.layers.length
+  ll.llDirectCounts(session, layers)
   live()
   return isLive.then(() => ({
     unmount: async () => {
       if (session && !ended) ll.llUnmount(session)
+    },
+    directReads: () => {
+      const c = ll.llDirectCounts(session!, layers)
+      return { reads: fs.union.layers.map((_, i) => c[2 * i]), bytes: fs.union.layers.map((_, i) => c[2 * i + 1]) }
     },
   }))
 }
