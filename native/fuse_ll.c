@@ -37,6 +37,7 @@ typedef struct {
   struct Direct **direct; // hash buckets: handles (or nodes) whose reads C serves itself
   size_t direct_cap, direct_count;
   char *rbuf; size_t rcap;
+  int js_open; napi_handle_scope js_scope; napi_callback_scope js_cscope;
   double *layer_counts; size_t nlayers; // [reads, bytes] per layer position, for the stats
 } Session;
 
@@ -49,6 +50,7 @@ typedef struct Direct {
   int layer;
   int64_t base;  // offset of the file's byte 0 in fd
   int64_t limit; // its length, or -1: up to fd's end (an upper file, which may grow)
+  int writable;  // WRITEs too (an upper file): pwrite at the offset
   struct Direct *next;
 } Direct;
 
@@ -77,7 +79,7 @@ static void direct_drop(Session *s, uint64_t key) {
   }
 }
 
-static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer) {
+static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer, int writable) {
   direct_drop(s, key);
   if (s->direct_count + 1 > s->direct_cap) { // grow (and rehash) at load factor 1
     size_t cap = s->direct_cap ? s->direct_cap * 2 : 256;
@@ -90,7 +92,7 @@ static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t l
     free(old);
   }
   Direct *d = malloc(sizeof *d);
-  *d = (Direct){ key, fd, layer, base, limit, NULL };
+  *d = (Direct){ key, fd, layer, base, limit, writable, NULL };
   size_t b = direct_slot(s, key);
   d->next = s->direct[b]; s->direct[b] = d;
   s->direct_count++;
@@ -143,7 +145,11 @@ static void fill_stat(struct stat *st, const double *a) {
 // ---------------------------------------------------------------- requests to JS
 
 // Calls dispatch(op, req, ino, a, b, c); we are inside the poll callback's scopes.
+static void enter_js(Session *s);
+static napi_env js_env(fuse_req_t req) { Session *s = fuse_req_userdata(req); enter_js(s); return s->env; }
+
 static void dispatch_to4(Session *s, fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi_value b, napi_value c, napi_value d) {
+  enter_js(s); // (the caller may have made its arguments in it already)
   napi_env env = s->env;
   napi_value fn, argv[7], undefined, result;
   napi_get_reference_value(env, s->dispatch, &fn);
@@ -183,77 +189,81 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_readahead = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
+  enter_js(s);
   dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0),
     num(s->env, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0), NULL);
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
-  dispatch(req, OP_LOOKUP, parent, latin1(((Session *)fuse_req_userdata(req))->env, name), NULL, NULL);
+  dispatch(req, OP_LOOKUP, parent, latin1(js_env(req), name), NULL, NULL);
 }
 
 static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
   Session *s = fuse_req_userdata(req);
+  enter_js(s);
   dispatch_to(s, NULL, OP_FORGET, ino, num(s->env, (double)nlookup), NULL, NULL);
   fuse_reply_none(req);
 }
 
 static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
   Session *s = fuse_req_userdata(req);
+  enter_js(s);
   for (size_t i = 0; i < count; i++) dispatch_to(s, NULL, OP_FORGET, forgets[i].ino, num(s->env, (double)forgets[i].nlookup), NULL, NULL);
   fuse_reply_none(req);
 }
 
 static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  dispatch(req, OP_GETATTR, ino, num(((Session *)fuse_req_userdata(req))->env, fi ? (double)fi->fh : -1), NULL, NULL);
+  dispatch(req, OP_GETATTR, ino, num(js_env(req), fi ? (double)fi->fh : -1), NULL, NULL);
 }
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_READLINK, ino, NULL, NULL, NULL); }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  dispatch(req, OP_OPEN, ino, num(((Session *)fuse_req_userdata(req))->env, fi->flags), NULL, NULL);
+  dispatch(req, OP_OPEN, ino, num(js_env(req), fi->flags), NULL, NULL);
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   Session *s = fuse_req_userdata(req);
   Direct *d = direct_find(s, fi->fh ? fi->fh : (ino | KEY_BY_NODE));
   if (d) { serve_direct(s, req, d, size, off); return; }
+  enter_js(s);
   napi_env env = s->env;
   dispatch(req, OP_READ, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  dispatch(req, OP_RELEASE, ino, num(((Session *)fuse_req_userdata(req))->env, (double)fi->fh), NULL, NULL);
+  dispatch(req, OP_RELEASE, ino, num(js_env(req), (double)fi->fh), NULL, NULL);
 }
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { dispatch(req, OP_OPENDIR, ino, NULL, NULL, NULL); }
 
 static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  napi_env env = js_env(req);
   dispatch(req, OP_READDIR, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
 }
 
 static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   // plain readdir (READDIRPLUS refused by the kernel): the same listing, told apart by a negative size
-  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  napi_env env = js_env(req);
   dispatch(req, OP_READDIR, ino, num(env, (double)fi->fh), num(env, -(double)size), num(env, (double)off));
 }
 
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  dispatch(req, OP_RELEASEDIR, ino, num(((Session *)fuse_req_userdata(req))->env, (double)fi->fh), NULL, NULL);
+  dispatch(req, OP_RELEASEDIR, ino, num(js_env(req), (double)fi->fh), NULL, NULL);
 }
 
 static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_STATFS, ino, NULL, NULL, NULL); }
 
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
-  napi_env env = ((Session *)fuse_req_userdata(req))->env;
+  napi_env env = js_env(req);
   dispatch(req, OP_GETXATTR, ino, latin1(env, name), num(env, (double)size), NULL);
 }
 
 static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  dispatch(req, OP_LISTXATTR, ino, num(((Session *)fuse_req_userdata(req))->env, (double)size), NULL, NULL);
+  dispatch(req, OP_LISTXATTR, ino, num(js_env(req), (double)size), NULL, NULL);
 }
 
 static napi_value bytes(napi_env env, const void *data, size_t len) { napi_value r; napi_create_buffer_copy(env, len, data, NULL, &r); return r; }
-#define ENV(req) (((Session *)fuse_req_userdata(req))->env)
+#define ENV(req) js_env(req)
 
 // setattr: [valid, mode, uid, gid, size, atime, atimensec, mtime, mtimensec, fh or -1]
 static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
@@ -287,6 +297,18 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
   napi_env env = ENV(req); dispatch(req, OP_CREATE, parent, latin1(env, name), num(env, mode), num(env, fi->flags));
 }
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+  Direct *d = direct_find(fuse_req_userdata(req), fi->fh);
+  if (d && d->writable) {
+    size_t done = 0;
+    while (done < size) {
+      ssize_t n = pwrite(d->fd, buf + done, size - done, d->base + off + (off_t)done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) { fuse_reply_err(req, errno); return; }
+      done += (size_t)n;
+    }
+    fuse_reply_write(req, done);
+    return;
+  }
   napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
 }
 // Nothing to do at close: ENOSYS tells the kernel so once, and it sends no FLUSH again.
@@ -331,29 +353,35 @@ static void session_end(Session *s) {
   napi_close_handle_scope(env, scope);
 }
 
+// JS scopes are opened only when a request of the batch goes to JS: READs answered in C need none.
+static void enter_js(Session *s) {
+  if (s->js_open) return;
+  s->js_open = 1;
+  napi_open_handle_scope(s->env, &s->js_scope);
+  napi_value self;
+  napi_get_reference_value(s->env, s->self, &self);
+  napi_open_callback_scope(s->env, self, s->actx, &s->js_cscope); // promise reactions run when it closes
+}
+
+static void leave_js(Session *s) {
+  if (!s->js_open) return;
+  s->js_open = 0;
+  napi_close_callback_scope(s->env, s->js_cscope);
+  napi_close_handle_scope(s->env, s->js_scope);
+}
+
 static void on_readable(uv_poll_t *handle, int status, int events) {
   Session *s = handle->data;
-  napi_env env = s->env;
-  napi_handle_scope scope;
-  napi_open_handle_scope(env, &scope);
-  napi_value self;
-  napi_get_reference_value(env, s->self, &self);
-  napi_callback_scope cscope; // promise reactions run when it closes
-  napi_open_callback_scope(env, self, s->actx, &cscope);
   int end = 0;
   // a batch: requests that are already there, without starving the rest of the loop
   for (int i = 0; i < 64; i++) {
     int res = fuse_session_receive_buf(s->se, &s->buf);
     if (res == -EAGAIN || res == -EINTR) break;
     if (res <= 0) { end = 1; break; }
-    napi_handle_scope inner;
-    napi_open_handle_scope(env, &inner);
     fuse_session_process_buf(s->se, &s->buf);
-    napi_close_handle_scope(env, inner);
     if (fuse_session_exited(s->se)) { end = 1; break; }
   }
-  napi_close_callback_scope(env, cscope);
-  napi_close_handle_scope(env, scope);
+  leave_js(s);
   if (end) session_end(s);
 }
 
@@ -618,13 +646,14 @@ static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// llDirect(session, byNode, id, fd, base, limit, layer): READs of handle (or node) id are served from fd
+// llDirect(session, byNode, id, fd, base, limit, layer, writable): READs (and WRITEs) of handle (or node) id go to fd
 static napi_value js_direct(napi_env env, napi_callback_info info) {
-  ARGS(7);
+  ARGS(8);
+  bool writable = false; napi_get_value_bool(env, argv[7], &writable);
   Session *s = session_arg(env, argv[0]);
   bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
   uint64_t key = (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0);
-  if (s) direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]));
+  if (s) direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]), writable);
   return NULL;
 }
 

@@ -1,7 +1,7 @@
 import { spawn, execFile } from 'node:child_process'
 import { createWriteStream, writeSync } from 'node:fs'
 import { lstat, readFile, readdir, readlink, realpath } from 'node:fs/promises'
-import { basename } from 'node:path'
+import { basename, join } from 'node:path'
 import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
 import type { ServeHooks, Served } from './serve'
@@ -11,6 +11,7 @@ import { ask, type WhichAnswer } from './control'
 import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
+import { saveCodeCache } from './code-cache'
 
 // The command line: the only place that talks to the user and picks exit codes.
 
@@ -74,6 +75,7 @@ async function runForeground(req: MountRequest): Promise<void> {
   const served = await serve(req, hooksFor(Boolean(process.stderr.isTTY), req.quiet, process.stderr.columns || 80))
   onServed(served)
   await served.ended
+  saveCodeCache() // what this daemon ran, compiled, for the next one
   process.exit(0)
 }
 
@@ -82,7 +84,7 @@ function runBackground(req: MountRequest): Promise<void> {
   return new Promise((resolve, reject) => {
     // a small young generation: the daemon allocates little per request, and V8's default (16 MiB
     // semi-spaces) costs ~30 MB of resident memory for nothing (measured: 114 -> 84 MB after a walk)
-    const child = spawn(process.execPath, ['--max-semi-space-size=2', __filename, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+    const child = spawn(process.execPath, ['--max-semi-space-size=2', join(__dirname, 'boot.js'), DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',
@@ -145,6 +147,7 @@ async function runDaemon(encoded: string): Promise<void> {
   tell({ ready: true })
   onServed(served)
   await served.ended
+  saveCodeCache() // what this daemon ran, compiled, for the next one
   process.exit(0)
 }
 

@@ -116,7 +116,8 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       if (req.metacopy && upperDir.xattrs === 'user') {
         throw new UserError('metacopy=on needs trusted.* xattrs: kernel overlayfs refuses it with userxattr (and so unprivileged)')
       }
-      const union = new Union([await DirLayer.open(req.upper), ...lowers])
+      // kernel form only: a `.wh.` file made through the mount is an ordinary file, as on kernel overlayfs
+      const union = new Union([await DirLayer.open(req.upper, { ociMarkers: false }), ...lowers])
       fs = new LayerFs(union, new Upper(upperDir, union, { metacopy: req.metacopy }))
     } else {
       fs = new LayerFs(new Union(lowers))
@@ -127,11 +128,12 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   }
   const readOnly = fs.upper === null
   let fuse: FuseMount
+  let sessionEnded = (): void => undefined // set below, once there is something to clean up
   try {
     const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug }
     // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
     fuse = lowLevelWanted()
-      ? await mountLowLevel(fs, mountpoint, fuseOpts, () => log.mount('%s: the FUSE session ended', mountpoint))
+      ? await mountLowLevel(fs, mountpoint, fuseOpts, () => sessionEnded())
       : await (await import('./fuse/adapter')).mountFuse(fs, mountpoint, fuseOpts) // loaded only when asked for
   } catch (err) {
     await fs.close()
@@ -177,7 +179,14 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     await removeRecord(mountpoint).catch(() => undefined)
     finish()
   }
-  // `umount MNT` ends the FUSE session without telling the binding: notice the mount is gone
+  // `umount MNT`: our binding sees the session end at once; fuse-native's does not, so the mount
+  // table is watched too
+  sessionEnded = () => {
+    if (stopping) return
+    stopping = true
+    log.mount('%s: the FUSE session ended', mountpoint)
+    void cleanUp()
+  }
   const watch = setInterval(() => {
     mounts().then((all) => {
       if (stopping || !mine || all.some((m) => m.id === mine.id)) return

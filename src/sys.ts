@@ -8,6 +8,11 @@ interface LayerfsSys {
   /** The attribute's value, or null when the entry has none of that name. */
   lgetxattr(path: Buffer, name: string): Buffer | null
   llistxattr(path: Buffer): string[]
+  /**
+   * lstat without throwing: 0, or the errno. Fills `out` (LSTAT_* positions) with the attributes and
+   * a mask of the overlay.{opaque,redirect,metacopy} xattrs the entry has (OVERLAY_XATTR_BITS).
+   */
+  lstatEntry(path: Buffer, out: Float64Array): number
   lsetxattr(path: Buffer, name: string, value: Buffer, flags: number): void
   lremovexattr(path: Buffer, name: string): void
   mknod(path: Buffer, mode: number, major: number, minor: number): void
@@ -50,3 +55,11 @@ export const gz: GzipAccess = addon
 
 export const RENAME_EXCHANGE = 2
 export const RENAME_WHITEOUT = 4
+
+/** Positions in lstatEntry's output. */
+export const LSTAT = {
+  MODE: 0, UID: 1, GID: 2, SIZE: 3, BLOCKS: 4, NLINK: 5, INO: 6, RDEV: 7,
+  ATIME: 8, ATIME_NS: 9, MTIME: 10, MTIME_NS: 11, CTIME: 12, CTIME_NS: 13, OVERLAY_XATTRS: 14, COUNT: 15,
+} as const
+/** lstatEntry's xattr mask: the trusted form's bit, the user form's is the next. */
+export const OVERLAY_XATTR_BITS = { opaque: 1, redirect: 4, metacopy: 16 } as const

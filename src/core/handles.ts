@@ -13,6 +13,8 @@ export interface DirectSpan {
   readonly length: number
   /** The layer position its reads count for. */
   readonly layer: number
+  /** Writes go to it too, at the same offsets (an upper file). */
+  readonly writable: boolean
 }
 
 /** An open file: reads always; writes, truncation and sync when it is an upper file opened for writing. */
@@ -41,7 +43,7 @@ export function upperFile(fd: number): OpenFile {
   }
   return {
     read: (buf, length, position) => run(() => readSync(fd, buf, 0, length, position)),
-    direct: () => ({ fd, offset: 0, length: -1, layer: 0 }),
+    direct: () => ({ fd, offset: 0, length: -1, layer: 0, writable: true }),
     write: (buf, length, position) => run(() => {
       let done = 0
       while (done < length) done += writeSync(fd, buf, done, length - done, position + done)

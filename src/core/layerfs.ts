@@ -148,7 +148,7 @@ export class LayerFs {
       },
       direct: () => {
         const span = file.span?.()
-        return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer } : null
+        return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer, writable: false } : null
       },
       close: () => file.close(),
     }, path)

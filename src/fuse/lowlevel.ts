@@ -31,8 +31,11 @@ interface LowLevel {
   llReplyWrite(req: number, count: number): void
   /** [uid, gid, pid, umask] of the requesting process. */
   llCaller(req: number): [number, number, number, number]
-  /** READs of handle (or, byNode, node) `id` are answered in C with pread(fd, base + offset), up to `limit` (-1: EOF). */
-  llDirect(s: Session, byNode: boolean, id: number, fd: number, base: number, limit: number, layer: number): void
+  /**
+   * READs of handle (or, byNode, node) `id` are answered in C with pread(fd, base + offset), up to
+   * `limit` (-1: EOF); WRITEs too, with pwrite, when `writable`.
+   */
+  llDirect(s: Session, byNode: boolean, id: number, fd: number, base: number, limit: number, layer: number, writable: boolean): void
   llDirectDrop(s: Session, byNode: boolean, id: number): void
   /** [reads, bytes] per layer position of the READs answered in C (sizes the table on first call). */
   llDirectCounts(s: Session, layers: number): Float64Array
@@ -167,10 +170,14 @@ interface DirHandle {
 /** Mounts `fs`; resolves once the mount is live. */
 export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOptions, onEnd: () => void): Promise<FuseMount> {
   const ro = opts.readOnly
-  // read-only: everything cached for the mount's life. Writable: names for a moment, attributes
-  // asked for each time (hard links are separate nodes here, and copy-ups change them)
+  // read-only: everything cached for the mount's life. Writable: names and attributes for a moment;
+  // every change made through the mount invalidates what it touches in the kernel (its own
+  // inode, the parent dirs), except for other names of a hard-linked file, which are separate nodes
+  // here: those attributes are asked for each time. An open file whose name is gone: each time too.
   const t = opts.cacheSeconds
-  const ta = ro ? t : 0
+  const S_IFMT = 0o170000
+  const S_IFDIR = 0o040000
+  const ta = (st: Stat): number => (ro || ((st.mode & S_IFMT) === S_IFDIR || st.nlink <= 1) ? t : 0)
   const nodes = new Nodes(!ro)
   const dirs = new Map<number, DirHandle>()
   // read-only mounts on kernels that allow it: no OPENDIR/RELEASEDIR at all; listings by node
@@ -208,10 +215,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }, (err: unknown) => fail(req, op, err))
   }
 
-  /** Lets C answer the handle's READs where its bytes lie in a local descriptor (or stop doing so). */
+  /** Lets C answer the handle's READs (and an upper file's WRITEs) where its bytes lie in a local descriptor (or stop doing so). */
   const direct = (fh: number, byNode = false, id = fh): void => {
     const span = fs.direct(fh)
-    if (span) ll.llDirect(session!, byNode, id, span.fd, span.offset, span.length, span.layer)
+    if (span) ll.llDirect(session!, byNode, id, span.fd, span.offset, span.length, span.layer, span.writable)
     else ll.llDirectDrop(session!, byNode, id)
   }
   fs.onHandleChange((fh) => direct(fh))
@@ -256,8 +263,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         direct(fh)
       }
       fill(attr, 0, st)
-      if (fh === undefined) ll.llReplyEntry(req, id, attr, t, ta)
-      else ll.llReplyCreate(req, id, attr, t, ta, fh)
+      if (fh === undefined) ll.llReplyEntry(req, id, attr, t, ta(st))
+      else ll.llReplyCreate(req, id, attr, t, ta(st), fh)
     })
   }
   const caller = (req: number): Caller => {
@@ -293,7 +300,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
       fill(attrs, (i - first) * A_COUNT, d.stats[i])
     }
-    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, ta)
+    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, d.stats.slice(first, end).every((st) => ta(st) > 0) ? t : 0)
     if (plus) {
       // each entry that went out is a lookup the kernel now holds; the others are not
       for (let i = 0; i < names.length; i++) {
@@ -323,7 +330,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           nodes.count(id)
           nodes.remember(id, r.stat)
           fill(attr, 0, r.stat)
-          ll.llReplyEntry(req, id, attr, t, ta)
+          ll.llReplyEntry(req, id, attr, t, ta(r.stat))
         })
         return
       }
@@ -344,7 +351,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           return st
         }, (s) => {
           fill(attr, 0, s)
-          ll.llReplyAttr(req, attr, ta)
+          ll.llReplyAttr(req, attr, nodes.lastOf(ino) ? 0 : ta(s))
         })
       case OP.READLINK:
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
@@ -429,7 +436,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           return st
         }, (st) => {
           fill(attr, 0, st)
-          ll.llReplyAttr(req, attr, ta)
+          ll.llReplyAttr(req, attr, ta(st))
         })
       }
       case OP.MKNOD: {

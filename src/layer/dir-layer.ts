@@ -1,16 +1,15 @@
-import { constants as C, lstatSync, type BigIntStats } from 'node:fs'
+import { constants as C } from 'node:fs'
 import { open, readdir, readlink, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
-import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
+import type { DirListing, Entry, Layer, LayerFile, LayerLookup } from './layer'
 import { kindOfMode, shownXattrName, storedXattrName } from './layer'
 import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, METACOPY_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
 import { PathScope, withScope } from '../long-paths'
-import { sys } from '../sys'
+import { LSTAT, OVERLAY_XATTR_BITS, sys } from '../sys'
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
-const INO_SPACE = 2 ** 40
 
 /**
  * A directory lower: an extracted layer or a kernel-overlay lower/upper dir. It reads both whiteout
@@ -19,9 +18,10 @@ const INO_SPACE = 2 ** 40
 export class DirLayer implements Layer {
   readonly kind = 'dir'
 
-  private constructor(readonly source: string, private readonly root: string) {}
+  /** `ociMarkers`: whether `.wh.` files are whiteouts here (lowers: yes; an upper dir, kernel form only: no). */
+  private constructor(readonly source: string, private readonly root: string, private readonly ociMarkers: boolean) {}
 
-  static async open(source: string): Promise<DirLayer> {
+  static async open(source: string, opts: { ociMarkers?: boolean } = {}): Promise<DirLayer> {
     let st
     try {
       st = await stat(source)
@@ -29,7 +29,7 @@ export class DirLayer implements Layer {
       throw new UserError(`${source}: ${isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message}`)
     }
     if (!st.isDirectory()) throw new UserError(`${source}: not a directory or tar archive`)
-    return new DirLayer(source, source)
+    return new DirLayer(source, source, opts.ociMarkers ?? true)
   }
 
   /** The on-disk path, reachable past PATH_MAX through the scope of the call. */
@@ -44,41 +44,52 @@ export class DirLayer implements Layer {
         if (!root) throw new FsError(Errno.ENOENT, 'layer directory is gone', this.source)
         return { entry: await this.entryAt(scope, '/', root), whiteout: false }
       }
-      const slash = path.lastIndexOf('/')
-      if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
-      const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
+      let ociWhiteout = false
+      if (this.ociMarkers) {
+        const slash = path.lastIndexOf('/')
+        if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
+        const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
+        ociWhiteout = lstatOrNull(this.real(scope, markerPath)) !== null
+      }
       const st = lstatOrNull(this.real(scope, path))
-      const marker = lstatOrNull(this.real(scope, markerPath))
-      const ociWhiteout = marker !== null
       if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
-      if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) return { entry: null, whiteout: true }
+      if (isWhiteoutDevice(st)) return { entry: null, whiteout: true }
       return { entry: await this.entryAt(scope, path, st), whiteout: ociWhiteout }
     })
   }
 
-  private async entryAt(scope: PathScope, path: string, st: BigIntStats): Promise<Entry> {
-    const kind = kindOfMode(Number(st.mode))
+  private async entryAt(scope: PathScope, path: string, st: Float64Array): Promise<Entry> {
+    const mode = st[LSTAT.MODE]
+    const kind = kindOfMode(mode)
     if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
     let opaque = false
     let redirect: string | null = null
     let metacopy = false
-    if (kind === 'file') {
+    // the overlay xattrs the entry has (one llistxattr in lstatEntry): most have none, and are read no further
+    const has = st[LSTAT.OVERLAY_XATTRS]
+    const read = (names: readonly string[], bit: number): Array<Buffer | null> => {
       const real = this.real(scope, path)
-      metacopy = METACOPY_XATTRS.some((name) => xattrOrNull(real, name) !== null)
+      return names.map((name, i) => (has & (bit << i) ? xattrOrNull(real, name) : null))
+    }
+    if (kind === 'file' && has) {
+      metacopy = read(METACOPY_XATTRS, OVERLAY_XATTR_BITS.metacopy).some((v) => v !== null)
       // a metacopy file renamed: where the layers below hold its data
-      if (metacopy) for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
+      if (metacopy) redirect = read(REDIRECT_XATTRS, OVERLAY_XATTR_BITS.redirect).find((v) => v !== null)?.toString('latin1') ?? null
     }
     if (kind === 'dir') {
-      const real = this.real(scope, path)
-      for (const name of OPAQUE_XATTRS) if (isOpaqueValue(xattrOrNull(real, name))) opaque = true
-      if (!opaque) opaque = lstatOrNull(this.real(scope, joinPath(path, OCI_OPAQUE_MARKER))) !== null
-      for (const name of REDIRECT_XATTRS) redirect ??= xattrOrNull(real, name)?.toString('latin1') ?? null
+      if (has) {
+        opaque = read(OPAQUE_XATTRS, OVERLAY_XATTR_BITS.opaque).some(isOpaqueValue)
+        redirect = read(REDIRECT_XATTRS, OVERLAY_XATTR_BITS.redirect).find((v) => v !== null)?.toString('latin1') ?? null
+      }
+      if (!opaque && this.ociMarkers) opaque = lstatOrNull(this.real(scope, joinPath(path, OCI_OPAQUE_MARKER))) !== null
     }
     return {
-      kind, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid),
-      size: Number(st.size), storedSize: Number(st.blocks) * 512,
-      mtime: ts(st.mtimeNs), atime: ts(st.atimeNs), ctime: ts(st.ctimeNs),
-      nlink: Number(st.nlink), ino: Number(st.ino % BigInt(INO_SPACE)) || 1, rdev: Number(st.rdev),
+      kind, mode: mode & 0o7777, uid: st[LSTAT.UID], gid: st[LSTAT.GID],
+      size: st[LSTAT.SIZE], storedSize: st[LSTAT.BLOCKS] * 512,
+      mtime: { sec: st[LSTAT.MTIME], nsec: st[LSTAT.MTIME_NS] },
+      atime: { sec: st[LSTAT.ATIME], nsec: st[LSTAT.ATIME_NS] },
+      ctime: { sec: st[LSTAT.CTIME], nsec: st[LSTAT.CTIME_NS] },
+      nlink: st[LSTAT.NLINK], ino: st[LSTAT.INO] || 1, rdev: st[LSTAT.RDEV],
       opaque, redirect, metacopy,
     }
   }
@@ -98,7 +109,7 @@ export class DirLayer implements Layer {
     const whiteouts = new Set<string>()
     await Promise.all(names.map(async (raw) => {
       const name = raw.toString('latin1')
-      const marker = decodeMarker(name)
+      const marker = this.ociMarkers ? decodeMarker(name) : null
       if (marker) {
         if (marker.type === 'whiteout') whiteouts.add(marker.name)
         return
@@ -106,7 +117,7 @@ export class DirLayer implements Layer {
       const child = joinPath(path, name)
       const st = lstatOrNull(this.real(scope, child))
       if (!st) return
-      if (st.isCharacterDevice() && isOverlayWhiteout('char', Number(st.rdev))) {
+      if (isWhiteoutDevice(st)) {
         whiteouts.add(name)
         return
       }
@@ -152,30 +163,22 @@ export class DirLayer implements Layer {
   async close(): Promise<void> {}
 }
 
-function ts(ns: bigint): Timestamp {
-  const sec = ns / 1_000_000_000n
-  let nsec = ns % 1_000_000_000n
-  let s = sec
-  if (nsec < 0n) {
-    nsec += 1_000_000_000n
-    s -= 1n
-  }
-  return { sec: Number(s), nsec: Number(nsec) }
+/**
+ * lstat (with the overlay xattr mask), synchronously: a thread-pool round trip costs more than the
+ * call on a local directory, and a lookup makes several; a miss is null, not an exception. (Never
+ * on a path inside this process's own mount: a layer or upper dir is not.)
+ */
+function lstatOrNull(p: Buffer): Float64Array | null {
+  const out = new Float64Array(LSTAT.COUNT)
+  const err = sys.lstatEntry(p, out)
+  if (err === 0) return out
+  // ENAMETOOLONG: the '.wh.' marker of a 252+ byte name cannot exist
+  if (err === Errno.ENOENT || err === Errno.ENOTDIR || err === Errno.ENAMETOOLONG) return null
+  throw new FsError(err, 'cannot stat', p.toString('latin1'))
 }
 
-/**
- * lstat, synchronously: a thread-pool round trip costs more than the call on a local directory,
- * and a lookup makes several. (Never on a path inside this process's own mount: a layer or upper
- * dir is not.)
- */
-function lstatOrNull(p: Buffer): BigIntStats | null {
-  try {
-    return lstatSync(p, { bigint: true })
-  } catch (err) {
-    // ENAMETOOLONG: the '.wh.' marker of a 252+ byte name cannot exist
-    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR') || isErrno(err, 'ENAMETOOLONG')) return null
-    throw new FsError(errnoOf(err), 'cannot stat', p.toString('latin1'))
-  }
+function isWhiteoutDevice(st: Float64Array): boolean {
+  return (st[LSTAT.MODE] & C.S_IFMT) === C.S_IFCHR && isOverlayWhiteout('char', st[LSTAT.RDEV])
 }
 
 function xattrOrNull(p: Buffer, name: string): Buffer | null {
