@@ -186,7 +186,10 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // requests of up to 1 MiB (libfuse 3 derives the kernel's max_pages from max_write): fewer, larger
+  // READs for sequential reads, fewer WRITEs for big writes
   conn->max_readahead = 1 << 20;
+  conn->max_write = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
   enter_js(s);
