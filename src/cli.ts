@@ -36,6 +36,14 @@ mount returns once the mount is live and leaves a daemon serving it; -f keeps it
 Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.`
 
 const DAEMON_ARG = '__layerfs_daemon'
+/**
+ * The daemon's V8 flags. A small young generation: the daemon allocates little per request, and V8's
+ * default (16 MiB semi-spaces) costs ~30 MB of resident memory for nothing (114 -> 84 MB after a
+ * walk). Any flag makes Node compile its own modules from source (~30 ms more to start; see
+ * native-notes/fuse-lowlevel.md); once paid, two more are free: baseline code and inline caches
+ * from a function's first call, for the first requests of a fresh daemon (a first copy-up: ~5% less).
+ */
+const DAEMON_V8_FLAGS = ['--max-semi-space-size=2', '--always-sparkplug', '--no-lazy-feedback-allocation']
 
 function fail(err: unknown): never {
   const message = err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message ?? String(err)}`
@@ -82,9 +90,7 @@ async function runForeground(req: MountRequest): Promise<void> {
 /** Starts the daemon and waits for its word on fd 3: ready, or one error line. */
 function runBackground(req: MountRequest): Promise<void> {
   return new Promise((resolve, reject) => {
-    // a small young generation: the daemon allocates little per request, and V8's default (16 MiB
-    // semi-spaces) costs ~30 MB of resident memory for nothing (measured: 114 -> 84 MB after a walk)
-    const child = spawn(process.execPath, ['--max-semi-space-size=2', join(__dirname, 'boot.js'), DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+    const child = spawn(process.execPath, [...DAEMON_V8_FLAGS, join(__dirname, 'boot.js'), DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',

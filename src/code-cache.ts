@@ -24,7 +24,9 @@ let cached = new Map<string, { size: number; mtimeMs: number; data: Buffer }>()
 
 function cacheFile(): string {
   const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache')
-  return join(base, 'layerfs', `v8-${process.version}-${process.arch}.bin`)
+  // V8 rejects a cache made under other flags: one file per set of flags (the daemon runs with its own)
+  const flags = process.execArgv.join(' ').replace(/[^a-z0-9=-]+/gi, '_')
+  return join(base, 'layerfs', `v8-${process.version}-${process.arch}${flags ? '-' + flags : ''}.bin`)
 }
 
 /** Reads the cache file: a JSON header line (files, sizes, times, lengths), then the blobs. */

@@ -195,6 +195,9 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       void cleanUp()
     }, () => undefined)
   }, 250)
+  // what nearly every session asks first, resolved once the mount is live (and that code path run
+  // once, so the first request does not wait for it): the root and its listing
+  setImmediate(() => void fs.getattr('/').then(() => fs.readdir('/')).catch(() => undefined))
   return {
     ended,
     stop: async () => {
