@@ -169,6 +169,19 @@ export class LayerFs {
     return this.handles.get(fh).direct?.() ?? null
   }
 
+  /**
+   * Where a file of a read-only mount lies in a descriptor its layer holds open anyway (a plain tar
+   * member), for reads without an open handle; null for anything else, and on writable mounts.
+   */
+  async directOf(path: string): Promise<DirectSpan | null> {
+    if (this.upper) return null
+    const r = await this.union.resolve(path)
+    if (!r || r.top.entry.kind !== 'file') return null
+    const from = r.data ?? r.top
+    const span = this.union.layers[from.layer].spanOf?.(from.path, from.entry)
+    return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer: from.layer, writable: false } : null
+  }
+
   /** Calls `fn` when a handle's file changes under it (a read handle re-pointed after a copy-up). */
   onHandleChange(fn: (fh: number) => void): void {
     this.handles.onChange = fn

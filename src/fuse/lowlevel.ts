@@ -319,7 +319,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         handle(req, 'lookup', async () => {
           const path = joinPath(nodes.path(ino), name)
           try {
-            return { path, stat: await fs.getattr(path) }
+            const stat = await fs.getattr(path)
+            // read-only without OPEN: a plain tar member's READs go to C from the first
+            return { path, stat, span: skipOpen ? await fs.directOf(path) : null }
           } catch (err) {
             if (errnoOf(err) === Errno.ENOENT) return null
             throw err
@@ -329,6 +331,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           const id = nodes.idOf(r.path)
           nodes.count(id)
           nodes.remember(id, r.stat)
+          if (r.span) ll.llDirect(session!, true, id, r.span.fd, r.span.offset, r.span.length, r.span.layer, false)
           fill(attr, 0, r.stat)
           ll.llReplyEntry(req, id, attr, t, ta(r.stat))
         })
@@ -336,7 +339,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
-        if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
+        if (skipOpen && !nodes.has(ino)) {
+          dropNodeFile(ino)
+          ll.llDirectDrop(session!, true, ino)
+        }
         return
       case OP.GETATTR:
         return handle(req, 'getattr', async () => {

@@ -76,6 +76,11 @@ export interface Layer {
   readdir(path: string): Promise<DirListing>
   /** Opens a regular file of this layer for reading. */
   open(path: string, entry: Entry): Promise<LayerFile>
+  /**
+   * Where a regular file's bytes lie, in order, in a descriptor the layer holds open anyway (a plain
+   * tar): known without opening anything. Null (or absent) otherwise.
+   */
+  spanOf?(path: string, entry: Entry): { fd: number; offset: number } | null
   /** The target of a symlink entry (byte string). */
   readlink(path: string, entry: Entry): Promise<string>
   /** Names of the entry's extended attributes, overlay's own (`*.overlay.*`) left out. */

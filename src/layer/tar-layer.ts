@@ -149,6 +149,12 @@ export class TarLayer implements Layer {
     return new TarFile(this.data, entry.size, this.index.location(this.recordOf(entry)), this.data instanceof PlainData ? this.data : null)
   }
 
+  spanOf(_path: string, entry: Entry): { fd: number; offset: number } | null {
+    if (entry.kind !== 'file' || !(this.data instanceof PlainData)) return null
+    const at = this.index.location(this.recordOf(entry))
+    return at.sparse ? null : { fd: this.data.fd, offset: this.data.base + at.dataOffset }
+  }
+
   async readlink(path: string, entry: Entry): Promise<string> {
     const target = entry.kind === 'symlink' ? this.index.target(this.recordOf(entry)) : null
     if (target === null) throw new FsError(Errno.EINVAL, 'not a symlink', path)
