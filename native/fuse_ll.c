@@ -14,6 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/uio.h>
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -38,8 +42,28 @@ typedef struct {
   size_t direct_cap, direct_count;
   char *rbuf; size_t rcap;
   int js_open; napi_handle_scope js_scope; napi_callback_scope js_cscope;
-  double *layer_counts; size_t nlayers; // [reads, bytes] per layer position, for the stats
+  _Atomic uint64_t *layer_counts; size_t nlayers; // [reads, bytes] per layer position, for the stats
+  // the reader thread (see reader_main): it blocks on /dev/fuse, answers direct READs and WRITEs
+  // itself and queues the rest for Node's thread
+  int threaded;
+  pthread_t reader;
+  atomic_int reader_done, stopping;
+  uv_async_t async; int async_closed;
+  pthread_mutex_t qlock;
+  struct Queued *qhead, *qtail;
+  pthread_rwlock_t dlock; // the direct table: Node's thread changes it, the reader looks up in it
+  char *trbuf; size_t trcap; // the reader's read buffer
 } Session;
+
+typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
+
+// The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
+// out here because that header clashes with libfuse's.
+enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16 };
+struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
+struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
+struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
+struct kernel_write_out { uint32_t size, padding; };
 
 // A file whose bytes lie in order in a local descriptor (a plain tar member, a directory layer's
 // file, an upper file): its READs are answered here with pread, without a call into JS. JS sets
@@ -103,6 +127,13 @@ static void direct_free_all(Session *s) {
   free(s->direct); s->direct = NULL; s->direct_cap = s->direct_count = 0;
 }
 
+static void count_read(Session *s, Direct *d, size_t got) {
+  if (d->layer >= 0 && (size_t)d->layer < s->nlayers) {
+    atomic_fetch_add(&s->layer_counts[2 * d->layer], 1);
+    atomic_fetch_add(&s->layer_counts[2 * d->layer + 1], got);
+  }
+}
+
 static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off_t off) {
   if (d->limit >= 0) {
     if (off >= d->limit) { fuse_reply_buf(req, NULL, 0); return; }
@@ -122,10 +153,7 @@ static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off
     if (n == 0) break;
     got += (size_t)n;
   }
-  if (d->layer >= 0 && (size_t)d->layer < s->nlayers) {
-    s->layer_counts[2 * d->layer] += 1;
-    s->layer_counts[2 * d->layer + 1] += (double)got;
-  }
+  count_read(s, d, got);
   fuse_reply_buf(req, s->rbuf, got);
 }
 
@@ -388,11 +416,125 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
   if (end) session_end(s);
 }
 
+// ---------------------------------------------------------------- the reader thread
+
+// A direct READ or WRITE answered on the reader thread, straight from the request bytes: pread or
+// pwrite, then the reply written to /dev/fuse (libfuse is not involved: no request object). 1 if
+// answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
+static int answer_direct(Session *s, const char *msg, size_t len) {
+  const struct kernel_in_header *in = (const void *)msg;
+  if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || len < sizeof *in + sizeof(struct kernel_rw_in)) return 0;
+  const struct kernel_rw_in *arg = (const void *)(msg + sizeof *in);
+  uint64_t key = arg->fh ? arg->fh : (in->nodeid | KEY_BY_NODE);
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *d = direct_find(s, key);
+  if (!d || (in->opcode == KERNEL_FUSE_WRITE && (!d->writable || !arg->fh))) { pthread_rwlock_unlock(&s->dlock); return 0; }
+  struct kernel_out_header out = { sizeof out, 0, in->unique };
+  struct iovec iov[2] = { { &out, sizeof out }, { NULL, 0 } };
+  int n_iov = 1;
+  struct kernel_write_out wout = { 0, 0 };
+  off_t off = (off_t)arg->offset;
+  if (in->opcode == KERNEL_FUSE_READ) {
+    size_t size = arg->size;
+    if (d->limit >= 0) size = off >= d->limit ? 0 : (int64_t)(off + size) > d->limit ? (size_t)(d->limit - off) : size;
+    if (size > s->trcap) { free(s->trbuf); s->trbuf = malloc(size); s->trcap = s->trbuf ? size : 0; }
+    size_t got = 0;
+    while (got < size) {
+      ssize_t n = pread(d->fd, s->trbuf + got, size - got, d->base + off + (off_t)got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) { out.error = -errno; break; }
+      if (n == 0) break;
+      got += (size_t)n;
+    }
+    if (!out.error) { count_read(s, d, got); iov[1] = (struct iovec){ s->trbuf, got }; n_iov = 2; out.len += got; }
+  } else {
+    const char *data = msg + sizeof *in + sizeof(struct kernel_rw_in);
+    size_t size = arg->size, done = 0;
+    if (sizeof *in + sizeof(struct kernel_rw_in) + size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
+    while (done < size) {
+      ssize_t n = pwrite(d->fd, data + done, size - done, d->base + off + (off_t)done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) { out.error = -errno; break; }
+      done += (size_t)n;
+    }
+    if (!out.error) { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
+  }
+  pthread_rwlock_unlock(&s->dlock);
+  while (writev(fuse_session_fd(s->se), iov, n_iov) < 0 && errno == EINTR) {}
+  return 1;
+}
+
+static void *reader_main(void *arg) {
+  Session *s = arg;
+  struct fuse_buf buf;
+  memset(&buf, 0, sizeof buf);
+  while (!atomic_load(&s->stopping)) {
+    int res = fuse_session_receive_buf(s->se, &buf);
+    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res <= 0) break; // ENODEV: unmounted
+    if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
+    Queued *q = malloc(sizeof *q + (size_t)res);
+    if (!q) continue;
+    q->next = NULL; q->len = (size_t)res;
+    memcpy(q->data, buf.mem, (size_t)res);
+    pthread_mutex_lock(&s->qlock);
+    if (s->qtail) s->qtail->next = q; else s->qhead = q;
+    s->qtail = q;
+    pthread_mutex_unlock(&s->qlock);
+    uv_async_send(&s->async);
+  }
+  free(buf.mem);
+  atomic_store(&s->reader_done, 1);
+  uv_async_send(&s->async);
+  return NULL;
+}
+
+// On Node's thread: the requests the reader queued, handled as on_readable handles them.
+static void on_queued(uv_async_t *handle) {
+  Session *s = handle->data;
+  if (!s->se || s->ended) return;
+  for (;;) {
+    pthread_mutex_lock(&s->qlock);
+    Queued *q = s->qhead;
+    s->qhead = s->qtail = NULL;
+    pthread_mutex_unlock(&s->qlock);
+    if (!q) break;
+    while (q) {
+      Queued *next = q->next;
+      if (s->se && !s->ended) {
+        struct fuse_buf b = { .size = q->len, .flags = 0, .mem = q->data };
+        fuse_session_process_buf(s->se, &b);
+      }
+      free(q);
+      q = next;
+    }
+    leave_js(s);
+  }
+  if (atomic_load(&s->reader_done) && !atomic_load(&s->stopping)) {
+    session_end(s); // unmounted from outside
+    if (!s->async_closed) { s->async_closed = 1; uv_close((uv_handle_t *)&s->async, NULL); }
+  }
+}
+
+static void wake_reader(int sig) { (void)sig; } // only to interrupt its read(2)
+
+// Stops the reader: it is blocked in read(2) on /dev/fuse until a request comes or a signal lands.
+static int stop_reader(Session *s) {
+  atomic_store(&s->stopping, 1);
+  for (int i = 0; i < 400 && !atomic_load(&s->reader_done); i++) {
+    pthread_kill(s->reader, SIGRTMIN + 2);
+    usleep(2500);
+  }
+  if (!atomic_load(&s->reader_done)) { pthread_detach(s->reader); return 0; }
+  pthread_join(s->reader, NULL);
+  return 1;
+}
+
 static void finalize_session(napi_env env, void *data, void *hint) {
   Session *s = data;
   if (s->se) {
     fuse_session_unmount(s->se);
-    fuse_session_destroy(s->se);
+    if (!s->threaded || stop_reader(s)) fuse_session_destroy(s->se);
   }
   free(s->buf.mem);
   direct_free_all(s);
@@ -421,13 +563,35 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int fd = fuse_session_fd(s->se);
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   uv_loop_t *loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
-  uv_poll_init(loop, &s->poll, fd);
-  s->poll.data = s;
-  uv_poll_start(&s->poll, UV_READABLE, on_readable);
-  s->polling = 1;
+  pthread_rwlock_init(&s->dlock, NULL);
+  pthread_mutex_init(&s->qlock, NULL);
+  const char *no_thread = getenv("LAYERFS_FUSE_THREAD");
+  s->threaded = !(no_thread && strcmp(no_thread, "0") == 0);
+  if (s->threaded) {
+    static int handler_set = 0;
+    if (!handler_set) {
+      struct sigaction sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sa_handler = wake_reader; // no SA_RESTART: the read returns EINTR
+      sigaction(SIGRTMIN + 2, &sa, NULL);
+      handler_set = 1;
+    }
+    uv_async_init(loop, &s->async, on_queued);
+    s->async.data = s;
+    if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
+      uv_close((uv_handle_t *)&s->async, NULL);
+      s->threaded = 0;
+    }
+  }
+  if (!s->threaded) {
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    uv_poll_init(loop, &s->poll, fd);
+    s->poll.data = s;
+    uv_poll_start(&s->poll, UV_READABLE, on_readable);
+    s->polling = 1;
+  }
   napi_value ext, name;
   CHECK(napi_create_external(env, s, finalize_session, NULL, &ext));
   CHECK(napi_create_reference(env, argv[2], 1, &s->dispatch));
@@ -449,12 +613,19 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   Session *s = session_arg(env, argv[0]);
   if (!s || !s->se) return NULL;
+  atomic_store(&s->stopping, 1);
   fuse_session_unmount(s->se);
   session_end(s);
-  // stop the reads for good, and drop what the references keep alive
-  fuse_session_destroy(s->se);
+  // stop the reads for good, and drop what the references keep alive (a reader that will not stop
+  // keeps the session: the process is ending anyway)
+  if (s->threaded) {
+    if (stop_reader(s)) fuse_session_destroy(s->se);
+    if (!s->async_closed) { s->async_closed = 1; uv_close((uv_handle_t *)&s->async, NULL); }
+  } else {
+    fuse_session_destroy(s->se);
+    uv_close((uv_handle_t *)&s->poll, NULL);
+  }
   s->se = NULL;
-  uv_close((uv_handle_t *)&s->poll, NULL);
   napi_delete_reference(env, s->dispatch);
   napi_async_destroy(env, s->actx);
   return NULL;
@@ -656,7 +827,10 @@ static napi_value js_direct(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
   uint64_t key = (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0);
-  if (s) direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]), writable);
+  if (!s) return NULL;
+  pthread_rwlock_wrlock(&s->dlock);
+  direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]), writable);
+  pthread_rwlock_unlock(&s->dlock);
   return NULL;
 }
 
@@ -665,7 +839,10 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
   bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
-  if (s) direct_drop(s, (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0));
+  if (!s) return NULL;
+  pthread_rwlock_wrlock(&s->dlock); // waits for a read the reader is answering from that descriptor
+  direct_drop(s, (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0));
+  pthread_rwlock_unlock(&s->dlock);
   return NULL;
 }
 
@@ -675,13 +852,15 @@ static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   size_t n = (size_t)dbl(env, argv[1]);
   if (s && s->nlayers < n) {
-    s->layer_counts = realloc(s->layer_counts, 2 * n * sizeof(double));
-    memset(s->layer_counts + 2 * s->nlayers, 0, 2 * (n - s->nlayers) * sizeof(double));
+    pthread_rwlock_wrlock(&s->dlock);
+    s->layer_counts = realloc(s->layer_counts, 2 * n * sizeof *s->layer_counts);
+    for (size_t i = 2 * s->nlayers; i < 2 * n; i++) atomic_init(&s->layer_counts[i], 0);
     s->nlayers = n;
+    pthread_rwlock_unlock(&s->dlock);
   }
   void *data; napi_value ab, arr;
   CHECK(napi_create_arraybuffer(env, 2 * n * sizeof(double), &data, &ab));
-  if (s) memcpy(data, s->layer_counts, 2 * n * sizeof(double));
+  for (size_t i = 0; s && i < 2 * n; i++) ((double *)data)[i] = (double)atomic_load(&s->layer_counts[i]);
   CHECK(napi_create_typedarray(env, napi_float64_array, 2 * n, ab, 0, &arr));
   return arr;
 }
