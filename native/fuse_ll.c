@@ -466,6 +466,11 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
 
 static void *reader_main(void *arg) {
   Session *s = arg;
+  // signals for the process go to Node's threads; this one takes only the wake-up of stop_reader
+  sigset_t mask;
+  sigfillset(&mask);
+  sigdelset(&mask, SIGRTMIN + 2);
+  pthread_sigmask(SIG_SETMASK, &mask, NULL);
   struct fuse_buf buf;
   memset(&buf, 0, sizeof buf);
   while (!atomic_load(&s->stopping)) {
