@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 APT_PACKAGES := libfuse2 fuse3 libfuse3-dev attr zlib1g-dev
-FIXTURE_PACKAGES := libarchive-tools umoci pigz skopeo zstd util-linux uidmap
+FIXTURE_PACKAGES := libarchive-tools umoci pigz skopeo zstd util-linux uidmap libcap2-bin
 
 .PHONY: build system-deps fixtures demo test soak bench clean
 

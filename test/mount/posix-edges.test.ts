@@ -38,6 +38,21 @@ t mv "$p/f" "$p/g"
 t cat "$p/g"
 t rm "$p/g"
 t touch "$p/h"
+# a write drops security.capability: the kernel asks for it before each write(2), and layerfs
+# answers from C for a file it knows has none (until any capability is set): here one is set while
+# the file is open for writing, then again before it is opened
+echo c > capf
+exec 8>>capf
+echo w >&8
+t setcap cap_net_raw+ep capf
+echo w >&8
+exec 8>&-
+echo "capf after a write through an fd opened before setcap: [$(getcap capf)]"
+python3 -c 'import os; print("capf xattrs", sorted(os.listxattr("capf")))'
+t setcap cap_net_raw+ep capf
+echo w2 >> capf
+echo "capf after a write through a new fd: [$(getcap capf)] $(cat capf | tr '\n' ' ')"
+python3 -c 'import os; print("capf xattrs", sorted(os.listxattr("capf")))'
 # an open file whose name is gone: fstat and I/O go on (pjdfstest unlink/14.t)
 python3 -c '
 import os
