@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -59,7 +60,7 @@ typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16 };
+enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -79,6 +80,10 @@ typedef struct Direct {
 } Direct;
 
 #define KEY_BY_NODE (1ULL << 63) // keyed by nodeid: read-only mounts without OPEN send fh 0
+// A node whose upper file was seen without security.capability when opened for writing: the kernel
+// asks for that xattr before every write(2) (to drop it), and C answers ENODATA without JS. JS
+// clears them all whenever any security.capability is set or removed.
+#define KEY_NO_CAPS (1ULL << 62)
 
 static size_t direct_slot(Session *s, uint64_t key) {
   key ^= key >> 33; key *= 0xff51afd7ed558ccdULL; key ^= key >> 33;
@@ -285,6 +290,13 @@ static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_STATFS, ino, NULL, NULL, NULL); }
 
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  Session *s = fuse_req_userdata(req);
+  if (strcmp(name, "security.capability") == 0) {
+    pthread_rwlock_rdlock(&s->dlock);
+    int none = direct_find(s, ino | KEY_NO_CAPS) != NULL;
+    pthread_rwlock_unlock(&s->dlock);
+    if (none) { fuse_reply_err(req, ENODATA); return; }
+  }
   napi_env env = js_env(req);
   dispatch(req, OP_GETXATTR, ino, latin1(env, name), num(env, (double)size), NULL);
 }
@@ -423,6 +435,17 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
 static int answer_direct(Session *s, const char *msg, size_t len) {
   const struct kernel_in_header *in = (const void *)msg;
+  if (in->opcode == KERNEL_FUSE_GETXATTR && len >= sizeof *in + 8 + sizeof "security.capability"
+      && memcmp(msg + sizeof *in + 8, "security.capability", sizeof "security.capability") == 0) {
+    // the kernel's check before each write(2): answered here for a node known to have none
+    pthread_rwlock_rdlock(&s->dlock);
+    int none = direct_find(s, in->nodeid | KEY_NO_CAPS) != NULL;
+    pthread_rwlock_unlock(&s->dlock);
+    if (!none) return 0;
+    struct kernel_out_header out = { sizeof out, -ENODATA, in->unique };
+    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    return 1;
+  }
   if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || len < sizeof *in + sizeof(struct kernel_rw_in)) return 0;
   const struct kernel_rw_in *arg = (const void *)(msg + sizeof *in);
   uint64_t key = arg->fh ? arg->fh : (in->nodeid | KEY_BY_NODE);
@@ -851,6 +874,35 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
+static napi_value js_no_caps(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  if (fgetxattr((int)dbl(env, argv[2]), "security.capability", NULL, 0) < 0 && errno == ENODATA) {
+    pthread_rwlock_wrlock(&s->dlock);
+    direct_set(s, (uint64_t)dbl(env, argv[1]) | KEY_NO_CAPS, -1, 0, 0, -1, 0);
+    pthread_rwlock_unlock(&s->dlock);
+  }
+  return NULL;
+}
+
+// llNoCapsClear(session): forgets every node llNoCaps remembered
+static napi_value js_no_caps_clear(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  pthread_rwlock_wrlock(&s->dlock);
+  for (size_t i = 0; i < s->direct_cap; i++) {
+    for (Direct **p = &s->direct[i]; *p; ) {
+      if (((*p)->key & KEY_NO_CAPS) && !((*p)->key & KEY_BY_NODE)) { Direct *d = *p; *p = d->next; free(d); s->direct_count--; }
+      else p = &(*p)->next;
+    }
+  }
+  pthread_rwlock_unlock(&s->dlock);
+  return NULL;
+}
+
 // llDirectCounts(session, layers) -> Float64Array [reads, bytes] per layer of the READs served here
 static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -901,6 +953,8 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llDirect", NULL, js_direct, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
+    { "llNoCaps", NULL, js_no_caps, NULL, NULL, NULL, napi_default, NULL },
+    { "llNoCapsClear", NULL, js_no_caps_clear, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -1,5 +1,6 @@
 import { join } from 'node:path'
 import type { LayerFs, Stat } from '../core/layerfs'
+import type { DirectSpan } from '../core/handles'
 import type { Caller } from '../upper/upper'
 import { Errno, FsError, errnoOf } from '../errors'
 import { joinPath } from '../paths'
@@ -39,6 +40,10 @@ interface LowLevel {
   llDirectDrop(s: Session, byNode: boolean, id: number): void
   /** [reads, bytes] per layer position of the READs answered in C (sizes the table on first call). */
   llDirectCounts(s: Session, layers: number): Float64Array
+  /** Node `id` has no security.capability if `fd`'s file has none: C answers the kernel's check before each write. */
+  llNoCaps(s: Session, id: number, fd: number): void
+  /** Forgets what llNoCaps remembered (a security.capability was set or removed somewhere). */
+  llNoCapsClear(s: Session): void
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -57,6 +62,8 @@ const UTIME_OMIT = (1 << 30) - 2
 const A_COUNT = 15
 /** Entries in one READDIR answer at most (the kernel's buffer takes fewer; the rest come next time). */
 const DIR_CHUNK = 512
+
+const O_ACCMODE = 3
 
 /** Open files a read-only mount without OPEN reads by node (their descriptors stay open while listed). */
 const NODE_FILES = 256
@@ -216,10 +223,15 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }
 
   /** Lets C answer the handle's READs (and an upper file's WRITEs) where its bytes lie in a local descriptor (or stop doing so). */
-  const direct = (fh: number, byNode = false, id = fh): void => {
+  const direct = (fh: number, byNode = false, id = fh): DirectSpan | null => {
     const span = fs.direct(fh)
     if (span) ll.llDirect(session!, byNode, id, span.fd, span.offset, span.length, span.layer, span.writable)
     else ll.llDirectDrop(session!, byNode, id)
+    return span
+  }
+  /** An upper file opened for writing: whether it has security.capability, known in C (see llNoCaps). */
+  const writing = (ino: number, span: DirectSpan | null): void => {
+    if (span?.writable) ll.llNoCaps(session!, ino, span.fd)
   }
   fs.onHandleChange((fh) => direct(fh))
   /** The handle a node is read through when the kernel sends no OPEN: opened on first read, kept for the next. */
@@ -260,7 +272,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       nodes.remember(id, st)
       if (fh !== undefined) {
         opened(id, fh)
-        direct(fh)
+        writing(id, direct(fh))
       }
       fill(attr, 0, st)
       if (fh === undefined) ll.llReplyEntry(req, id, attr, t, ta(st))
@@ -365,7 +377,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         if (skipOpen) return ll.llReplyErr(req, Errno.ENOSYS)
         return handle(req, 'open', () => fs.open(nodes.path(ino), a as number), (fh) => {
           opened(ino, fh)
-          direct(fh)
+          const span = direct(fh)
+          if (((a as number) & O_ACCMODE) !== 0) writing(ino, span)
           ll.llReplyOpen(req, fh, ro, false)
         })
       case OP.READ: {
@@ -484,8 +497,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       case OP.FSYNC:
         return change(req, 'fsync', () => fs.fsync(a as number, (b as number) !== 0))
       case OP.SETXATTR:
+        if ((a as string) === 'security.capability') ll.llNoCapsClear(session!)
         return change(req, 'setxattr', () => fs.setxattr(nodes.path(ino), a as string, b as Buffer, c as number))
       case OP.REMOVEXATTR:
+        if ((a as string) === 'security.capability') ll.llNoCapsClear(session!)
         return change(req, 'removexattr', () => fs.removexattr(nodes.path(ino), a as string))
       case OP.DESTROY:
         if (!ended) {

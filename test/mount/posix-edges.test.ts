@@ -40,11 +40,12 @@ t rm "$p/g"
 t touch "$p/h"
 # a write drops security.capability: the kernel asks for it before each write(2), and layerfs
 # answers from C for a file it knows has none (until any capability is set): here one is set while
-# the file is open for writing, then again before it is opened
+# the file is open for writing (and must show), then again before it is opened
 echo c > capf
 exec 8>>capf
 echo w >&8
 t setcap cap_net_raw+ep capf
+echo "capf while open for writing: [$(getcap capf)]"
 echo w >&8
 exec 8>&-
 echo "capf after a write through an fd opened before setcap: [$(getcap capf)]"
