@@ -139,27 +139,65 @@ static void count_read(Session *s, Direct *d, size_t got) {
   }
 }
 
-static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off_t off) {
-  if (d->limit >= 0) {
-    if (off >= d->limit) { fuse_reply_buf(req, NULL, 0); return; }
-    if ((int64_t)(off + size) > d->limit) size = (size_t)(d->limit - off);
-  }
-  if (size > s->rcap) {
-    free(s->rbuf);
-    s->rcap = size;
-    s->rbuf = malloc(size);
-    if (!s->rbuf) { s->rcap = 0; fuse_reply_err(req, ENOMEM); return; }
+// Reads up to `size` bytes of d's file at `off` into a buffer grown as needed (the caller's own:
+// Node's thread and the reader thread each have one); the count read, or -errno.
+static ssize_t direct_pread(Direct *d, char **buf, size_t *cap, size_t size, off_t off) {
+  if (d->limit >= 0) size = off >= d->limit ? 0 : (int64_t)(off + size) > d->limit ? (size_t)(d->limit - off) : size;
+  if (size > *cap) {
+    free(*buf);
+    *buf = malloc(size);
+    *cap = *buf ? size : 0;
+    if (!*buf) return -ENOMEM;
   }
   size_t got = 0;
   while (got < size) {
-    ssize_t n = pread(d->fd, s->rbuf + got, size - got, d->base + off + (off_t)got);
+    ssize_t n = pread(d->fd, *buf + got, size - got, d->base + off + (off_t)got);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { fuse_reply_err(req, errno); return; }
+    if (n < 0) return -errno;
     if (n == 0) break;
     got += (size_t)n;
   }
-  count_read(s, d, got);
-  fuse_reply_buf(req, s->rbuf, got);
+  return (ssize_t)got;
+}
+
+// Writes all of `data` to d's file at `off`; the count written, or -errno.
+static ssize_t direct_pwrite(Direct *d, const char *data, size_t size, off_t off) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pwrite(d->fd, data + done, size - done, d->base + off + (off_t)done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    done += (size_t)n;
+  }
+  return (ssize_t)done;
+}
+
+static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off_t off) {
+  ssize_t got = direct_pread(d, &s->rbuf, &s->rcap, size, off);
+  if (got < 0) { fuse_reply_err(req, (int)-got); return; }
+  count_read(s, d, (size_t)got);
+  fuse_reply_buf(req, s->rbuf, (size_t)got);
+}
+
+// The direct table under its lock, for Node's thread (which alone changes it) and the reader.
+static void direct_set_locked(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer, int writable) {
+  pthread_rwlock_wrlock(&s->dlock);
+  direct_set(s, key, fd, base, limit, layer, writable);
+  pthread_rwlock_unlock(&s->dlock);
+}
+
+static void direct_drop_locked(Session *s, uint64_t key) {
+  pthread_rwlock_wrlock(&s->dlock); // waits for a read the reader is answering from that descriptor
+  direct_drop(s, key);
+  pthread_rwlock_unlock(&s->dlock);
+}
+
+// Whether node `ino` is known to have no security.capability (see KEY_NO_CAPS).
+static int known_without_caps(Session *s, uint64_t ino) {
+  pthread_rwlock_rdlock(&s->dlock);
+  int none = direct_find(s, ino | KEY_NO_CAPS) != NULL;
+  pthread_rwlock_unlock(&s->dlock);
+  return none;
 }
 
 // The attribute layout JS fills in (a Float64Array): see src/fuse/lowlevel.ts.
@@ -291,12 +329,7 @@ static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_STATFS,
 
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
   Session *s = fuse_req_userdata(req);
-  if (strcmp(name, "security.capability") == 0) {
-    pthread_rwlock_rdlock(&s->dlock);
-    int none = direct_find(s, ino | KEY_NO_CAPS) != NULL;
-    pthread_rwlock_unlock(&s->dlock);
-    if (none) { fuse_reply_err(req, ENODATA); return; }
-  }
+  if (strcmp(name, "security.capability") == 0 && known_without_caps(s, ino)) { fuse_reply_err(req, ENODATA); return; }
   napi_env env = js_env(req);
   dispatch(req, OP_GETXATTR, ino, latin1(env, name), num(env, (double)size), NULL);
 }
@@ -342,14 +375,9 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
   Direct *d = direct_find(fuse_req_userdata(req), fi->fh);
   if (d && d->writable) {
-    size_t done = 0;
-    while (done < size) {
-      ssize_t n = pwrite(d->fd, buf + done, size - done, d->base + off + (off_t)done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) { fuse_reply_err(req, errno); return; }
-      done += (size_t)n;
-    }
-    fuse_reply_write(req, done);
+    ssize_t done = direct_pwrite(d, buf, size, off);
+    if (done < 0) fuse_reply_err(req, (int)-done);
+    else fuse_reply_write(req, (size_t)done);
     return;
   }
   napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
@@ -438,10 +466,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_GETXATTR && len >= sizeof *in + 8 + sizeof "security.capability"
       && memcmp(msg + sizeof *in + 8, "security.capability", sizeof "security.capability") == 0) {
     // the kernel's check before each write(2): answered here for a node known to have none
-    pthread_rwlock_rdlock(&s->dlock);
-    int none = direct_find(s, in->nodeid | KEY_NO_CAPS) != NULL;
-    pthread_rwlock_unlock(&s->dlock);
-    if (!none) return 0;
+    if (!known_without_caps(s, in->nodeid)) return 0;
     struct kernel_out_header out = { sizeof out, -ENODATA, in->unique };
     while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
     return 1;
@@ -458,29 +483,14 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   struct kernel_write_out wout = { 0, 0 };
   off_t off = (off_t)arg->offset;
   if (in->opcode == KERNEL_FUSE_READ) {
-    size_t size = arg->size;
-    if (d->limit >= 0) size = off >= d->limit ? 0 : (int64_t)(off + size) > d->limit ? (size_t)(d->limit - off) : size;
-    if (size > s->trcap) { free(s->trbuf); s->trbuf = malloc(size); s->trcap = s->trbuf ? size : 0; }
-    size_t got = 0;
-    while (got < size) {
-      ssize_t n = pread(d->fd, s->trbuf + got, size - got, d->base + off + (off_t)got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) { out.error = -errno; break; }
-      if (n == 0) break;
-      got += (size_t)n;
-    }
-    if (!out.error) { count_read(s, d, got); iov[1] = (struct iovec){ s->trbuf, got }; n_iov = 2; out.len += got; }
+    ssize_t got = direct_pread(d, &s->trbuf, &s->trcap, arg->size, off);
+    if (got < 0) out.error = (int32_t)got;
+    else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
   } else {
-    const char *data = msg + sizeof *in + sizeof(struct kernel_rw_in);
-    size_t size = arg->size, done = 0;
-    if (sizeof *in + sizeof(struct kernel_rw_in) + size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
-    while (done < size) {
-      ssize_t n = pwrite(d->fd, data + done, size - done, d->base + off + (off_t)done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) { out.error = -errno; break; }
-      done += (size_t)n;
-    }
-    if (!out.error) { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
+    if (sizeof *in + sizeof(struct kernel_rw_in) + arg->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
+    ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), arg->size, off);
+    if (done < 0) out.error = (int32_t)done;
+    else { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
   }
   pthread_rwlock_unlock(&s->dlock);
   while (writev(fuse_session_fd(s->se), iov, n_iov) < 0 && errno == EINTR) {}
@@ -855,10 +865,7 @@ static napi_value js_direct(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
   uint64_t key = (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0);
-  if (!s) return NULL;
-  pthread_rwlock_wrlock(&s->dlock);
-  direct_set(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]), writable);
-  pthread_rwlock_unlock(&s->dlock);
+  if (s) direct_set_locked(s, key, (int)dbl(env, argv[3]), (int64_t)dbl(env, argv[4]), (int64_t)dbl(env, argv[5]), (int)dbl(env, argv[6]), writable);
   return NULL;
 }
 
@@ -867,10 +874,7 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
   bool by_node = false; napi_get_value_bool(env, argv[1], &by_node);
-  if (!s) return NULL;
-  pthread_rwlock_wrlock(&s->dlock); // waits for a read the reader is answering from that descriptor
-  direct_drop(s, (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0));
-  pthread_rwlock_unlock(&s->dlock);
+  if (s) direct_drop_locked(s, (uint64_t)dbl(env, argv[2]) | (by_node ? KEY_BY_NODE : 0));
   return NULL;
 }
 
@@ -878,11 +882,8 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
 static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
-  if (!s) return NULL;
-  if (fgetxattr((int)dbl(env, argv[2]), "security.capability", NULL, 0) < 0 && errno == ENODATA) {
-    pthread_rwlock_wrlock(&s->dlock);
-    direct_set(s, (uint64_t)dbl(env, argv[1]) | KEY_NO_CAPS, -1, 0, 0, -1, 0);
-    pthread_rwlock_unlock(&s->dlock);
+  if (s && fgetxattr((int)dbl(env, argv[2]), "security.capability", NULL, 0) < 0 && errno == ENODATA) {
+    direct_set_locked(s, (uint64_t)dbl(env, argv[1]) | KEY_NO_CAPS, -1, 0, 0, -1, 0);
   }
   return NULL;
 }

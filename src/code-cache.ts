@@ -1,8 +1,8 @@
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs'
 import Module from 'node:module'
-import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import vm from 'node:vm'
+import { cacheDir } from './cache-dir'
 
 // V8's code cache for layerfs's own scripts. Each process compiles its scripts afresh, and V8
 // compiles each function only when first called: a daemon's first lookups and its first copy-up
@@ -23,10 +23,9 @@ const scripts = new Map<string, Loaded>()
 let cached = new Map<string, { size: number; mtimeMs: number; data: Buffer }>()
 
 function cacheFile(): string {
-  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache')
   // V8 rejects a cache made under other flags: one file per set of flags (the daemon runs with its own)
   const flags = process.execArgv.join(' ').replace(/[^a-z0-9=-]+/gi, '_')
-  return join(base, 'layerfs', `v8-${process.version}-${process.arch}${flags ? '-' + flags : ''}.bin`)
+  return join(cacheDir(), `v8-${process.version}-${process.arch}${flags ? '-' + flags : ''}.bin`)
 }
 
 /** Reads the cache file: a JSON header line (files, sizes, times, lengths), then the blobs. */

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto'
 import { accessSync, constants as FS, mkdirSync, readFileSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { homedir, tmpdir } from 'node:os'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { cacheDir } from './cache-dir'
 
 // Where a daemon says who it is (pid, mountpoint, layers), and what the kernel says is mounted.
 
@@ -44,7 +45,7 @@ export function runtimeDir(): string {
     ...(process.env.XDG_RUNTIME_DIR ? [join(process.env.XDG_RUNTIME_DIR, 'layerfs')] : []),
     ...(uid === 0 && !namespaced ? ['/run/layerfs'] : []),
     join(tmpdir(), `layerfs-${uid}`),
-    join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'layerfs', `run-${uid}`),
+    join(cacheDir(), `run-${uid}`),
   ]
   for (const dir of candidates) {
     try {

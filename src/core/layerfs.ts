@@ -43,6 +43,11 @@ export interface FsStats {
 
 const WRITE_FLAGS = C.O_WRONLY | C.O_RDWR | C.O_TRUNC | C.O_APPEND
 
+/** A lower file's bytes, where its layer has them in a descriptor, as a read-only DirectSpan. */
+function lowerSpan(span: { fd: number; offset: number } | null, from: Resolved['top']): DirectSpan | null {
+  return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer: from.layer, writable: false } : null
+}
+
 function statOfEntry(e: Entry, ino: number, nlink: number): Stat {
   return {
     ino, mode: modeOf(e), nlink, uid: e.uid, gid: e.gid, rdev: e.rdev,
@@ -146,10 +151,7 @@ export class LayerFs {
         this.bytesRead[layer] += n
         return n
       },
-      direct: () => {
-        const span = file.span?.()
-        return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer, writable: false } : null
-      },
+      direct: () => lowerSpan(file.span?.() ?? null, from),
       close: () => file.close(),
     }, path)
   }
@@ -178,8 +180,7 @@ export class LayerFs {
     const r = await this.union.resolve(path)
     if (!r || r.top.entry.kind !== 'file') return null
     const from = r.data ?? r.top
-    const span = this.union.layers[from.layer].spanOf?.(from.path, from.entry)
-    return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer: from.layer, writable: false } : null
+    return lowerSpan(this.union.layers[from.layer].spanOf?.(from.path, from.entry) ?? null, from)
   }
 
   /** Calls `fn` when a handle's file changes under it (a read handle re-pointed after a copy-up). */

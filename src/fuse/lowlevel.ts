@@ -223,8 +223,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }
 
   /** Lets C answer the handle's READs (and an upper file's WRITEs) where its bytes lie in a local descriptor (or stop doing so). */
-  const direct = (fh: number, byNode = false, id = fh): DirectSpan | null => {
-    const span = fs.direct(fh)
+  const direct = (fh: number, byNode = false, id = fh): DirectSpan | null => register(byNode, id, fs.direct(fh))
+  const register = (byNode: boolean, id: number, span: DirectSpan | null): DirectSpan | null => {
     if (span) ll.llDirect(session!, byNode, id, span.fd, span.offset, span.length, span.layer, span.writable)
     else ll.llDirectDrop(session!, byNode, id)
     return span
@@ -248,11 +248,12 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     if (nodeFiles.size > NODE_FILES) dropNodeFile(nodeFiles.keys().next().value as number)
     return p
   }
+  /** C stops answering the node's READs (registered here or at LOOKUP); its file, if open, is closed. */
   const dropNodeFile = (ino: number): void => {
+    ll.llDirectDrop(session!, true, ino) // before its descriptor closes
     const p = nodeFiles.get(ino)
     if (!p) return
     nodeFiles.delete(ino)
-    ll.llDirectDrop(session!, true, ino)
     p.then((fh) => fs.release(fh), () => undefined).catch(() => undefined)
   }
 
@@ -307,12 +308,14 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     const names = d.names.slice(first, end)
     const ids = new Float64Array(names.length)
     const attrs = new Float64Array(names.length * A_COUNT)
+    let cacheable = true // the attributes, as one timeout for all: none if any entry's must be asked for
     for (let i = first; i < end; i++) {
       const p = d.paths[i]
       ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
       fill(attrs, (i - first) * A_COUNT, d.stats[i])
+      if (ta(d.stats[i]) === 0) cacheable = false
     }
-    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, d.stats.slice(first, end).every((st) => ta(st) > 0) ? t : 0)
+    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, cacheable ? t : 0)
     if (plus) {
       // each entry that went out is a lookup the kernel now holds; the others are not
       for (let i = 0; i < names.length; i++) {
@@ -343,7 +346,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           const id = nodes.idOf(r.path)
           nodes.count(id)
           nodes.remember(id, r.stat)
-          if (r.span) ll.llDirect(session!, true, id, r.span.fd, r.span.offset, r.span.length, r.span.layer, false)
+          if (r.span) register(true, id, r.span)
           fill(attr, 0, r.stat)
           ll.llReplyEntry(req, id, attr, t, ta(r.stat))
         })
@@ -351,10 +354,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
-        if (skipOpen && !nodes.has(ino)) {
-          dropNodeFile(ino)
-          ll.llDirectDrop(session!, true, ino)
-        }
+        if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
         return
       case OP.GETATTR:
         return handle(req, 'getattr', async () => {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { closeSync, fstatSync, openSync, readSync, utimesSync } from 'node:fs'
 import { mkdir, open, rename, unlink } from 'node:fs/promises'
-import { homedir } from 'node:os'
+import { cacheDir } from '../cache-dir'
 import { dirname, join } from 'node:path'
 import { TarIndex } from './tar-index'
 import { log } from '../log'
@@ -62,10 +62,7 @@ export interface LoadedIndex {
   readonly access: Buffer | null
 }
 
-export function cacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache')
-  return join(base, 'layerfs')
-}
+export { cacheDir }
 
 /** The index file of a loose archive (keyed by its real path) or of a blob (keyed by its digest). */
 export function indexPathFor(key: string | DigestIdentity): string {

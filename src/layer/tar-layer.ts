@@ -151,8 +151,7 @@ export class TarLayer implements Layer {
 
   spanOf(_path: string, entry: Entry): { fd: number; offset: number } | null {
     if (entry.kind !== 'file' || !(this.data instanceof PlainData)) return null
-    const at = this.index.location(this.recordOf(entry))
-    return at.sparse ? null : { fd: this.data.fd, offset: this.data.base + at.dataOffset }
+    return plainSpan(this.data, this.index.location(this.recordOf(entry)))
   }
 
   async readlink(path: string, entry: Entry): Promise<string> {
@@ -183,7 +182,7 @@ class TarFile implements LayerFile {
     private readonly plain: PlainData | null) {}
 
   span(): { fd: number; offset: number } | null {
-    return this.plain && !this.at.sparse ? { fd: this.plain.fd, offset: this.plain.base + this.at.dataOffset } : null
+    return this.plain ? plainSpan(this.plain, this.at) : null
   }
 
   async read(buf: Buffer, length: number, position: number): Promise<number> {
@@ -220,6 +219,11 @@ async function readFully(data: TarData, buf: Buffer, offset: number, length: num
 const SYNC_READ_MAX = 256 << 10
 
 /** A plain tar at `base` in a file. */
+/** Where a member's bytes lie in the archive's descriptor: all in order unless it is sparse. */
+function plainSpan(plain: PlainData, at: DataLocation): { fd: number; offset: number } | null {
+  return at.sparse ? null : { fd: plain.fd, offset: plain.base + at.dataOffset }
+}
+
 class PlainData implements TarData {
   constructor(readonly fd: number, readonly base: number) {}
 
