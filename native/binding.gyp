@@ -1,7 +1,7 @@
 {
   "targets": [{
     "target_name": "layerfs_sys",
-    "sources": ["layerfs_sys.c", "gzip_access.c"],
+    "sources": ["layerfs_sys.c", "gzip_access.c", "index_map.c"],
     "libraries": ["-lz"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
   }, {

@@ -297,6 +297,7 @@ static napi_value js_lstat_entry(napi_env env, napi_callback_info info) {
 }
 
 napi_value gzip_access_init(napi_env env, napi_value exports); // gzip_access.c
+napi_value index_map_init(napi_env env, napi_value exports); // index_map.c
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -312,6 +313,7 @@ static napi_value init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   gzip_access_init(env, exports);
+  index_map_init(env, exports);
   return exports;
 }
 

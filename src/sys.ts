@@ -48,10 +48,19 @@ interface GzipAccess {
   gzState(c: GzCursor): [number, number, boolean]
 }
 
+/** native/index_map.c: loading a persisted index without copying or hashing it in JavaScript. */
+interface IndexMap {
+  /** The file mapped read-only (page-aligned; a write faults), or null when it cannot be opened or is empty. */
+  mapFile(path: string): Buffer | null
+  /** A fast 64-bit checksum against damage (not tampering), 8 bytes little-endian. */
+  hash64(data: Buffer): Buffer
+}
+
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const addon = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys & GzipAccess
+const addon = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys & GzipAccess & IndexMap
 export const sys: LayerfsSys = addon
 export const gz: GzipAccess = addon
+export const indexMap: IndexMap = addon
 
 export const RENAME_EXCHANGE = 2
 export const RENAME_WHITEOUT = 4
