@@ -1,5 +1,5 @@
 import { createServer, createConnection, type Server } from 'node:net'
-import { mkdir, rm } from 'node:fs/promises'
+import { mkdirSync, rmSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { runtimeDir } from './runtime'
@@ -25,8 +25,9 @@ export function socketPath(mountpoint: string): string {
 
 export async function listen(mountpoint: string, handle: ControlHandler): Promise<Server> {
   const path = socketPath(mountpoint)
-  await mkdir(runtimeDir(), { recursive: true, mode: 0o700 })
-  await rm(path, { force: true })
+  // local and quick: synchronous, not two trips through the thread pool while the mount waits
+  mkdirSync(runtimeDir(), { recursive: true, mode: 0o700 })
+  rmSync(path, { force: true })
   const server = createServer((sock) => {
     let buf = ''
     sock.setEncoding('utf8')

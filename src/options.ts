@@ -27,6 +27,8 @@ export interface MountRequest {
   readonly statsFile: string | null
   /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
   readonly logFile: string | null
+  /** Whether tar indexes are read from and written to the cache (default true; a standby's scratch mount keeps none). */
+  readonly persistIndex?: boolean
 }
 
 export type Command =

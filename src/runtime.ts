@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
-import { accessSync, constants as FS, mkdirSync, readFileSync } from 'node:fs'
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { accessSync, constants as FS, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cacheDir } from './cache-dir'
@@ -61,9 +61,10 @@ function recordPath(mountpoint: string): string {
   return join(runtimeDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
 }
 
-export async function writeRecord(rec: MountRecord): Promise<void> {
-  await mkdir(runtimeDir(), { recursive: true, mode: 0o700 })
-  await writeFile(recordPath(rec.mountpoint), JSON.stringify(rec) + '\n')
+/** Synchronous: a small local file, written while the mount waits to be declared live. */
+export function writeRecord(rec: MountRecord): void {
+  mkdirSync(runtimeDir(), { recursive: true, mode: 0o700 })
+  writeFileSync(recordPath(rec.mountpoint), JSON.stringify(rec) + '\n')
 }
 
 export async function readRecord(mountpoint: string): Promise<MountRecord | null> {
@@ -91,7 +92,15 @@ function unescape(s: string): string {
 }
 
 export async function mounts(): Promise<MountInfo[]> {
-  const text = await readFile('/proc/self/mountinfo', 'latin1')
+  return parseMountinfo(await readFile('/proc/self/mountinfo', 'latin1'))
+}
+
+/** The mount table now, read synchronously (a small file from the kernel: cheaper than a trip through the thread pool). */
+export function mountsNow(): MountInfo[] {
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'latin1'))
+}
+
+function parseMountinfo(text: string): MountInfo[] {
   const out: MountInfo[] = []
   for (const line of text.split('\n')) {
     if (!line) continue
@@ -110,7 +119,14 @@ export async function mounts(): Promise<MountInfo[]> {
 
 /** The topmost mount at exactly this path, if any. */
 export async function mountAt(path: string): Promise<MountInfo | undefined> {
-  const all = await mounts()
+  return topmostAt(await mounts(), path)
+}
+
+export function mountAtNow(path: string): MountInfo | undefined {
+  return topmostAt(mountsNow(), path)
+}
+
+function topmostAt(all: MountInfo[], path: string): MountInfo | undefined {
   for (let i = all.length - 1; i >= 0; i--) if (all[i].mountpoint === path) return all[i]
   return undefined
 }
