@@ -85,16 +85,18 @@ function mount(system: System, set: string, writable: boolean): Mount {
     path,
     upper: writable ? upper : null,
     pid: () => {
-      const pattern = system === 'layerfs' ? `__layerfs_daemon` : `fuse-overlayfs.*${path}`
-      for (const p of sh(`pgrep -f '${pattern}' || true`).split('\n').filter(Boolean)) {
+      if (system === 'layerfs') {
+        // the daemon says who it is (a standby that took the mount has no request on its command line)
+        return (JSON.parse(sh(`${LAYERFS} stats ${path} --json`)) as { pid: number }).pid
+      }
+      for (const p of sh(`pgrep -f 'fuse-overlayfs.*${path}' || true`).split('\n').filter(Boolean)) {
         let cmdline: string[]
         try {
           cmdline = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
         } catch {
           continue // pgrep's own shell, gone
         }
-        if (system === 'fuse-overlayfs' && cmdline[0].endsWith('fuse-overlayfs')) return Number(p)
-        if (system === 'layerfs' && Buffer.from(cmdline.filter(Boolean).pop() ?? '', 'base64').toString('utf8').includes(path)) return Number(p)
+        if (cmdline[0].endsWith('fuse-overlayfs')) return Number(p)
       }
       return null
     },
@@ -285,6 +287,7 @@ async function main(): Promise<void> {
     smallFileRows()
     largeFileRows()
   } finally {
+    sh(`${LAYERFS} standby stop >/dev/null || true`) // the daemon kept waiting for a next mount: this run's
     sh(`grep -o '${SCRATCH}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l || true`)
     rmSync(SCRATCH, { recursive: true, force: true })
   }

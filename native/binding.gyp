@@ -10,5 +10,10 @@
     "include_dirs": ["/usr/include/fuse3"],
     "libraries": ["-lfuse3", "-lpthread"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+  }, {
+    "target_name": "layerfs-launch",
+    "type": "executable",
+    "sources": ["launch.c"],
+    "cflags": ["-O2", "-Wall", "-Wextra"]
   }]
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -296,6 +298,43 @@ static napi_value js_lstat_entry(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// peerUid(fd): the uid of the process at the other end of a unix socket (SO_PEERCRED), or -1.
+static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  napi_value r;
+  napi_create_int64(env, getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? (int64_t)cred.uid : -1, &r);
+  return r;
+}
+
+// standbyPriority(low: boolean): every thread of this process (Linux keeps nice and I/O priority
+// per thread) to low priority — I/O class idle, and nice 10 for root — or back to the defaults
+// (raising nice again needs root). A standby starts low and serves at normal priority.
+#include <dirent.h>
+#include <sys/resource.h>
+static napi_value js_standby_priority(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool low = false;
+  napi_get_value_bool(env, argv[0], &low);
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return NULL;
+  // IOPRIO_PRIO_VALUE(class, data) = class << 13 | data; class 2 = best effort, 3 = idle
+  int ioprio = low ? (3 << 13) : (2 << 13) | 4;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    int tid = atoi(e->d_name);
+    if (tid <= 0) continue;
+    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, ioprio);
+    if (geteuid() == 0) setpriority(PRIO_PROCESS, (id_t)tid, low ? 10 : 0);
+  }
+  closedir(d);
+  return NULL;
+}
+
 napi_value gzip_access_init(napi_env env, napi_value exports); // gzip_access.c
 napi_value index_map_init(napi_env env, napi_value exports); // index_map.c
 
@@ -310,6 +349,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_default, NULL },
     { "utimens", NULL, js_utimens, NULL, NULL, NULL, napi_default, NULL },
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
+    { "peerUid", NULL, js_peer_uid, NULL, NULL, NULL, napi_default, NULL },
+    { "standbyPriority", NULL, js_standby_priority, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   gzip_access_init(env, exports);

@@ -16,8 +16,9 @@ nodedir=$(npm config get nodedir 2>/dev/null || true)
 
 addon=native/build/Release/layerfs_sys.node
 fuse_addon=native/build/Release/layerfs_fuse.node
+launcher=native/build/Release/layerfs-launch
 stale=0
-for src in native/*.c native/binding.gyp; do [[ -f $addon && -f $fuse_addon && ! $src -nt $addon && ! $src -nt $fuse_addon ]] || stale=1; done
+for src in native/*.c native/binding.gyp; do [[ -f $addon && -f $fuse_addon && -f $launcher && ! $src -nt $addon && ! $src -nt $fuse_addon && ! $src -nt $launcher ]] || stale=1; done
 if ((stale)); then
   ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
 fi

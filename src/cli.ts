@@ -12,6 +12,8 @@ import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
+import { dropPreloaded } from './layer/index-file'
+import { STANDBY_ARG, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
 
@@ -26,6 +28,7 @@ const USAGE = `usage:
   layerfs cache ls                    the persisted layer indexes
   layerfs cache prune [--all] [--unused-days N]
                                       remove stale indexes (archive gone or changed), old ones, or all
+  layerfs standby stop                end the daemon kept waiting for the next mount
 
 Each lower is a directory (extracted layer, kernel-overlay form) or a tar, plain or gzip, read in
 place; the leftmost is the topmost. IMAGE is docker-archive:PATH[:NAME:TAG] (docker save, skopeo),
@@ -33,7 +36,9 @@ oci:DIR[:REF] (an OCI image layout), or a path to either. Without upperdir the m
 mount returns once the mount is live and leaves a daemon serving it; -f keeps it in the foreground;
 -q hides progress bars. End it with 'umount MOUNTPOINT'. -o userxattr writes user.overlay.* xattrs;
 -o metacopy=on copies only metadata for chmod/chown/utimens/xattr changes (kernel metacopy form).
-Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.`
+Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.
+After a mount, one more daemon waits (10 minutes) to serve the next mount at once; LAYERFS_STANDBY=0
+turns that off.`
 
 const DAEMON_ARG = '__layerfs_daemon'
 /**
@@ -53,10 +58,15 @@ function fail(err: unknown): never {
 }
 
 /** Progress bars go to a terminal only; `columns` is its width (the daemon learns it from its launcher). */
-function hooksFor(stderrIsTty: boolean, quiet: boolean, columns: number): ServeHooks {
+function hooksFor(stderrIsTty: boolean, quiet: boolean, columns: number, write = (s: string): void => void process.stderr.write(s)): ServeHooks {
   return {
-    progress: (label) => (stderrIsTty && !quiet ? terminalProgress(label, (s) => process.stderr.write(s), columns) : silentProgress),
+    progress: (label) => (stderrIsTty && !quiet ? terminalProgress(label, write, columns) : silentProgress),
   }
+}
+
+/** What a daemon tells its launcher when the mount fails: the line the command prints. */
+function errorLine(err: unknown): string {
+  return err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message}`
 }
 
 /**
@@ -142,19 +152,105 @@ async function runDaemon(encoded: string): Promise<void> {
     const tty = /^tty:(\d+)$/.exec(process.env.LAYERFS_PROGRESS ?? '')
     served = await serve(req, hooksFor(tty !== null, req.quiet, tty ? Number(tty[1]) : 80))
   } catch (err) {
-    tell({ error: err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message}` })
+    tell({ error: errorLine(err) })
     log.cli('%s', (err as Error)?.stack)
     process.exit(1)
   }
-  if (req.logFile) {
-    const out = createWriteStream(req.logFile, { flags: 'a' })
-    redirectLog((line) => out.write(line))
-  } else redirectLog(() => undefined)
+  logTo(req.logFile)
   tell({ ready: true })
   onServed(served)
+  startStandby(join(__dirname, 'boot.js'), DAEMON_V8_FLAGS)
   await served.ended
   saveCodeCache() // what this daemon ran, compiled, for the next one
   process.exit(0)
+}
+
+/** After detaching: logs go to the log file, if any, else nowhere. */
+function logTo(logFile: string | null): void {
+  if (logFile) {
+    const out = createWriteStream(logFile, { flags: 'a' })
+    redirectLog((line) => out.write(line))
+  } else redirectLog(() => undefined)
+}
+
+/**
+ * A standby (src/standby.ts): waits for a launcher's mount, serves it as runDaemon would, and
+ * declines what a fresh daemon would do differently. When its mount ends it waits again, unless
+ * another standby already does: the next mount after an unmount then finds one at once.
+ */
+async function runStandbyDaemon(): Promise<void> {
+  process.stderr.on('error', () => undefined)
+  const { serve } = await import('./serve')
+  const { warmUp } = await import('./warm-up')
+  // its command line, shown again when a mount it served ends (`pgrep -f __layerfs_standby` finds it)
+  const standbyTitle = [process.execPath, ...process.execArgv, ...process.argv.slice(1)].join(' ')
+  // SIGINT/SIGTERM/SIGHUP: waiting, it ends; while its scratch mount or a mount comes up, it ends
+  // once that is up and unmounted (never a mount left without its daemon); serving, it unmounts
+  let busy = true
+  let asked = false
+  let live: Served | null = null
+  const onSignal = (): void => {
+    asked = true
+    if (live) void live.stop()
+    else if (!busy) process.exit(0)
+  }
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal)
+  const warm = async (): Promise<void> => {
+    await warmUp(serve)
+    busy = false
+    if (asked) process.exit(0)
+  }
+  for (let round = 0; ; round++) {
+    let served: Served | null = null
+    await runStandby(round === 0 ? warm : () => Promise.resolve(), async (sreq: StandbyRequest, out) => {
+      if (sreq.args[0] === 'standby' && sreq.args[1] === 'stop') {
+        await out.end(frame('x', '0'))
+        return 'stop'
+      }
+      // another environment (a debug log to show, another cache) or another build: a fresh daemon
+      // serves it and starts a standby of its own, so this one makes way
+      if (!sameEnvironment(sreq.env) || !sameBuild(sreq.bootJs) || process.env.DEBUG) {
+        await out.end(frame('f'))
+        return 'stop'
+      }
+      let req: MountRequest
+      try {
+        const cmd = parseArgs(sreq.args, sreq.cwd, Object.fromEntries(sreq.env))
+        if (cmd.kind !== 'mount' || cmd.request.foreground) throw new Error('not a background mount')
+        req = cmd.request
+      } catch {
+        await out.end(frame('f')) // the command itself does it, or says what is wrong
+        return 'declined'
+      }
+      process.umask(sreq.umask)
+      busy = true
+      try {
+        served = await serve(req, hooksFor(sreq.columns > 0, req.quiet, sreq.columns, (s) => out.write(frame('e', s))))
+      } catch (err) {
+        log.cli('%s', (err as Error)?.stack)
+        await out.end(Buffer.concat([frame('e', `layerfs: ${errorLine(err).replace(/\n/g, ' ')}\n`), frame('x', '1')]))
+        process.exit(1)
+      }
+      dropPreloaded()
+      process.title = `layerfs daemon ${req.mountpoint}`
+      logTo(req.logFile)
+      // the launcher starts the next standby
+      const next = standbyEnabled() ? frame('n', standbyCommand(join(__dirname, 'boot.js'), DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
+      await out.end(Buffer.concat([next, frame('x', '0')]))
+      return 'served'
+    })
+    const mount = served as Served | null
+    if (!mount) process.exit(1)
+    live = mount
+    if (asked) void mount.stop()
+    await mount.ended
+    if (round === 0) saveCodeCache() // what it ran, compiled, for the next one (once is enough)
+    if (asked) process.exit(0)
+    live = null
+    busy = false
+    logTo(null)
+    process.title = standbyTitle
+  }
 }
 
 const TYPE_CHARS: Record<number, string> = { 0o040000: 'd', 0o120000: 'l', 0o020000: 'c', 0o060000: 'b', 0o010000: 'p', 0o140000: 's' }
@@ -278,6 +374,11 @@ async function isRunning(pid: number): Promise<boolean> {
   }
 }
 
+/** Whether a daemon whose mount ended waits again as the standby (src/standby.ts). */
+async function waitsAsStandby(pid: number): Promise<boolean> {
+  return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(STANDBY_ARG)
+}
+
 async function unmount(mountpoint: string): Promise<void> {
   let real: string
   try {
@@ -294,10 +395,11 @@ async function unmount(mountpoint: string): Promise<void> {
   } catch (err) {
     throw new UserError(`umount ${mountpoint}: ${(err as Error).message.split('\n')[0]}`)
   }
-  // wait for the daemon to finish closing its layers
+  // wait for the daemon to finish closing its layers: its record goes last (a standby's daemon
+  // lives on to wait for the next mount), or the daemon ends
   if (rec) {
     for (let i = 0; i < 400; i++) {
-      if (!(await isRunning(rec.pid))) return
+      if (!(await isRunning(rec.pid)) || (await waitsAsStandby(rec.pid))) return
       await new Promise((r) => setTimeout(r, 25))
     }
     log.cli('daemon %d still running after unmount', rec.pid)
@@ -307,6 +409,12 @@ async function unmount(mountpoint: string): Promise<void> {
 export async function main(argv: string[]): Promise<void> {
   try {
     if (argv[0] === DAEMON_ARG) return await runDaemon(argv[1])
+    if (argv[0] === STANDBY_ARG) return await runStandbyDaemon()
+    if (argv[0] === 'standby') {
+      if (argv[1] !== 'stop' || argv.length > 2) throw new UserError('usage: layerfs standby stop')
+      process.stdout.write((await stopStandby()) ? 'the standby daemon ended\n' : 'no standby daemon was waiting\n')
+      return
+    }
     const cmd = parseArgs(argv)
     switch (cmd.kind) {
       case 'help':

@@ -20,6 +20,10 @@ interface LayerfsSys {
   renameat2(from: Buffer, to: Buffer, flags: number): void
   /** Copies `length` bytes between descriptors in the kernel (copy_file_range, else pread/pwrite); returns the bytes copied. */
   copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number
+  /** The uid of the process at the other end of unix socket `fd` (SO_PEERCRED), or -1. */
+  peerUid(fd: number): number
+  /** Every thread to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
+  standbyPriority(low: boolean): void
 }
 
 /** An inflate cursor of native/gzip_access.c (opaque). */

@@ -31,7 +31,7 @@ after(async () => {
 async function inNamespace(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
   const child = spawn('setpriv', [`--reuid=${USER}`, `--regid=${USER}`, '--clear-groups', 'unshare', '--user', '--mount', '--propagation', 'private',
     'sh', '-c', 'until grep -q . /proc/self/uid_map; do sleep 0.02; done; exec bash "$0"', join(REPO, 'test', 'mount', 'rootless-user.sh')],
-  { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LAYERFS_STANDBY: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
   child.stdout.on('data', (c: Buffer) => (stderr += c.toString()))

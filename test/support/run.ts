@@ -3,6 +3,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 
+// The standby daemon (a second daemon waiting for the next mount) is off for the tests' layerfs
+// processes: each test sees the daemon it started, and none is left waiting. test/mount/standby.test.ts
+// turns it on for its own.
+process.env.LAYERFS_STANDBY ??= '0'
+
 /** The repository root (tests run from dist/test/...). */
 export const REPO = resolve(__dirname, '..', '..', '..')
 export const LAYERFS = join(REPO, 'bin', 'layerfs')

@@ -1,0 +1,214 @@
+// layerfs-launch: what bin/layerfs runs. A mount is handed to the standby daemon if one is waiting
+// (src/standby.ts: a daemon already started, its code loaded and run once), which serves it at
+// once; everything else, and every mount the standby declines, goes to Node as before
+// (node dist/src/boot.js ARGS). Starting Node and loading layerfs costs ~140 ms, a C program ~1 ms.
+//
+// The standby listens on an abstract unix socket named for this user and its user, mount and pid
+// namespaces; both ends check the other's uid (SO_PEERCRED), so nobody else's standby is used.
+// Request: u32 length, then NUL-terminated fields: magic, the boot script it would run, cwd, umask
+// (octal), stderr terminal columns (0: not a terminal), argc, args, envc, env. Answers: frames of a type byte and a u32
+// length: 'e' bytes for stderr, 'x' the exit code (decimal), 'f' declined (run Node instead), 'n'
+// the command line of the next standby, which this launcher starts (detached, at low priority)
+// once the mount is live: a fork from this small process costs nothing, where the daemon's own
+// would stall the mount's first requests.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAGIC "layerfs-standby-2"
+
+extern char **environ;
+
+static char **node_argv;
+
+static void run_node(void) {
+  execvp("node", node_argv);
+  fprintf(stderr, "layerfs: cannot run node: %s\n", strerror(errno));
+  exit(127);
+}
+
+static unsigned long ns_inode(const char *name) {
+  char path[64], link[64];
+  snprintf(path, sizeof path, "/proc/self/ns/%s", name);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n <= 0) return 0;
+  link[n] = 0;
+  char *open = strchr(link, '[');
+  return open ? strtoul(open + 1, NULL, 10) : 0;
+}
+
+// The standby's address: must match standbyAddress() in src/standby.ts.
+static socklen_t standby_address(struct sockaddr_un *sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "layerfs-standby-%lu-%lu-%lu-%u",
+           ns_inode("user"), ns_inode("mnt"), ns_inode("pid"), (unsigned)getuid());
+  return sizeof *sa; // Node (libuv) binds abstract names padded with NULs to the whole sun_path
+}
+
+struct buf { char *p; size_t len, cap; };
+
+static void put(struct buf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    b->cap = (b->len + n + 1) * 2;
+    b->p = realloc(b->p, b->cap);
+    if (!b->p) run_node();
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len++] = 0;
+}
+
+static void put_num(struct buf *b, long v, int octal) {
+  char s[32];
+  int n = snprintf(s, sizeof s, octal ? "%lo" : "%ld", v);
+  put(b, s, (size_t)n);
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) { if (errno == EINTR) continue; return -1; }
+    p += w; n -= (size_t)w;
+  }
+  return 0;
+}
+
+// 1: got n bytes; 0: end of stream before any byte; -1: error or a short read
+static int read_all(int fd, char *p, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, p + got, n - got);
+    if (r < 0) { if (errno == EINTR) continue; return -1; }
+    if (r == 0) return got == 0 ? 0 : -1;
+    got += (size_t)r;
+  }
+  return 1;
+}
+
+// Starts the next standby: its own session, no terminal, stdio on /dev/null, no other descriptor.
+static void start_standby(char *cmdline, uint32_t n) {
+  char *args[64];
+  int k = 0;
+  for (char *p = cmdline; p < cmdline + n && k < 63; p += strlen(p) + 1) args[k++] = p;
+  args[k] = NULL;
+  if (k == 0) return;
+  pid_t child = fork();
+  if (child == 0) {
+    setsid();
+    if (fork() != 0) _exit(0); // the grandchild is nobody's child but init's
+    int nul = open("/dev/null", O_RDWR);
+    if (nul < 0) _exit(1);
+    dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
+    syscall(SYS_close_range, 3U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
+    if (chdir("/") != 0) _exit(1);
+    // a second later, and only if none waits then: a mount that ends soon gives its daemon back as
+    // the standby, and a new one would start for nothing, competing with the mount's first reads
+    struct timespec delay = { .tv_sec = 1, .tv_nsec = 0 };
+    while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {}
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa;
+    socklen_t salen = standby_address(&sa);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, salen) == 0) _exit(0);
+    if (probe >= 0) close(probe);
+    // low priority while it starts (it must not slow the mount just made), given up when it takes
+    // a mount (src/standby.ts): idle I/O class, and nice 10 for root only (raising one's priority
+    // again needs CAP_SYS_NICE)
+    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 3 << 13 /* IOPRIO_CLASS_IDLE */);
+    if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 10);
+    execv(args[0], args);
+    _exit(127);
+  }
+  if (child > 0) waitpid(child, NULL, 0);
+}
+
+// Commands that never go to the standby: they are not mounts, or they stay in the foreground.
+static int not_for_standby(int argc, char **argv) {
+  if (argc < 1) return 1;
+  static const char *const words[] = { "umount", "stats", "tree", "cache", "standby", "help", "-h", "--help", "-V", "--version", NULL };
+  for (int i = 0; words[i]; i++) if (strcmp(argv[0], words[i]) == 0) return 1;
+  for (int i = 0; i < argc; i++) if (strcmp(argv[i], "-f") == 0 || strcmp(argv[i], "--foreground") == 0) return 1;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) { fprintf(stderr, "usage: layerfs-launch BOOT.JS [ARGS]\n"); return 2; }
+  node_argv = calloc((size_t)argc + 1, sizeof *node_argv);
+  if (!node_argv) return 1;
+  node_argv[0] = "node";
+  for (int i = 1; i < argc; i++) node_argv[i] = argv[i];
+
+  const char *off = getenv("LAYERFS_STANDBY");
+  if ((off && strcmp(off, "0") == 0) || not_for_standby(argc - 2, argv + 2)) run_node();
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa;
+  socklen_t salen = standby_address(&sa);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, salen) != 0) run_node();
+  struct ucred cred;
+  socklen_t clen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
+
+  struct buf req = { 0 };
+  put(&req, MAGIC, strlen(MAGIC));
+  put(&req, argv[1], strlen(argv[1]));
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) run_node();
+  put(&req, cwd, strlen(cwd));
+  mode_t mask = umask(0);
+  umask(mask);
+  put_num(&req, mask, 1);
+  struct winsize ws;
+  put_num(&req, isatty(2) && ioctl(2, TIOCGWINSZ, &ws) == 0 ? (ws.ws_col ? ws.ws_col : 80) : 0, 0);
+  put_num(&req, argc - 2, 0);
+  for (int i = 2; i < argc; i++) put(&req, argv[i], strlen(argv[i]));
+  long envc = 0;
+  for (char **e = environ; *e; e++) envc++;
+  put_num(&req, envc, 0);
+  for (char **e = environ; *e; e++) put(&req, *e, strlen(*e));
+  uint32_t len = (uint32_t)req.len;
+  if (write_all(fd, (char *)&len, 4) != 0 || write_all(fd, req.p, req.len) != 0) run_node();
+
+  int said = 0; // whether anything reached the user: after that, declining is no longer possible
+  char *next = NULL;
+  uint32_t next_len = 0;
+  for (;;) {
+    char head[5];
+    int r = read_all(fd, head, 5);
+    if (r <= 0) {
+      if (!said) run_node(); // the standby went away before answering: as if there were none
+      fprintf(stderr, "layerfs: the standby daemon ended before answering\n");
+      return 1;
+    }
+    uint32_t n;
+    memcpy(&n, head + 1, 4);
+    char *body = malloc((size_t)n + 1);
+    if (!body || (n > 0 && read_all(fd, body, n) != 1)) {
+      fprintf(stderr, "layerfs: the standby daemon ended before answering\n");
+      return 1;
+    }
+    body[n] = 0;
+    if (head[0] == 'f' && !said) { close(fd); run_node(); }
+    if (head[0] == 'e') { said = 1; write_all(2, body, n); }
+    if (head[0] == 'n') { next = body; next_len = n; continue; }
+    if (head[0] == 'x') {
+      int code = atoi(body);
+      if (code == 0 && next) start_standby(next, next_len);
+      return code;
+    }
+    free(body);
+  }
+}

@@ -1,0 +1,190 @@
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
+import { testCache } from '../support/mounts'
+import { freshMountpoint, mountedAt, waitFor } from '../support/cli'
+
+// The standby daemon (src/standby.ts, native/launch.c): after a mount, one more daemon waits to
+// serve the next mount at once. The other suites run with it off (test/support/run.ts); here it is
+// on, and these check that what it serves is what a fresh daemon serves, that it declines what a
+// fresh daemon would do differently, and that it leaves nothing behind.
+
+let dir: string
+let tar: string
+let env: NodeJS.ProcessEnv
+const mounted: string[] = []
+
+/** The pid of the standby waiting for this user and namespaces, once it listens; null if none within `ms`. */
+async function waitingStandby(ms = 10_000): Promise<number | null> {
+  let pid: number | null = null
+  await waitFor(async () => {
+    const unix = await readFile('/proc/net/unix', 'utf8')
+    if (!unix.includes('@layerfs-standby-')) return false
+    const pids = await standbys()
+    pid = pids.length === 1 ? pids[0] : null
+    return pid !== null
+  }, ms)
+  return pid
+}
+
+/** Standby processes in this test's user namespace (one for this user is the most there should be). */
+async function standbys(): Promise<number[]> {
+  const r = await run('pgrep', ['-f', '__layerfs_standby'])
+  const mine = await run('readlink', ['/proc/self/ns/user'])
+  const out: number[] = []
+  for (const pid of r.stdout.split('\n').filter(Boolean).map(Number)) {
+    if ((await run('readlink', [`/proc/${pid}/ns/user`])).stdout === mine.stdout) out.push(pid)
+  }
+  return out
+}
+
+async function alive(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'latin1')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
+  }
+}
+
+async function daemonPid(mnt: string): Promise<number> {
+  return (JSON.parse(await must(LAYERFS, ['stats', mnt, '--json'], { env })) as { pid: number }).pid
+}
+
+async function mount(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stderr: string }> {
+  const r = await run(LAYERFS, args, { env: opts.env ?? env, cwd: opts.cwd })
+  return r
+}
+
+async function umount(mnt: string): Promise<void> {
+  await must(LAYERFS, ['umount', mnt], { env })
+}
+
+async function stopStandby(): Promise<void> {
+  await run(LAYERFS, ['standby', 'stop'], { env })
+  await waitFor(async () => (await standbys()).length === 0, 5000)
+}
+
+before(async () => {
+  dir = await tempDir('standby')
+  await mkdir(join(dir, 'src/etc'), { recursive: true })
+  await writeFile(join(dir, 'src/etc/hello'), 'hello\n')
+  await writeFile(join(dir, 'src/etc/big'), Buffer.alloc(1 << 20, 7))
+  tar = join(dir, 'lower.tar')
+  await must('tar', ['-C', join(dir, 'src'), '-cf', tar, '.'])
+  env = { ...process.env, XDG_CACHE_HOME: await testCache, LAYERFS_STANDBY: '1', LAYERFS_STANDBY_IDLE: '120' }
+  await stopStandby() // one per user and namespaces: a standby from elsewhere would decline ours
+})
+
+after(async () => {
+  for (const m of mounted) if (await mountedAt(m)) await run(LAYERFS, ['umount', m], { env })
+  await stopStandby()
+  for (const pid of await standbys()) await run('kill', [String(pid)])
+  await removeTemps()
+})
+
+describe('the standby daemon', () => {
+  it('serves the next mount: the same tree and writes as a fresh daemon, and ends with it', async () => {
+    const first = await freshMountpoint()
+    mounted.push(first)
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, first])).code, 0)
+    const fresh = await daemonPid(first)
+    const standby = await waitingStandby()
+    assert.ok(standby, 'a standby waits after the first mount')
+    assert.notEqual(standby, fresh)
+
+    const second = await freshMountpoint()
+    mounted.push(second)
+    const upper = join(dir, 'u1')
+    const work = join(dir, 'w1')
+    await mkdir(upper)
+    await mkdir(work)
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar},upperdir=${upper},workdir=${work}`, second])).code, 0)
+    assert.equal(await daemonPid(second), standby, 'the standby serves the second mount')
+    assert.deepEqual((await readdir(join(second, 'etc'))).sort(), (await readdir(join(first, 'etc'))).sort())
+    assert.equal(await readFile(join(second, 'etc/hello'), 'utf8'), 'hello\n')
+    assert.deepEqual(await readFile(join(second, 'etc/big')), await readFile(join(first, 'etc/big')))
+    await writeFile(join(second, 'etc/hello'), 'changed\n', { flag: 'a' })
+    assert.equal(await readFile(join(upper, 'etc/hello'), 'utf8'), 'hello\nchanged\n', 'copied up into the upper dir')
+    assert.equal(await readFile(join(first, 'etc/hello'), 'utf8'), 'hello\n')
+
+    const next = await waitingStandby()
+    assert.ok(next && next !== standby, 'the launcher started the next standby')
+    await umount(second)
+    assert.ok(await waitFor(async () => !(await alive(standby!))), 'the daemon it became ends with its mount')
+    await umount(first)
+    assert.equal(await mountedAt(second), null)
+  })
+
+  it('resolves relative paths against the launcher\'s directory', async () => {
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    const base = await tempDir('standby-rel')
+    await mkdir(join(base, 'm'))
+    await must('cp', [tar, join(base, 'l.tar')])
+    const r = await mount(['mount', '-o', 'lowerdir=l.tar', 'm'], { cwd: base })
+    mounted.push(join(base, 'm'))
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(await daemonPid(join(base, 'm')), standby)
+    assert.equal(await readFile(join(base, 'm/etc/hello'), 'utf8'), 'hello\n')
+    await umount(join(base, 'm'))
+  })
+
+  it('fails as a fresh daemon fails: the same one line, nothing mounted', async () => {
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    const mnt = await freshMountpoint()
+    const missing = join(dir, 'nope.tar')
+    const viaStandby = await mount(['mount', '-o', `lowerdir=${missing}`, mnt])
+    const viaFresh = await mount(['mount', '-o', `lowerdir=${missing}`, mnt], { env: { ...env, LAYERFS_STANDBY: '0' } })
+    assert.notEqual(viaStandby.code, 0)
+    assert.equal(viaStandby.stderr, viaFresh.stderr)
+    assert.match(viaStandby.stderr, /^layerfs: layer .*nope\.tar: no such file or directory\n$/)
+    assert.equal(await mountedAt(mnt), null)
+    assert.ok(await waitFor(async () => !(await alive(standby!))), 'the standby that failed ends')
+  })
+
+  it('declines another environment (a debug log to show) and makes way', async () => {
+    const mnt = await freshMountpoint()
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, mnt])).code, 0) // the previous test left none waiting
+    mounted.push(mnt)
+    await umount(mnt)
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    const dbg = await freshMountpoint()
+    mounted.push(dbg)
+    const r = await mount(['mount', '-o', `lowerdir=${tar}`, dbg], { env: { ...env, DEBUG: 'layerfs:mount' } })
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stderr, /layerfs:mount mounted/, 'the debug log reached the terminal')
+    assert.notEqual(await daemonPid(dbg), standby)
+    assert.ok(await waitFor(async () => !(await alive(standby))), 'the standby made way')
+    await umount(dbg)
+    // the next mount in the first environment is a fresh daemon's, which leaves a standby again
+    const again = await freshMountpoint()
+    mounted.push(again)
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, again])).code, 0)
+    assert.ok(await waitingStandby())
+    await umount(again)
+  })
+
+  it('leaves no warm-up mount, ends on `layerfs standby stop` and when idle', async () => {
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    const info = await readFile('/proc/self/mountinfo', 'utf8')
+    assert.doesNotMatch(info, /layerfs-warm-up/)
+    const stop = await must(LAYERFS, ['standby', 'stop'], { env })
+    assert.match(stop, /ended/)
+    assert.ok(await waitFor(async () => !(await alive(standby))))
+
+    const idleEnv = { ...env, LAYERFS_STANDBY_IDLE: '1' }
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, mnt], { env: idleEnv })).code, 0)
+    await must(LAYERFS, ['umount', mnt], { env: idleEnv })
+    const idle = await waitingStandby()
+    assert.ok(idle)
+    assert.ok(await waitFor(async () => !(await alive(idle!)), 8000), 'an idle standby ends by itself')
+  })
+})
