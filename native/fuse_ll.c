@@ -60,7 +60,7 @@ typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22 };
+enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -463,6 +463,12 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
 static int answer_direct(Session *s, const char *msg, size_t len) {
   const struct kernel_in_header *in = (const void *)msg;
+  if (in->opcode == KERNEL_FUSE_FLUSH) {
+    // nothing to do at close (ll_flush): ENOSYS here, without waking Node's thread for the first close
+    struct kernel_out_header out = { sizeof out, -ENOSYS, in->unique };
+    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    return 1;
+  }
   if (in->opcode == KERNEL_FUSE_GETXATTR && len >= sizeof *in + 8 + sizeof "security.capability"
       && memcmp(msg + sizeof *in + 8, "security.capability", sizeof "security.capability") == 0) {
     // the kernel's check before each write(2): answered here for a node known to have none
