@@ -54,13 +54,17 @@ typedef struct {
   struct Queued *qhead, *qtail;
   pthread_rwlock_t dlock; // the direct table: Node's thread changes it, the reader looks up in it
   char *trbuf; size_t trcap; // the reader's read buffer
+  // a read-only mount whose kernel lets OPEN/OPENDIR go unanswered (ENOSYS once, then never sent):
+  // the reader answers them, without waking Node's thread for a mount's first `ls` or read
+  int read_only;
+  atomic_int enosys_open, enosys_opendir;
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25 };
+enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_OPENDIR = 27 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -263,6 +267,8 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_write = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
+  atomic_store(&s->enosys_open, s->read_only && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT));
+  atomic_store(&s->enosys_opendir, s->read_only && (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT));
   enter_js(s);
   dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0),
     num(s->env, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0), NULL);
@@ -463,8 +469,10 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
 static int answer_direct(Session *s, const char *msg, size_t len) {
   const struct kernel_in_header *in = (const void *)msg;
-  if (in->opcode == KERNEL_FUSE_FLUSH) {
-    // nothing to do at close (ll_flush): ENOSYS here, without waking Node's thread for the first close
+  if (in->opcode == KERNEL_FUSE_FLUSH || (in->opcode == KERNEL_FUSE_OPEN && atomic_load(&s->enosys_open))
+      || (in->opcode == KERNEL_FUSE_OPENDIR && atomic_load(&s->enosys_opendir))) {
+    // nothing to do at close (ll_flush), nor to open on a read-only mount that need not (see
+    // ll_init): ENOSYS here, without waking Node's thread
     struct kernel_out_header out = { sizeof out, -ENOSYS, in->unique };
     while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
     return 1;
@@ -598,6 +606,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   Session *s = calloc(1, sizeof *s);
   s->env = env;
   char *fargv[] = { "layerfs", "-o", opts, NULL };
+  s->read_only = strncmp(opts, "ro,", 3) == 0; // lowlevel.ts puts ro or rw first
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
   s->se = fuse_session_new(&args, &ops, sizeof ops, s);
   if (!s->se) { free(s); napi_throw_error(env, NULL, "fuse_session_new failed (bad options?)"); return NULL; }

@@ -516,7 +516,6 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${opts.fsname.replace(/[,\\]/g, '_')}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
   if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
-  if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
   try {
