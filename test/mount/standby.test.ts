@@ -1,8 +1,8 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
+import { LAYERFS, REPO, must, removeTemps, run, tempDir } from '../support/run'
 import { testCache } from '../support/mounts'
 import { freshMountpoint, mountedAt, waitFor } from '../support/cli'
 
@@ -167,6 +167,21 @@ describe('the standby daemon', () => {
     assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, again])).code, 0)
     assert.ok(await waitingStandby())
     await umount(again)
+  })
+
+  it('declines a launcher of another build (layerfs rebuilt or upgraded) and makes way', async () => {
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    // what a rebuild does to the standby's own code: its file changes under it
+    const code = join(REPO, 'dist', 'src', 'standby.js')
+    const now = new Date()
+    await utimes(code, now, now)
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, mnt])).code, 0)
+    assert.notEqual(await daemonPid(mnt), standby, 'a fresh daemon serves it')
+    assert.ok(await waitFor(async () => !(await alive(standby))), 'the stale standby made way')
+    await umount(mnt)
   })
 
   it('leaves no warm-up mount, ends on `layerfs standby stop` and when idle', async () => {
