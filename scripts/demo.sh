@@ -61,4 +61,7 @@ echo "   \$ usr/bin/hi"; "$mnt/usr/bin/hi" | sed 's/^/     /'
 echo; echo "== layerfs umount $mnt"
 "$LAYERFS" umount "$mnt"
 grep -q " $mnt " /proc/self/mountinfo && { echo "still mounted!" >&2; exit 1; }
-echo "   unmounted; demo done"
+# after a mount one more daemon waits to serve the next mount at once (README: the standby daemon);
+# the demo leaves nothing running
+"$LAYERFS" standby stop >/dev/null
+echo "   unmounted (and the standby daemon waiting for a next mount ended); demo done"

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { readlinkSync, realpathSync, statSync } from 'node:fs'
+import { readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { log } from './log'
@@ -245,8 +245,34 @@ function askStandby(args: string[], env: Map<string, string>): Promise<boolean> 
   })
 }
 
-/** Asks the waiting standby, if any, to end (`layerfs standby stop`); whether there was one. */
-export function stopStandby(): Promise<boolean> {
-  return askStandby(['standby', 'stop'], new Map())
+/** Processes of this user and namespaces that are standbys (waiting, or still starting and warming up). */
+function standbyProcesses(): number[] {
+  const mine = { uid: process.getuid?.() ?? 0, ns: nsInode('user') + ':' + nsInode('mnt') }
+  const found: number[] = []
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name)
+    if (!Number.isInteger(pid) || pid === process.pid) continue
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(STANDBY_ARG)) continue
+      if (statSync(`/proc/${pid}`).uid !== mine.uid) continue
+      const ns = /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/user`))?.[1] + ':' + /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/mnt`))?.[1]
+      if (ns === mine.ns) found.push(pid)
+    } catch { /* gone, or not ours to see */ }
+  }
+  return found
+}
+
+/**
+ * Ends the standby (`layerfs standby stop`), one still starting too: it is asked once it listens
+ * (up to 5 s). Whether there was one.
+ */
+export async function stopStandby(): Promise<boolean> {
+  let stopped = false
+  for (let i = 0; i < 100; i++) {
+    if (await askStandby(['standby', 'stop'], new Map())) stopped = true
+    else if (standbyProcesses().length === 0) return stopped
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return stopped
 }
 
