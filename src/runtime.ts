@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { accessSync, constants as FS, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { readFile, rm } from 'node:fs/promises'
+import { readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cacheDir } from './cache-dir'
@@ -77,6 +77,39 @@ export async function readRecord(mountpoint: string): Promise<MountRecord | null
 
 export async function removeRecord(mountpoint: string): Promise<void> {
   await rm(recordPath(mountpoint), { force: true })
+}
+
+/** Whether process `pid` exists (a zombie counts: its parent has yet to see it end). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * Removes the records (and control sockets) of daemons that no longer exist: one killed outright
+ * leaves them behind. A record whose daemon lives, here or in another mount namespace, stays.
+ */
+export async function pruneDeadRecords(): Promise<number> {
+  let removed = 0
+  for (const name of await readdir(runtimeDir()).catch(() => [] as string[])) {
+    if (!name.endsWith('.json')) continue
+    const file = join(runtimeDir(), name)
+    let rec: MountRecord
+    try {
+      rec = JSON.parse(await readFile(file, 'utf8')) as MountRecord
+    } catch {
+      continue // being written, or not ours
+    }
+    if (!Number.isInteger(rec.pid) || processExists(rec.pid)) continue
+    await rm(file, { force: true })
+    await rm(file.slice(0, -'.json'.length) + '.sock', { force: true })
+    removed++
+  }
+  return removed
 }
 
 export interface MountInfo {

@@ -12,7 +12,7 @@ import { lowLevelWanted, mountLowLevel } from './fuse/lowlevel'
 import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
-import { mountAtNow, mounts, mountsNow, removeRecord, writeRecord } from './runtime'
+import { mountAtNow, mounts, mountsNow, pruneDeadRecords, removeRecord, writeRecord } from './runtime'
 import { listen, socketPath, type WhichAnswer } from './control'
 import { Stats } from './stats'
 import { log } from './log'
@@ -202,6 +202,8 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   // what nearly every session asks first, resolved once the mount is live (and that code path run
   // once, so the first request does not wait for it): the root and its listing
   setImmediate(() => void fs.getattr('/').then(() => fs.readdir('/')).catch(() => undefined))
+  // later, when the mount is busy with nothing else: records left by daemons killed outright
+  setTimeout(() => void pruneDeadRecords().then((n) => n && log.mount('removed %d records of daemons gone', n), () => undefined), 2000).unref()
   return {
     ended,
     stop: async () => {

@@ -1,8 +1,10 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { chmod, copyFile, mkdir, open, readFile, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdir, open, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { existsSync, readFileSync } from 'node:fs'
+import { runtimeDir } from '../../src/runtime'
 import { testCache, unmountAll } from '../support/mounts'
 import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
 import { daemonsFor, expectFailure, freshMountpoint, mountedAt, waitFor } from '../support/cli'
@@ -26,6 +28,15 @@ after(async () => {
   await unmountAll()
   await removeTemps()
 })
+
+/** The pid a record names, or -1 (gone, or unreadable). */
+function recordPid(name: string): number {
+  try {
+    return (JSON.parse(readFileSync(join(runtimeDir(), name), 'utf8')) as { pid: number }).pid
+  } catch {
+    return -1
+  }
+}
 
 /** Runs layerfs expecting a failure: one line, no stack, non-zero exit, nothing mounted. */
 function fails(args: string[], mnt: string, pattern: RegExp, runEnv = env): Promise<string> {
@@ -147,6 +158,26 @@ describe('mounting and unmounting', () => {
     await must(LAYERFS, ['umount', mnt])
     assert.equal(await mountedAt(mnt), null)
     assert.ok(await waitFor(async () => (await daemonsFor(mnt)).length === 0), 'daemon gone')
+  })
+
+  it("a daemon killed outright leaves a record; the next mount's daemon removes it, not a live one's", async () => {
+    const a = await freshMountpoint()
+    await must(LAYERFS, ['mount', '-o', `lowerdir=${good}`, a], { env })
+    const live = await readdir(runtimeDir())
+    const [pid] = await daemonsFor(a)
+    process.kill(pid, 'SIGKILL')
+    assert.ok(await waitFor(async () => { try { process.kill(pid, 0); return false } catch { return true } }), 'killed')
+    await run('umount', ['-l', a]) // its mount, left without a daemon
+    const stale = (await readdir(runtimeDir())).filter((n) => n.endsWith('.json') && live.includes(n))
+    const b = await freshMountpoint()
+    await must(LAYERFS, ['mount', '-o', `lowerdir=${good}`, b], { env })
+    const mine = (await readdir(runtimeDir())).filter((n) => n.endsWith('.json') && !live.includes(n))
+    assert.ok(await waitFor(async () => {
+      const now = await readdir(runtimeDir())
+      return !stale.some((n) => now.includes(n) && recordPid(n) === pid)
+    }, 8000), 'the dead daemon\'s record is gone')
+    assert.ok(mine.every((n) => existsSync(join(runtimeDir(), n))), 'the live daemon\'s record stays')
+    await must(LAYERFS, ['umount', b])
   })
 
   it('plain umount and fusermount -u end the daemon too', async () => {
