@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <stdbool.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -222,8 +224,8 @@ static napi_value js_copy_range(napi_env env, napi_callback_info info) {
   int64_t done = 0;
   // copy_file_range between offsets that differ within a page (a tar member's data starts at any
   // 512-byte boundary) copies ~40% slower than pread/pwrite through a buffer (64 MiB: 30 vs 22 ms);
-  // for a 1 GiB file the buffer lost in one bench run (1.27 s against 0.44-0.49 s in two runs with
-  // copy_file_range): the buffer only up to 64 MiB until that is understood
+  // for a 1 GiB file the buffer loses (after sync: 1.4 s against 0.47-0.64 s with copy_file_range,
+  // a C loop over the bench's tar): the buffer only up to 64 MiB
   int fallback = ((off_in ^ off_out) & 4095) != 0 && len <= (64 << 20);
   // one buffer for the process, kept: a fresh 1 MiB one cost its page faults on every copy-up
   // (1 MiB: 0.9-1.6 ms with a fresh buffer, 0.25 ms with a warm one; copy_file_range 0.37-0.5).
@@ -316,8 +318,6 @@ static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
 // standbyPriority(low: boolean): every thread of this process (Linux keeps nice and I/O priority
 // per thread) to low priority — I/O class idle, and nice 10 for root — or back to the defaults
 // (raising nice again needs root). A standby starts low and serves at normal priority.
-#include <dirent.h>
-#include <sys/resource.h>
 static napi_value js_standby_priority(napi_env env, napi_callback_info info) {
   size_t argc = 1; napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));

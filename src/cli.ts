@@ -1,19 +1,19 @@
 import { spawn, execFile } from 'node:child_process'
 import { createWriteStream, writeSync } from 'node:fs'
 import { lstat, readFile, readdir, readlink, realpath } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename } from 'node:path'
 import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
 import type { ServeHooks, Served } from './serve'
 import { silentProgress, terminalProgress } from './progress'
-import { mountAt, readRecord } from './runtime'
+import { isRunning, mountAt, readRecord } from './runtime'
 import { ask, type WhichAnswer } from './control'
 import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
 import { dropPreloaded } from './layer/index-file'
-import { STANDBY_ARG, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby, type StandbyRequest } from './standby'
+import { BOOT_JS, STANDBY_ARG, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
 
@@ -100,7 +100,7 @@ async function runForeground(req: MountRequest): Promise<void> {
 /** Starts the daemon and waits for its word on fd 3: ready, or one error line. */
 function runBackground(req: MountRequest): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...DAEMON_V8_FLAGS, join(__dirname, 'boot.js'), DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+    const child = spawn(process.execPath, [...DAEMON_V8_FLAGS, BOOT_JS, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',
@@ -159,7 +159,7 @@ async function runDaemon(encoded: string): Promise<void> {
   logTo(req.logFile)
   tell({ ready: true })
   onServed(served)
-  startStandby(join(__dirname, 'boot.js'), DAEMON_V8_FLAGS)
+  startStandby(DAEMON_V8_FLAGS)
   await served.ended
   saveCodeCache() // what this daemon ran, compiled, for the next one
   process.exit(0)
@@ -235,7 +235,7 @@ async function runStandbyDaemon(): Promise<void> {
       process.title = `layerfs daemon ${req.mountpoint}`
       logTo(req.logFile)
       // the launcher starts the next standby
-      const next = standbyEnabled() ? frame('n', standbyCommand(join(__dirname, 'boot.js'), DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
+      const next = standbyEnabled() ? frame('n', standbyCommand(DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
       await out.end(Buffer.concat([next, frame('x', '0')]))
       return 'served'
     })
@@ -362,16 +362,6 @@ async function cache(action: 'ls' | 'prune', all: boolean, unusedDays: number | 
 
 function run(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => execFile(cmd, args, (err, _out, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve())))
-}
-
-/** Whether a process is alive (a zombie left for a parent that never reaps it counts as ended). */
-async function isRunning(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'latin1')
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return false
-  }
 }
 
 /** Whether a daemon whose mount ended waits again as the standby (src/standby.ts). */

@@ -79,13 +79,13 @@ export async function removeRecord(mountpoint: string): Promise<void> {
   await rm(recordPath(mountpoint), { force: true })
 }
 
-/** Whether process `pid` exists (a zombie counts: its parent has yet to see it end). */
-function processExists(pid: number): boolean {
+/** Whether a process is alive (a zombie left for a parent that never reaps it counts as ended). */
+export async function isRunning(pid: number): Promise<boolean> {
   try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
+    const stat = await readFile(`/proc/${pid}/stat`, 'latin1')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
+  } catch {
+    return false
   }
 }
 
@@ -104,7 +104,7 @@ export async function pruneDeadRecords(): Promise<number> {
     } catch {
       continue // being written, or not ours
     }
-    if (!Number.isInteger(rec.pid) || processExists(rec.pid)) continue
+    if (!Number.isInteger(rec.pid) || (await isRunning(rec.pid))) continue
     await rm(file, { force: true })
     await rm(file.slice(0, -'.json'.length) + '.sock', { force: true })
     removed++

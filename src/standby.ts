@@ -18,6 +18,8 @@ import { preloadRecentIndexes } from './layer/index-file'
 // `layerfs standby stop`. LAYERFS_STANDBY=0 turns it off.
 
 export const STANDBY_ARG = '__layerfs_standby'
+/** The script every daemon runs (bin/layerfs's launcher names the same one). */
+export const BOOT_JS = join(__dirname, 'boot.js')
 const MAGIC = 'layerfs-standby-2'
 const DEFAULT_IDLE_SECONDS = 600
 
@@ -25,12 +27,18 @@ export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.LAYERFS_STANDBY !== '0'
 }
 
-function nsInode(name: string): string {
+/** The inode of a process's namespace of kind `name` ('0' when unreadable). */
+function nsInode(name: string, pid: number | 'self' = 'self'): string {
   try {
-    return /\[(\d+)\]/.exec(readlinkSync(`/proc/self/ns/${name}`))?.[1] ?? '0'
+    return /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/${name}`))?.[1] ?? '0'
   } catch {
     return '0'
   }
+}
+
+/** This process's environment, in the form a launcher sends its own. */
+function ownEnvironment(): Map<string, string> {
+  return new Map(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined))
 }
 
 /** The abstract socket's name; native/launch.c builds the same. */
@@ -111,35 +119,34 @@ function buildIdentity(): string {
 /** Whether a launcher that would run `bootJs` would run this very build. */
 export function sameBuild(bootJs: string): boolean {
   try {
-    return realpathSync(bootJs) === realpathSync(join(__dirname, 'boot.js')) && buildIdentity() === BUILD
+    return realpathSync(bootJs) === realpathSync(BOOT_JS) && buildIdentity() === BUILD
   } catch {
     return false
   }
 }
 
 export function sameEnvironment(theirs: Map<string, string>): boolean {
-  const mine = new Map(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined))
-  return relevant(theirs) === relevant(mine)
+  return relevant(theirs) === relevant(ownEnvironment())
 }
 
 /** A standby's command line. */
-export function standbyCommand(bootJs: string, v8Flags: readonly string[]): string[] {
-  return [process.execPath, ...v8Flags, bootJs, STANDBY_ARG]
+export function standbyCommand(v8Flags: readonly string[]): string[] {
+  return [process.execPath, ...v8Flags, BOOT_JS, STANDBY_ARG]
 }
 
 /**
- * Starts a standby for this user and namespaces, detached, at low priority (it must not slow the
- * mount that asked). A fresh daemon does this once its mount is live; a standby's launcher starts
- * the next one (the 'n' frame).
+ * Starts a standby for this user and namespaces, detached; it takes low priority itself once its
+ * code is loaded (runStandby). A fresh daemon does this once its mount is live; a standby's
+ * launcher starts the next one (the 'n' frame).
  */
-export function startStandby(bootJs: string, v8Flags: readonly string[]): void {
+export function startStandby(v8Flags: readonly string[]): void {
   // a debug log must reach a terminal: a standby would only decline
   if (!standbyEnabled() || process.env.DEBUG) return
   try {
     const env = { ...process.env }
     delete env.LAYERFS_PROGRESS
     delete env.NODE_EXTRA_CA_CERTS
-    const [node, ...args] = standbyCommand(bootJs, v8Flags)
+    const [node, ...args] = standbyCommand(v8Flags)
     const child = spawn(node, args, { detached: true, stdio: 'ignore', cwd: '/', env })
     child.on('error', (err) => log.cli('standby: %s', err.message))
     child.unref()
@@ -228,7 +235,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest): Prom
       server.listen(standbyAddress(), () => {
         rearm()
         // one request to itself, declined: the first launcher's is then not the first this code runs
-        void askStandby(['standby', 'ping'], new Map(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined)))
+        void askStandby(['standby', 'ping'], ownEnvironment())
       })
     })
   })
@@ -239,7 +246,7 @@ function askStandby(args: string[], env: Map<string, string>): Promise<boolean> 
   return new Promise((resolve) => {
     const sock = createConnection(standbyAddress())
     sock.on('error', () => resolve(false))
-    sock.on('connect', () => sock.end(encodeRequest({ bootJs: join(__dirname, 'boot.js'), cwd: '/', umask: 0o22, columns: 0, args, env })))
+    sock.on('connect', () => sock.end(encodeRequest({ bootJs: BOOT_JS, cwd: '/', umask: 0o22, columns: 0, args, env })))
     sock.on('close', () => resolve(true))
     sock.resume()
   })
@@ -247,16 +254,16 @@ function askStandby(args: string[], env: Map<string, string>): Promise<boolean> 
 
 /** Processes of this user and namespaces that are standbys (waiting, or still starting and warming up). */
 function standbyProcesses(): number[] {
-  const mine = { uid: process.getuid?.() ?? 0, ns: nsInode('user') + ':' + nsInode('mnt') }
+  const uid = process.getuid?.() ?? 0
+  const ns = (pid: number | 'self'): string => nsInode('user', pid) + ':' + nsInode('mnt', pid)
+  const mine = ns('self')
   const found: number[] = []
   for (const name of readdirSync('/proc')) {
     const pid = Number(name)
     if (!Number.isInteger(pid) || pid === process.pid) continue
     try {
       if (!readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(STANDBY_ARG)) continue
-      if (statSync(`/proc/${pid}`).uid !== mine.uid) continue
-      const ns = /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/user`))?.[1] + ':' + /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/mnt`))?.[1]
-      if (ns === mine.ns) found.push(pid)
+      if (statSync(`/proc/${pid}`).uid === uid && ns(pid) === mine) found.push(pid)
     } catch { /* gone, or not ours to see */ }
   }
   return found

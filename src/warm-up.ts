@@ -7,10 +7,10 @@ import { runtimeDir } from './runtime'
 
 // Runs a standby's hot code once before it waits: a scratch mount of its own (a tar and a directory
 // layer under an upper), used through the kernel as a program would (lookups, listings, reads, a
-// copy-up by append and by chmod, a new file, an unlink), then unmounted; then the same read-only. V8 compiles each function
-// on its first call and learns the shapes of what it touches on the first few: a fresh daemon's
-// first mount took 21 ms to set up where a warm one takes 7, its first copy-up 5.3 ms where a warm
-// one takes ~2. The files are touched from libuv's thread pool (fs/promises), never from this
+// copy-up by append and by chmod, a new file, an unlink), then unmounted; then the same read-only.
+// V8 compiles each function on its first call and learns the shapes of what it touches on the
+// first few: a fresh daemon's first mount took 21 ms to set up where a warm one takes 7, its first
+// copy-up 5.3 ms where a warm one takes ~2. The files are touched from libuv's thread pool (fs/promises), never from this
 // thread, which serves them (see native-notes: the deadlock trap).
 
 const BLOCK = 512
@@ -49,41 +49,38 @@ export async function warmUp(serve: typeof Serve): Promise<void> {
     await symlink('f', join(lower, 'd', 'l'))
     for (const d of ['upper', 'work', 'mnt']) await mkdir(join(dir, d))
     const mnt = join(dir, 'mnt')
-    const cmd = parseArgs(['mount', '-q', '-o', `lowerdir=${tar}:${lower},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')},fsname=layerfs-warm-up`, mnt], '/', {})
-    if (cmd.kind !== 'mount') return
-    // the persisted index of a scratch tar would outlive it: none is kept
-    const served = await serve({ ...cmd.request, persistIndex: false }, { progress: () => silentProgress })
-    try {
-      const at = (p: string): string => join(mnt, p)
+    const at = (p: string): string => join(mnt, p)
+    /** Mounts the scratch layers at `mnt` (with these extra -o options), runs `use`, unmounts. */
+    const scratch = async (options: string, use: () => Promise<void>): Promise<void> => {
+      const cmd = parseArgs(['mount', '-q', '-o', `lowerdir=${tar}:${lower}${options},fsname=layerfs-warm-up`, mnt], '/', {})
+      if (cmd.kind !== 'mount') return
+      // the persisted index of a scratch tar would outlive it: none is kept
+      const served = await serve({ ...cmd.request, persistIndex: false }, { progress: () => silentProgress })
+      try {
+        await use()
+      } finally {
+        await served.stop()
+      }
+    }
+    const browse = async (): Promise<void> => {
       for (const d of ['', 't', 'd']) {
         await stat(at(d))
         await readdir(at(d), { withFileTypes: true })
       }
-      await readlink(at('d/l'))
       await readFile(at('t/a'))
       await readFile(at('d/f'))
+    }
+    await scratch(`,upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`, async () => {
+      await browse()
+      await readlink(at('d/l'))
       for (const f of ['t/b', 'd/g', 't/a', 't/b']) await appendFile(at(f), 'x')
       await chmod(at('t/c'), 0o600)
       await writeFile(at('d/new'), page)
       await unlink(at('d/f'))
       await readdir(at('d'))
-    } finally {
-      await served.stop()
-    }
+    })
     // and read-only, as images are mostly mounted: its own paths (no OPEN, reads by node)
-    const ro = parseArgs(['mount', '-q', '-o', `lowerdir=${tar}:${lower},fsname=layerfs-warm-up`, mnt], '/', {})
-    if (ro.kind !== 'mount') return
-    const roServed = await serve({ ...ro.request, persistIndex: false }, { progress: () => silentProgress })
-    try {
-      for (const d of ['', 't', 'd']) {
-        await stat(join(mnt, d))
-        await readdir(join(mnt, d), { withFileTypes: true })
-      }
-      await readFile(join(mnt, 't/a'))
-      await readFile(join(mnt, 'd/f'))
-    } finally {
-      await roServed.stop()
-    }
+    await scratch('', browse)
   } finally {
     await rm(dir, { recursive: true, force: true })
   }

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { chmod, copyFile, mkdir, open, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { existsSync, readFileSync } from 'node:fs'
-import { runtimeDir } from '../../src/runtime'
+import { isRunning, runtimeDir } from '../../src/runtime'
 import { testCache, unmountAll } from '../support/mounts'
 import { LAYERFS, must, removeTemps, run, tempDir } from '../support/run'
 import { daemonsFor, expectFailure, freshMountpoint, mountedAt, waitFor } from '../support/cli'
@@ -166,7 +166,7 @@ describe('mounting and unmounting', () => {
     const live = await readdir(runtimeDir())
     const [pid] = await daemonsFor(a)
     process.kill(pid, 'SIGKILL')
-    assert.ok(await waitFor(async () => { try { process.kill(pid, 0); return false } catch { return true } }), 'killed')
+    assert.ok(await waitFor(async () => !(await isRunning(pid))), 'killed')
     await run('umount', ['-l', a]) // its mount, left without a daemon
     const stale = (await readdir(runtimeDir())).filter((n) => n.endsWith('.json') && live.includes(n))
     const b = await freshMountpoint()

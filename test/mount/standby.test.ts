@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { LAYERFS, REPO, must, removeTemps, run, tempDir } from '../support/run'
 import { testCache } from '../support/mounts'
 import { freshMountpoint, mountedAt, waitFor } from '../support/cli'
+import { isRunning } from '../../src/runtime'
 
 // The standby daemon (src/standby.ts, native/launch.c): after a mount, one more daemon waits to
 // serve the next mount at once. The other suites run with it off (test/support/run.ts); here it is
@@ -38,15 +39,6 @@ async function standbys(): Promise<number[]> {
     if ((await run('readlink', [`/proc/${pid}/ns/user`])).stdout === mine.stdout) out.push(pid)
   }
   return out
-}
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'latin1')
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return false
-  }
 }
 
 async function daemonPid(mnt: string): Promise<number> {
@@ -113,7 +105,7 @@ describe('the standby daemon', () => {
     const next = await waitingStandby()
     assert.ok(next && next !== standby, 'the launcher started the next standby')
     await umount(second)
-    assert.ok(await waitFor(async () => !(await alive(standby!))), 'the daemon it became ends with its mount')
+    assert.ok(await waitFor(async () => !(await isRunning(standby!))), 'the daemon it became ends with its mount')
     await umount(first)
     assert.equal(await mountedAt(second), null)
   })
@@ -143,7 +135,7 @@ describe('the standby daemon', () => {
     assert.equal(viaStandby.stderr, viaFresh.stderr)
     assert.match(viaStandby.stderr, /^layerfs: layer .*nope\.tar: no such file or directory\n$/)
     assert.equal(await mountedAt(mnt), null)
-    assert.ok(await waitFor(async () => !(await alive(standby!))), 'the standby that failed ends')
+    assert.ok(await waitFor(async () => !(await isRunning(standby!))), 'the standby that failed ends')
   })
 
   it('declines another environment (a debug log to show) and makes way', async () => {
@@ -159,7 +151,7 @@ describe('the standby daemon', () => {
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stderr, /layerfs:mount mounted/, 'the debug log reached the terminal')
     assert.notEqual(await daemonPid(dbg), standby)
-    assert.ok(await waitFor(async () => !(await alive(standby))), 'the standby made way')
+    assert.ok(await waitFor(async () => !(await isRunning(standby))), 'the standby made way')
     await umount(dbg)
     // the next mount in the first environment is a fresh daemon's, which leaves a standby again
     const again = await freshMountpoint()
@@ -180,7 +172,7 @@ describe('the standby daemon', () => {
     mounted.push(mnt)
     assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, mnt])).code, 0)
     assert.notEqual(await daemonPid(mnt), standby, 'a fresh daemon serves it')
-    assert.ok(await waitFor(async () => !(await alive(standby))), 'the stale standby made way')
+    assert.ok(await waitFor(async () => !(await isRunning(standby))), 'the stale standby made way')
     await umount(mnt)
   })
 
@@ -191,7 +183,7 @@ describe('the standby daemon', () => {
     assert.doesNotMatch(info, /layerfs-warm-up/)
     const stop = await must(LAYERFS, ['standby', 'stop'], { env })
     assert.match(stop, /ended/)
-    assert.ok(await waitFor(async () => !(await alive(standby))))
+    assert.ok(await waitFor(async () => !(await isRunning(standby))))
 
     const idleEnv = { ...env, LAYERFS_STANDBY_IDLE: '1' }
     const mnt = await freshMountpoint()
@@ -200,6 +192,6 @@ describe('the standby daemon', () => {
     await must(LAYERFS, ['umount', mnt], { env: idleEnv })
     const idle = await waitingStandby()
     assert.ok(idle)
-    assert.ok(await waitFor(async () => !(await alive(idle!)), 8000), 'an idle standby ends by itself')
+    assert.ok(await waitFor(async () => !(await isRunning(idle!)), 8000), 'an idle standby ends by itself')
   })
 })
