@@ -1,7 +1,9 @@
-// layerfs-launch: what bin/layerfs runs. A mount is handed to the standby daemon if one is waiting
-// (src/standby.ts: a daemon already started, its code loaded and run once), which serves it at
-// once; everything else, and every mount the standby declines, goes to Node as before
-// (node dist/src/boot.js ARGS). Starting Node and loading layerfs costs ~140 ms, a C program ~1 ms.
+// layerfs-launch: bin/layerfs itself (a symlink to it). A mount is handed to the standby daemon if
+// one is waiting (src/standby.ts: a daemon already started, its code loaded and run once), which
+// serves it at once; everything else, and every mount the standby declines, goes to Node as before
+// (node dist/src/boot.js ARGS). Starting Node and loading layerfs costs ~140 ms, a C program ~1 ms;
+// a shell script in front of it cost ~0.5 ms more per call. The installation's root is found from
+// /proc/self/exe (ROOT/native/build/Release/layerfs-launch), so bin/layerfs may be linked anywhere.
 //
 // The standby listens on an abstract unix socket named for this user and its user, mount and pid
 // namespaces; both ends check the other's uid (SO_PEERCRED), so nobody else's standby is used.
@@ -18,10 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -100,39 +102,37 @@ static int read_all(int fd, char *p, size_t n) {
 }
 
 // Starts the next standby: its own session, no terminal, stdio on /dev/null, no other descriptor.
+// One fork, not waited for: this launcher exits at once (the mount is ready) and the child, orphaned,
+// is init's; a double fork waited on cost the mount ~0.3 ms.
 static void start_standby(char *cmdline, uint32_t n) {
   char *args[64];
   int k = 0;
   for (char *p = cmdline; p < cmdline + n && k < 63; p += strlen(p) + 1) args[k++] = p;
   args[k] = NULL;
   if (k == 0) return;
-  pid_t child = fork();
-  if (child == 0) {
-    setsid();
-    if (fork() != 0) _exit(0); // the grandchild is nobody's child but init's
-    int nul = open("/dev/null", O_RDWR);
-    if (nul < 0) _exit(1);
-    dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
-    syscall(SYS_close_range, 3U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
-    if (chdir("/") != 0) _exit(1);
-    // a second later, and only if none waits then: a mount that ends soon gives its daemon back as
-    // the standby, and a new one would start for nothing, competing with the mount's first reads
-    struct timespec delay = { .tv_sec = 1, .tv_nsec = 0 };
-    while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {}
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa;
-    socklen_t salen = standby_address(&sa);
-    if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, salen) == 0) _exit(0);
-    if (probe >= 0) close(probe);
-    // low priority while it starts (it must not slow the mount just made), given up when it takes
-    // a mount (src/standby.ts): idle I/O class, and nice 10 for root only (raising one's priority
-    // again needs CAP_SYS_NICE)
-    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 3 << 13 /* IOPRIO_CLASS_IDLE */);
-    if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 10);
-    execv(args[0], args);
-    _exit(127);
-  }
-  if (child > 0) waitpid(child, NULL, 0);
+  if (fork() != 0) return;
+  setsid();
+  int nul = open("/dev/null", O_RDWR);
+  if (nul < 0) _exit(1);
+  dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
+  syscall(SYS_close_range, 3U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
+  if (chdir("/") != 0) _exit(1);
+  // a second later, and only if none waits then: a mount that ends soon gives its daemon back as
+  // the standby, and a new one would start for nothing, competing with the mount's first reads
+  struct timespec delay = { .tv_sec = 1, .tv_nsec = 0 };
+  while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {}
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa;
+  socklen_t salen = standby_address(&sa);
+  if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, salen) == 0) _exit(0);
+  if (probe >= 0) close(probe);
+  // low priority while it starts (it must not slow the mount just made), given up when it takes
+  // a mount (src/standby.ts): idle I/O class, and nice 10 for root only (raising one's priority
+  // again needs CAP_SYS_NICE)
+  syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 3 << 13 /* IOPRIO_CLASS_IDLE */);
+  if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 10);
+  execv(args[0], args);
+  _exit(127);
 }
 
 // Commands that never go to the standby: they are not mounts, or they stay in the foreground.
@@ -144,15 +144,38 @@ static int not_for_standby(int argc, char **argv) {
   return 0;
 }
 
+// ROOT/dist/src/boot.js, ROOT holding native/build/Release/ with this executable; NULL if it is not there.
+static char *boot_script(void) {
+  static char path[PATH_MAX + 32];
+  ssize_t n = readlink("/proc/self/exe", path, PATH_MAX);
+  if (n <= 0) return NULL;
+  path[n] = 0;
+  for (int up = 0; up < 4; up++) { // .../native/build/Release/layerfs-launch -> ...
+    char *slash = strrchr(path, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+  }
+  strcat(path, "/dist/src/boot.js");
+  return access(path, R_OK) == 0 ? path : NULL;
+}
+
 int main(int argc, char **argv) {
-  if (argc < 2) { fprintf(stderr, "usage: layerfs-launch BOOT.JS [ARGS]\n"); return 2; }
-  node_argv = calloc((size_t)argc + 1, sizeof *node_argv);
+  // layerfs makes no TLS connections: a CA bundle named by NODE_EXTRA_CA_CERTS is parsed at every
+  // Node start all the same (50 ms of a 70 ms start on our CI machines)
+  unsetenv("NODE_EXTRA_CA_CERTS");
+  char *boot = boot_script();
+  if (!boot) { fprintf(stderr, "layerfs: cannot find dist/src/boot.js next to %s (run make build)\n", argv[0]); return 1; }
+  node_argv = calloc((size_t)argc + 2, sizeof *node_argv);
   if (!node_argv) return 1;
   node_argv[0] = "node";
-  for (int i = 1; i < argc; i++) node_argv[i] = argv[i];
+  node_argv[1] = boot;
+  for (int i = 1; i < argc; i++) node_argv[i + 1] = argv[i];
+  // from here on, args are argv[1..]
+  argc -= 1;
+  argv += 1;
 
   const char *off = getenv("LAYERFS_STANDBY");
-  if ((off && strcmp(off, "0") == 0) || not_for_standby(argc - 2, argv + 2)) run_node();
+  if ((off && strcmp(off, "0") == 0) || not_for_standby(argc, argv)) run_node();
 
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un sa;
@@ -164,7 +187,7 @@ int main(int argc, char **argv) {
 
   struct buf req = { 0 };
   put(&req, MAGIC, strlen(MAGIC));
-  put(&req, argv[1], strlen(argv[1]));
+  put(&req, boot, strlen(boot));
   char cwd[4096];
   if (!getcwd(cwd, sizeof cwd)) run_node();
   put(&req, cwd, strlen(cwd));
@@ -173,8 +196,8 @@ int main(int argc, char **argv) {
   put_num(&req, mask, 1);
   struct winsize ws;
   put_num(&req, isatty(2) && ioctl(2, TIOCGWINSZ, &ws) == 0 ? (ws.ws_col ? ws.ws_col : 80) : 0, 0);
-  put_num(&req, argc - 2, 0);
-  for (int i = 2; i < argc; i++) put(&req, argv[i], strlen(argv[i]));
+  put_num(&req, argc, 0);
+  for (int i = 0; i < argc; i++) put(&req, argv[i], strlen(argv[i]));
   long envc = 0;
   for (char **e = environ; *e; e++) envc++;
   put_num(&req, envc, 0);
