@@ -352,6 +352,27 @@ static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// mountRoot(path: Buffer): 1 if a mount's root is at path (statx STATX_ATTR_MOUNT_ROOT, Linux 5.8),
+// 0 if not, -1 if the kernel does not say (the caller reads the mount table). One call, where
+// reading and parsing /proc/self/mountinfo cost a mount ~0.2 ms.
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+static napi_value js_mount_root(napi_env env, napi_callback_info info) {
+  size_t argc = 1; napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]);
+  if (!path) return NULL;
+  struct statx stx;
+  int rc = statx(AT_FDCWD, path, 0, 0, &stx);
+  int err = errno;
+  free(path);
+  if (rc < 0) return throw_errno(env, err, "statx");
+  napi_value r;
+  napi_create_int32(env, !(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ? -1 : (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0, &r);
+  return r;
+}
+
 // standbyPriority(low: boolean): every thread of this process (Linux keeps nice and I/O priority
 // per thread) to low priority — I/O class idle, and nice 10 for root — or back to the defaults
 // (raising nice again needs root). A standby starts low and serves at normal priority.
@@ -390,6 +411,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
     { "peerUid", NULL, js_peer_uid, NULL, NULL, NULL, napi_default, NULL },
     { "standbyPriority", NULL, js_standby_priority, NULL, NULL, NULL, napi_default, NULL },
+    { "mountRoot", NULL, js_mount_root, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   gzip_access_init(env, exports);

@@ -224,8 +224,14 @@ async function runStandbyDaemon(): Promise<void> {
       }
       process.umask(sreq.umask)
       busy = true
+      const hooks = hooksFor(sreq.columns > 0, req.quiet, sreq.columns, (s) => out.write(frame('e', s)))
+      // the launcher returns as soon as the mount is live (it also starts the next standby)
+      hooks.mounted = () => {
+        const next = standbyEnabled() ? frame('n', standbyCommand(DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
+        return out.end(Buffer.concat([next, frame('x', '0')]))
+      }
       try {
-        served = await serve(req, hooksFor(sreq.columns > 0, req.quiet, sreq.columns, (s) => out.write(frame('e', s))))
+        served = await serve(req, hooks)
       } catch (err) {
         log.cli('%s', (err as Error)?.stack)
         await out.end(Buffer.concat([frame('e', `layerfs: ${errorLine(err).replace(/\n/g, ' ')}\n`), frame('x', '1')]))
@@ -234,9 +240,6 @@ async function runStandbyDaemon(): Promise<void> {
       dropPreloaded()
       process.title = `layerfs daemon ${req.mountpoint}`
       logTo(req.logFile)
-      // the launcher starts the next standby
-      const next = standbyEnabled() ? frame('n', standbyCommand(DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
-      await out.end(Buffer.concat([next, frame('x', '0')]))
       return 'served'
     })
     const mount = served as Served | null

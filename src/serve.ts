@@ -18,10 +18,17 @@ import { Stats } from './stats'
 import { log } from './log'
 import { imageLayers } from './image/image'
 import { describeRef } from './image/reference'
+import { sys } from './sys'
 
 export interface ServeHooks {
   /** A progress bar for one long step. */
   progress(label: string): Progress
+  /**
+   * Called once the mount is live, before the control socket and the record are set up (~0.5 ms
+   * that a waiting launcher need not wait for: every client of those starts Node first, ~40 ms).
+   * Once it was called, serve() no longer fails: a control file that cannot be made is logged.
+   */
+  mounted?(): Promise<void>
 }
 
 /** A live mount. `ended` settles when it is gone (unmounted by us or by `umount`). */
@@ -32,7 +39,7 @@ export interface Served {
 
 /**
  * Checks what the kernel needs before any layer is read: /dev/fuse and a free mountpoint.
- * Synchronous: four local calls, where trips through the thread pool cost a waiting mount ~1 ms.
+ * Synchronous: a few local calls, where trips through the thread pool cost a waiting mount ~1 ms.
  */
 export function preflight(req: MountRequest): string {
   try {
@@ -48,8 +55,10 @@ export function preflight(req: MountRequest): string {
     throw new UserError(`mountpoint ${req.mountpoint}: ${isErrno(err, 'ENOENT') ? 'does not exist' : (err as Error).message}`)
   }
   if (!st.isDirectory()) throw new UserError(`mountpoint ${req.mountpoint}: not a directory`)
-  const real = realpathSync(req.mountpoint)
-  if (mountAtNow(real)) throw new UserError(`mountpoint ${req.mountpoint}: busy (something is already mounted there)`)
+  const real = realpathSync.native(req.mountpoint)
+  // the kernel says whether a mount's root is there (one call); the mount table only where it cannot
+  const root = sys.mountRoot(Buffer.from(real))
+  if (root === 1 || (root < 0 && mountAtNow(real))) throw new UserError(`mountpoint ${req.mountpoint}: busy (something is already mounted there)`)
   return real
 }
 
@@ -145,9 +154,14 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   }
   const union = fs.union
   const stats = new Stats(fs, mountpoint, () => fuse.directReads?.() ?? null)
-  let control: Awaited<ReturnType<typeof listen>>
+  let control: Awaited<ReturnType<typeof listen>> | null = null
   let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
+  let told = false
   try {
+    if (hooks.mounted) {
+      told = true
+      await hooks.mounted()
+    }
     control = await listen(mountpoint, async (creq) => {
       if (creq.op === 'which') {
         const layers = await Promise.all(creq.paths.map(async (p) => {
@@ -161,10 +175,14 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     mine = mountsNow().filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
     writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
   } catch (err) {
-    // never leave a mount behind that nobody serves
-    await fuse.unmount().catch(() => undefined)
-    await fs.close().catch(() => undefined)
-    throw new UserError(`${mountpoint}: cannot set up the daemon's control files: ${(err as Error).message}`)
+    // the launcher was told it is mounted: it stays, served (`umount` ends it; stats cannot ask)
+    if (told) log.mount('%s: cannot set up the control files: %s', mountpoint, (err as Error).message)
+    else {
+      // never leave a mount behind that nobody serves
+      await fuse.unmount().catch(() => undefined)
+      await fs.close().catch(() => undefined)
+      throw new UserError(`${mountpoint}: cannot set up the daemon's control files: ${(err as Error).message}`)
+    }
   }
   log.mount('mounted %s (mount id %s) over %d layers%s', mountpoint, mine?.id, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
 
@@ -177,7 +195,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       await writeFile(req.statsFile, JSON.stringify(stats.report(), null, 2) + '\n')
         .catch((err: Error) => log.mount('stats file %s: %s', req.statsFile, err.message))
     }
-    control.close()
+    control?.close()
     await rm(socketPath(mountpoint), { force: true }).catch(() => undefined)
     await fs.close().catch(() => undefined)
     await removeRecord(mountpoint).catch(() => undefined)

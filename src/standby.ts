@@ -119,15 +119,18 @@ function buildIdentity(): string {
 /** Whether a launcher that would run `bootJs` would run this very build. */
 export function sameBuild(bootJs: string): boolean {
   try {
-    return realpathSync(bootJs) === realpathSync(BOOT_JS) && buildIdentity() === BUILD
+    return realpathSync.native(bootJs) === (ownBootJs ??= realpathSync.native(BOOT_JS)) && buildIdentity() === BUILD
   } catch {
     return false
   }
 }
+let ownBootJs: string | undefined
 
 export function sameEnvironment(theirs: Map<string, string>): boolean {
-  return relevant(theirs) === relevant(ownEnvironment())
+  // a process's own environment is read once: a standby's does not change
+  return relevant(theirs) === (ownRelevant ??= relevant(ownEnvironment()))
 }
+let ownRelevant: string | undefined
 
 /** A standby's command line. */
 export function standbyCommand(v8Flags: readonly string[]): string[] {

@@ -24,6 +24,8 @@ interface LayerfsSys {
   peerUid(fd: number): number
   /** Every thread to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
   standbyPriority(low: boolean): void
+  /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */
+  mountRoot(path: Buffer): number
 }
 
 /** An inflate cursor of native/gzip_access.c (opaque). */

@@ -29,7 +29,7 @@ export interface ArchiveIdentity {
   readonly ctimeNs: string
   readonly dev: string
   readonly ino: string
-  /** SHA-256 of the archive's first and last 64 KiB: catches a rewrite that kept size and times. */
+  /** A 64-bit checksum (hash64) of the archive's first and last 64 KiB: catches a rewrite that kept size and times. */
   readonly sample: string
 }
 

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'node:fs'
 import { close } from 'node:fs'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
@@ -13,6 +12,7 @@ import { CheckpointTable, GzipDataError, GzipReader, GzipScanInput } from './gzi
 import { FsError, Errno, UserError } from '../errors'
 import { displayPath } from '../paths'
 import { log } from '../log'
+import { indexMap } from '../sys'
 
 export interface TarLayerOptions {
   /** Reports indexing progress: bytes of the stored layer read out of its size. */
@@ -64,7 +64,7 @@ export class TarLayer implements Layer {
       const head = Buffer.alloc(8)
       const format = formatOf(head.subarray(0, readSync(fd, head, 0, Math.min(8, blob.length), blob.offset)))
       if (format !== 'tar' && format !== 'gzip') throw new UserError(`${name}: ${UNSUPPORTED[format]}`)
-      const real = realpathSync(path)
+      const real = realpathSync.native(path)
       const whole = blob.offset === 0 && blob.length === Number(st.size)
       const identity: IndexIdentity = blob.digest ? { digest: blob.digest } : identityOf(real, fd, st, blob.offset, blob.length)
       const persist = opts.persistIndex !== false
@@ -286,15 +286,15 @@ function buildGzipIndex(fd: number, blob: LayerBlob, mtime: Timestamp, onProgres
 }
 
 const SAMPLE = 64 << 10
+const sampleBuffer = Buffer.allocUnsafe(2 * SAMPLE)
 
 function identityOf(path: string, fd: number, st: { size: bigint; mtimeNs: bigint; ctimeNs: bigint; dev: bigint; ino: bigint },
   offset: number, length: number): ArchiveIdentity {
-  const hash = createHash('sha256')
-  const buf = Buffer.alloc(Math.min(SAMPLE, length))
-  hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, offset)))
-  if (length > SAMPLE) hash.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, offset + length - buf.length)))
+  // into a kept buffer: a fresh one cost its page faults, ~80 us of a mount's 0.1 ms here
+  const first = readSync(fd, sampleBuffer, 0, Math.min(SAMPLE, length), offset)
+  const last = length > SAMPLE ? readSync(fd, sampleBuffer, first, SAMPLE, offset + length - SAMPLE) : 0
   return {
     path, offset, length, size: Number(st.size), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), dev: String(st.dev), ino: String(st.ino),
-    sample: hash.digest('hex'),
+    sample: indexMap.hash64(sampleBuffer.subarray(0, first + last)).toString('hex'),
   }
 }
