@@ -58,17 +58,21 @@ typedef struct {
   // the reader answers them, without waking Node's thread for a mount's first `ls` or read
   int read_only;
   atomic_int enosys_open, enosys_opendir;
+  uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_OPENDIR = 27 };
+enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_OPENDIR = 27 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
 struct kernel_write_out { uint32_t size, padding; };
+struct kernel_open_in { uint32_t flags, open_flags; };
+struct kernel_open_out { uint64_t fh; uint32_t open_flags; int32_t padding; };
+struct kernel_release_in { uint64_t fh; uint32_t flags, release_flags; uint64_t lock_owner; };
 
 // A file whose bytes lie in order in a local descriptor (a plain tar member, a directory layer's
 // file, an upper file): its READs are answered here with pread, without a call into JS. JS sets
@@ -80,6 +84,8 @@ typedef struct Direct {
   int64_t base;  // offset of the file's byte 0 in fd
   int64_t limit; // its length, or -1: up to fd's end (an upper file, which may grow)
   int writable;  // WRITEs too (an upper file): pwrite at the offset
+  uint64_t node; // a handle C opened itself (NATIVE_FH): its node
+  char *path;    // KEY_OPENABLE: the upper file's path (malloc'd)
   struct Direct *next;
 } Direct;
 
@@ -88,6 +94,14 @@ typedef struct Direct {
 // asks for that xattr before every write(2) (to drop it), and C answers ENODATA without JS. JS
 // clears them all whenever any security.capability is set or removed.
 #define KEY_NO_CAPS (1ULL << 62)
+// A node whose upper file C may open itself (OPEN and RELEASE answered on the reader thread, without
+// JS): a regular upper file JS opened once, by its path in the upper dir. JS drops them all whenever
+// a name changes (unlink, rename, link, rmdir, xattrs), and a node's when the kernel forgets it.
+#define KEY_OPENABLE (1ULL << 61)
+// Handles C opened itself are numbered from here; JS's are below 2^32.
+#define NATIVE_FH (1ULL << 32)
+
+static int is_native_fh(uint64_t key) { return key >= NATIVE_FH && !(key & (KEY_BY_NODE | KEY_NO_CAPS | KEY_OPENABLE)); }
 
 static size_t direct_slot(Session *s, uint64_t key) {
   key ^= key >> 33; key *= 0xff51afd7ed558ccdULL; key ^= key >> 33;
@@ -106,13 +120,14 @@ static void direct_drop(Session *s, uint64_t key) {
     if ((*p)->key != key) continue;
     Direct *d = *p;
     *p = d->next;
+    free(d->path);
     free(d);
     s->direct_count--;
     return;
   }
 }
 
-static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer, int writable) {
+static Direct *direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t limit, int layer, int writable) {
   direct_drop(s, key);
   if (s->direct_count + 1 > s->direct_cap) { // grow (and rehash) at load factor 1
     size_t cap = s->direct_cap ? s->direct_cap * 2 : 256;
@@ -125,14 +140,19 @@ static void direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_t l
     free(old);
   }
   Direct *d = malloc(sizeof *d);
-  *d = (Direct){ key, fd, layer, base, limit, writable, NULL };
+  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, NULL };
   size_t b = direct_slot(s, key);
   d->next = s->direct[b]; s->direct[b] = d;
   s->direct_count++;
+  return d;
 }
 
 static void direct_free_all(Session *s) {
-  for (size_t i = 0; i < s->direct_cap; i++) for (Direct *d = s->direct[i], *n; d; d = n) { n = d->next; free(d); }
+  for (size_t i = 0; i < s->direct_cap; i++) for (Direct *d = s->direct[i], *n; d; d = n) {
+    n = d->next;
+    if (is_native_fh(d->key)) close(d->fd); // a handle C opened, still open at the session's end
+    free(d->path); free(d);
+  }
   free(s->direct); s->direct = NULL; s->direct_cap = s->direct_count = 0;
 }
 
@@ -303,8 +323,10 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   Session *s = fuse_req_userdata(req);
+  pthread_rwlock_rdlock(&s->dlock);
   Direct *d = direct_find(s, fi->fh ? fi->fh : (ino | KEY_BY_NODE));
-  if (d) { serve_direct(s, req, d, size, off); return; }
+  if (d) { serve_direct(s, req, d, size, off); pthread_rwlock_unlock(&s->dlock); return; }
+  pthread_rwlock_unlock(&s->dlock);
   enter_js(s);
   napi_env env = s->env;
   dispatch(req, OP_READ, ino, num(env, (double)fi->fh), num(env, (double)size), num(env, (double)off));
@@ -379,13 +401,17 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
   napi_env env = ENV(req); dispatch(req, OP_CREATE, parent, latin1(env, name), num(env, mode), num(env, fi->flags));
 }
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
-  Direct *d = direct_find(fuse_req_userdata(req), fi->fh);
+  Session *s = fuse_req_userdata(req);
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *d = direct_find(s, fi->fh);
   if (d && d->writable) {
     ssize_t done = direct_pwrite(d, buf, size, off);
+    pthread_rwlock_unlock(&s->dlock);
     if (done < 0) fuse_reply_err(req, (int)-done);
     else fuse_reply_write(req, (size_t)done);
     return;
   }
+  pthread_rwlock_unlock(&s->dlock);
   napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
 }
 // Nothing to do at close: ENOSYS tells the kernel so once, and it sends no FLUSH again.
@@ -464,6 +490,41 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 
 // ---------------------------------------------------------------- the reader thread
 
+// OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
+// then answered here too. 1 if answered; 0 to leave it to JS (not openable, or the open failed:
+// JS then opens it, or says why not).
+static int open_native(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
+  // the path copied out, and the file opened, without the lock: Node's thread reads the table meanwhile
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *o = direct_find(s, in->nodeid | KEY_OPENABLE);
+  char *path = o ? strdup(o->path) : NULL;
+  pthread_rwlock_unlock(&s->dlock);
+  if (!path) return 0;
+  int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) { free(path); return 0; }
+  int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
+  // as llNoCaps: the kernel asks for security.capability before each write(2)
+  int no_caps = writable && fgetxattr(fd, "security.capability", NULL, 0) < 0 && errno == ENODATA;
+  pthread_rwlock_wrlock(&s->dlock);
+  o = direct_find(s, in->nodeid | KEY_OPENABLE);
+  if (!o || strcmp(o->path, path) != 0) { // a name changed meanwhile: JS opens it
+    pthread_rwlock_unlock(&s->dlock);
+    close(fd); free(path);
+    return 0;
+  }
+  free(path);
+  uint64_t fh;
+  do { fh = NATIVE_FH + (s->native_fh++ & 0x0fffffffULL); } while (direct_find(s, fh));
+  direct_set(s, fh, fd, 0, -1, 0, writable)->node = in->nodeid;
+  if (no_caps) direct_set(s, in->nodeid | KEY_NO_CAPS, -1, 0, 0, -1, 0);
+  pthread_rwlock_unlock(&s->dlock);
+  struct kernel_out_header out = { sizeof out + sizeof(struct kernel_open_out), 0, in->unique };
+  struct kernel_open_out oo = { fh, 0, 0 }; // no FOPEN_KEEP_CACHE: as JS answers on a writable mount
+  struct iovec iov[2] = { { &out, sizeof out }, { &oo, sizeof oo } };
+  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+  return 1;
+}
+
 // A direct READ or WRITE answered on the reader thread, straight from the request bytes: pread or
 // pwrite, then the reply written to /dev/fuse (libfuse is not involved: no request object). 1 if
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
@@ -474,6 +535,20 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     // nothing to do at close (ll_flush), nor to open on a read-only mount that need not (see
     // ll_init): ENOSYS here, without waking Node's thread
     struct kernel_out_header out = { sizeof out, -ENOSYS, in->unique };
+    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    return 1;
+  }
+  if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) return open_native(s, in, (const void *)(msg + sizeof *in));
+  if (in->opcode == KERNEL_FUSE_RELEASE && len >= sizeof *in + sizeof(struct kernel_release_in)) {
+    const struct kernel_release_in *rel = (const void *)(msg + sizeof *in);
+    if (rel->fh < NATIVE_FH) return 0;
+    pthread_rwlock_wrlock(&s->dlock); // waits for a READ or WRITE being answered from it
+    Direct *d = direct_find(s, rel->fh);
+    int fd = d ? d->fd : -1;
+    direct_drop(s, rel->fh);
+    pthread_rwlock_unlock(&s->dlock);
+    if (fd >= 0) close(fd);
+    struct kernel_out_header out = { sizeof out, 0, in->unique };
     while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
     return 1;
   }
@@ -919,6 +994,93 @@ static napi_value js_no_caps_clear(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// llOpenable(session, node, path: Buffer | null): C may open node's upper file at path itself (null: no more)
+static napi_value js_openable(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  uint64_t key = (uint64_t)dbl(env, argv[1]) | KEY_OPENABLE;
+  void *data; size_t len;
+  if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) { direct_drop_locked(s, key); return NULL; }
+  char *path = malloc(len + 1);
+  if (!path) return NULL;
+  memcpy(path, data, len);
+  path[len] = 0;
+  pthread_rwlock_wrlock(&s->dlock);
+  direct_set(s, key, -1, 0, 0, -1, 0)->path = path;
+  pthread_rwlock_unlock(&s->dlock);
+  return NULL;
+}
+
+// llOpenableClear(session): C opens nothing itself until JS says again (a name changed somewhere)
+static napi_value js_openable_clear(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  pthread_rwlock_wrlock(&s->dlock);
+  for (size_t i = 0; i < s->direct_cap; i++) {
+    for (Direct **p = &s->direct[i]; *p; ) {
+      if ((*p)->key & KEY_OPENABLE) { Direct *d = *p; *p = d->next; free(d->path); free(d); s->direct_count--; }
+      else p = &(*p)->next;
+    }
+  }
+  pthread_rwlock_unlock(&s->dlock);
+  return NULL;
+}
+
+// A handle C opened: by its number, or (byNode) any such handle of a node. Under dlock.
+static Direct *native_handle(Session *s, uint64_t id, bool by_node) {
+  if (!by_node) { Direct *d = is_native_fh(id) ? direct_find(s, id) : NULL; return d; }
+  for (size_t i = 0; i < s->direct_cap; i++) for (Direct *d = s->direct[i]; d; d = d->next) if (is_native_fh(d->key) && d->node == id) return d;
+  return NULL;
+}
+
+// llNativeStat(session, id, byNode) -> Float64Array [mode, nlink, uid, gid, size, blocks, atime s, ns,
+// mtime s, ns, ctime s, ns] of a handle C opened (fstat), or null if there is none
+static napi_value js_native_stat(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  bool by_node = false; napi_get_value_bool(env, argv[2], &by_node);
+  if (!s) return NULL;
+  struct stat st;
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *d = native_handle(s, (uint64_t)dbl(env, argv[1]), by_node);
+  int ok = d && fstat(d->fd, &st) == 0;
+  pthread_rwlock_unlock(&s->dlock);
+  napi_value r;
+  if (!ok) { napi_get_null(env, &r); return r; }
+  napi_value ab; void *data;
+  CHECK(napi_create_arraybuffer(env, 12 * sizeof(double), &data, &ab));
+  double *a = data;
+  a[0] = st.st_mode; a[1] = (double)st.st_nlink; a[2] = st.st_uid; a[3] = st.st_gid; a[4] = (double)st.st_size; a[5] = (double)st.st_blocks;
+  a[6] = (double)st.st_atim.tv_sec; a[7] = (double)st.st_atim.tv_nsec; a[8] = (double)st.st_mtim.tv_sec; a[9] = (double)st.st_mtim.tv_nsec;
+  a[10] = (double)st.st_ctim.tv_sec; a[11] = (double)st.st_ctim.tv_nsec;
+  CHECK(napi_create_typedarray(env, napi_float64_array, 12, ab, 0, &r));
+  return r;
+}
+
+// llNativeFile(session, fh, op, arg) -> 0 or an errno: on a handle C opened, op 1 ftruncate(arg),
+// op 2 fsync (arg 1: fdatasync)
+static napi_value js_native_file(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  Session *s = session_arg(env, argv[0]);
+  int op = (int)dbl(env, argv[2]);
+  double arg = dbl(env, argv[3]);
+  int err = EBADF;
+  if (s) {
+    pthread_rwlock_rdlock(&s->dlock);
+    Direct *d = native_handle(s, (uint64_t)dbl(env, argv[1]), false);
+    if (d) {
+      int rc = op == 1 ? ftruncate(d->fd, (off_t)arg) : arg != 0 ? fdatasync(d->fd) : fsync(d->fd);
+      err = rc == 0 ? 0 : errno;
+    }
+    pthread_rwlock_unlock(&s->dlock);
+  }
+  napi_value r;
+  napi_create_int32(env, err, &r);
+  return r;
+}
+
 // llDirectCounts(session, layers) -> Float64Array [reads, bytes] per layer of the READs served here
 static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -971,6 +1133,10 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCaps", NULL, js_no_caps, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCapsClear", NULL, js_no_caps_clear, NULL, NULL, NULL, napi_default, NULL },
+    { "llOpenable", NULL, js_openable, NULL, NULL, NULL, napi_default, NULL },
+    { "llOpenableClear", NULL, js_openable_clear, NULL, NULL, NULL, napi_default, NULL },
+    { "llNativeStat", NULL, js_native_stat, NULL, NULL, NULL, napi_default, NULL },
+    { "llNativeFile", NULL, js_native_file, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

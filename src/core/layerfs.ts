@@ -166,6 +166,15 @@ export class LayerFs {
     return this.handles.add(upperFile(fh))
   }
 
+  /**
+   * The upper file of `path` on disk, for a FUSE binding that opens it itself until a name changes;
+   * null without an upper, or where the path is too long to open as one (see long-paths.ts).
+   */
+  upperFilePath(path: string): Buffer | null {
+    const real = this.upper?.dir.real(path) ?? null
+    return real && real.length < 3800 ? real : null
+  }
+
   /** Where handle `fh`'s bytes lie in a local descriptor, if they do (valid until it changes or is released). */
   direct(fh: number): DirectSpan | null {
     return this.handles.get(fh).direct?.() ?? null

@@ -93,4 +93,91 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^0 mv \S+\/f \S+\/g$/m, 'a rename deep down works')
     assert.match(outputs[0], /^new 0 13 b'Hello, World!'$/m, 'an unlinked open file')
   })
+
+  it('files opened again (layerfs then opens their upper file in C) across writes, renames, unlinks, truncation', async () => {
+    // a first open of an upper file goes through JavaScript and lets C open it itself from then on,
+    // until any name changes: every step here opens names whose meaning just changed
+    const dir = await tempDir('reopen')
+    const lower = join(dir, 'lower')
+    await mkdir(join(lower, 'd'), { recursive: true })
+    for (const [name, text] of [['a', 'alpha'], ['b', 'bravo'], ['d/f', 'foxtrot'], ['c', 'charlie']]) await writeFile(join(lower, name), text)
+    const tar = join(dir, 'lower.tar')
+    await must('tar', ['-C', lower, '-cf', tar, '.'])
+    const outputs: string[] = []
+    for (const kind of ['kernel', 'layerfs']) {
+      const upper = join(dir, `${kind}-u`)
+      const work = join(dir, `${kind}-w`)
+      await mkdir(upper)
+      await mkdir(work)
+      // layerfs renames a merged directory as kernel overlayfs does with redirect_dir=on
+      const m = kind === 'kernel' ? await mountKernelOverlay([lower], { upper, work, options: ['redirect_dir=on'] }) : await mountLayerfs([tar], { upper, work })
+      try {
+        const r = await run('python3', ['-c', REOPEN, m.path])
+        assert.equal(r.code, 0, r.stderr)
+        outputs.push(r.stdout)
+      } finally {
+        await m.unmount()
+      }
+    }
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^a after rename: bravo\+$/m)
+  })
 })
+
+const REOPEN = String.raw`
+import os, sys
+os.chdir(sys.argv[1])
+def show(label, name):
+    with open(name, 'rb') as f: print(label + ':', f.read().decode())
+for n in ['a', 'b', 'c', 'd/f']:
+    with open(n, 'a') as f: f.write('+')          # copy-up; the next opens are C's
+show('a', 'a')
+fd = os.open('a', os.O_RDWR)
+os.pwrite(fd, b'A', 0); os.ftruncate(fd, 4); os.fsync(fd); os.fdatasync(fd)
+st = os.fstat(fd); print('a fstat', st.st_size, st.st_nlink, oct(st.st_mode))
+os.close(fd)
+show('a', 'a')
+os.rename('b', 'a')                               # a now names b's file
+show('a after rename', 'a')
+with open('a', 'a') as f: f.write('!')
+show('a after append', 'a')
+print('b exists', os.path.exists('b'))
+fd = os.open('c', os.O_RDWR)
+with open('c', 'a') as f: f.write('2')
+os.unlink('c')                                    # open, unlinked: fstat and I/O go on
+st = os.fstat(fd); print('c fstat', st.st_size, st.st_nlink)
+os.pwrite(fd, b'xyz', 20); print('c grown', os.fstat(fd).st_size, os.pread(fd, 30, 0))
+os.ftruncate(fd, 2); print('c truncated', os.fstat(fd).st_size)
+os.close(fd)
+print('c exists', os.path.exists('c'))
+with open('d/f', 'a') as f: f.write('1')
+os.rename('d', 'e')                               # a merged directory (a redirect)
+show('e/f', 'e/f')
+with open('e/f', 'a') as f: f.write('2')
+show('e/f', 'e/f')
+os.mkdir('g')
+with open('g/f', 'w') as f: f.write('golf')
+with open('g/f', 'a') as f: f.write('1')
+os.rename('g', 'h')                               # the directory: its files' paths change
+show('h/f', 'h/f')
+with open('h/f', 'a') as f: f.write('2')
+with open('h/f', 'a') as f: f.write('3')
+show('h/f', 'h/f')
+print('g/f exists', os.path.exists('g/f'))
+with open('new', 'w') as f: f.write('n')          # created: C opens it the next time
+with open('new', 'a') as f: f.write('1')
+os.link('new', 'hard')
+with open('hard', 'a') as f: f.write('2')
+with open('new', 'a') as f: f.write('3')
+show('new', 'new'); show('hard', 'hard')
+print('hard nlink', os.stat('hard').st_nlink)
+os.rename('new', 'hard')
+show('hard after rename', 'hard')
+for n, text in [('p', 'papa'), ('q', 'quebec')]:
+    with open(n, 'w') as f: f.write(text)
+    with open(n, 'a') as f: f.write('+')
+os.rename('p', 't'); os.rename('q', 'p')          # each node's old name now holds another file
+show('t', 't'); show('p', 'p')
+print(sorted(os.listdir('.')))
+`
+
