@@ -978,19 +978,24 @@ static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// llNoCapsClear(session): forgets every node llNoCaps remembered
-static napi_value js_no_caps_clear(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  Session *s = session_arg(env, argv[0]);
-  if (!s) return NULL;
+// Drops every entry of one kind (KEY_NO_CAPS or KEY_OPENABLE), under the table's lock.
+static void drop_all_of_kind(Session *s, uint64_t kind) {
   pthread_rwlock_wrlock(&s->dlock);
   for (size_t i = 0; i < s->direct_cap; i++) {
     for (Direct **p = &s->direct[i]; *p; ) {
-      if (((*p)->key & KEY_NO_CAPS) && !((*p)->key & KEY_BY_NODE)) { Direct *d = *p; *p = d->next; free(d); s->direct_count--; }
+      uint64_t key = (*p)->key;
+      if ((key & kind) && !(key & KEY_BY_NODE)) { Direct *d = *p; *p = d->next; free(d->path); free(d); s->direct_count--; }
       else p = &(*p)->next;
     }
   }
   pthread_rwlock_unlock(&s->dlock);
+}
+
+// llNoCapsClear(session): forgets every node llNoCaps remembered
+static napi_value js_no_caps_clear(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (s) drop_all_of_kind(s, KEY_NO_CAPS);
   return NULL;
 }
 
@@ -1016,15 +1021,7 @@ static napi_value js_openable(napi_env env, napi_callback_info info) {
 static napi_value js_openable_clear(napi_env env, napi_callback_info info) {
   ARGS(1);
   Session *s = session_arg(env, argv[0]);
-  if (!s) return NULL;
-  pthread_rwlock_wrlock(&s->dlock);
-  for (size_t i = 0; i < s->direct_cap; i++) {
-    for (Direct **p = &s->direct[i]; *p; ) {
-      if ((*p)->key & KEY_OPENABLE) { Direct *d = *p; *p = d->next; free(d->path); free(d); s->direct_count--; }
-      else p = &(*p)->next;
-    }
-  }
-  pthread_rwlock_unlock(&s->dlock);
+  if (s) drop_all_of_kind(s, KEY_OPENABLE);
   return NULL;
 }
 

@@ -65,28 +65,36 @@ st = os.fstat(fd2); print("lower", st.st_nlink, st.st_size, os.pread(fd2, 5, 0))
 '
 `
 
+/**
+ * Runs `use` on kernel overlayfs over `lower` (with `kernelOptions`) and on layerfs over its tar,
+ * each with a fresh upper; its results, kernel first.
+ */
+async function onBoth(dir: string, lower: string, kernelOptions: readonly string[], use: (mnt: string) => Promise<string>): Promise<string[]> {
+  const tar = join(dir, 'lower.tar')
+  await must('tar', ['-C', lower, '-cf', tar, '.'])
+  const outputs: string[] = []
+  for (const kind of ['kernel', 'layerfs']) {
+    const upper = join(dir, `${kind}-u`)
+    const work = join(dir, `${kind}-w`)
+    await mkdir(upper)
+    await mkdir(work)
+    const m = kind === 'kernel' ? await mountKernelOverlay([lower], { upper, work, options: kernelOptions }) : await mountLayerfs([tar], { upper, work })
+    try {
+      outputs.push(await use(m.path))
+    } finally {
+      await m.unmount()
+    }
+  }
+  return outputs
+}
+
 describe('POSIX corners, as kernel overlayfs answers them', () => {
   it('touch -a, touch -m (utimensat with UTIME_OMIT), 256-byte names, paths near PATH_MAX', async () => {
     const dir = await tempDir('posix')
     const lower = join(dir, 'lower')
     await mkdir(lower)
     await writeFile(join(lower, 'lower'), 'l')
-    const tar = join(dir, 'lower.tar')
-    await must('tar', ['-C', lower, '-cf', tar, '.'])
-    const outputs: string[] = []
-    for (const kind of ['kernel', 'layerfs']) {
-      const upper = join(dir, `${kind}-u`)
-      const work = join(dir, `${kind}-w`)
-      await mkdir(upper)
-      await mkdir(work)
-      const m = kind === 'kernel' ? await mountKernelOverlay([lower], { upper, work }) : await mountLayerfs([tar], { upper, work })
-      try {
-        const r = await run('sh', ['-c', SCRIPT, 'sh', m.path])
-        outputs.push(r.stdout.replace(/^\/\S+ /gm, ''))
-      } finally {
-        await m.unmount()
-      }
-    }
+    const outputs = await onBoth(dir, lower, [], async (mnt) => (await run('sh', ['-c', SCRIPT, 'sh', mnt])).stdout.replace(/^\/\S+ /gm, ''))
     assert.equal(outputs[1], outputs[0])
     assert.match(outputs[0], /^1 touch x{256}$/m)
     assert.match(outputs[0], /^0 touch y{255}$/m)
@@ -101,24 +109,12 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     const lower = join(dir, 'lower')
     await mkdir(join(lower, 'd'), { recursive: true })
     for (const [name, text] of [['a', 'alpha'], ['b', 'bravo'], ['d/f', 'foxtrot'], ['c', 'charlie']]) await writeFile(join(lower, name), text)
-    const tar = join(dir, 'lower.tar')
-    await must('tar', ['-C', lower, '-cf', tar, '.'])
-    const outputs: string[] = []
-    for (const kind of ['kernel', 'layerfs']) {
-      const upper = join(dir, `${kind}-u`)
-      const work = join(dir, `${kind}-w`)
-      await mkdir(upper)
-      await mkdir(work)
-      // layerfs renames a merged directory as kernel overlayfs does with redirect_dir=on
-      const m = kind === 'kernel' ? await mountKernelOverlay([lower], { upper, work, options: ['redirect_dir=on'] }) : await mountLayerfs([tar], { upper, work })
-      try {
-        const r = await run('python3', ['-c', REOPEN, m.path])
-        assert.equal(r.code, 0, r.stderr)
-        outputs.push(r.stdout)
-      } finally {
-        await m.unmount()
-      }
-    }
+    // layerfs renames a merged directory as kernel overlayfs does with redirect_dir=on
+    const outputs = await onBoth(dir, lower, ['redirect_dir=on'], async (mnt) => {
+      const r = await run('python3', ['-c', REOPEN, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
     assert.equal(outputs[1], outputs[0])
     assert.match(outputs[0], /^a after rename: bravo\+$/m)
   })
