@@ -59,13 +59,15 @@ typedef struct {
   int read_only;
   atomic_int enosys_open, enosys_opendir;
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
+  // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
+  int init_on_reader, init_no_opendir, init_no_open;
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_OPENDIR = 27 };
+enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -289,6 +291,11 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   Session *s = userdata;
   atomic_store(&s->enosys_open, s->read_only && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT));
   atomic_store(&s->enosys_opendir, s->read_only && (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT));
+  if (s->init_on_reader) { // no JS on this thread: on_queued tells it
+    s->init_no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0;
+    s->init_no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0;
+    return;
+  }
   enter_js(s);
   dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0),
     num(s->env, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0), NULL);
@@ -600,10 +607,21 @@ static void *reader_main(void *arg) {
     if (res == -EINTR || res == -EAGAIN) continue;
     if (res <= 0) break; // ENODEV: unmounted
     if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
-    Queued *q = malloc(sizeof *q + (size_t)res);
+    // INIT answered here: the kernel holds every request until it is, and Node's thread may be busy
+    // (a daemon just mounted sets up its control socket and record: 0.5-4 ms after a cold cache).
+    // JS learns what it needs from an empty entry queued after it, before any later request.
+    int init = !(buf.flags & FUSE_BUF_IS_FD) && (size_t)res >= sizeof(struct kernel_in_header)
+      && ((const struct kernel_in_header *)buf.mem)->opcode == KERNEL_FUSE_INIT;
+    if (init) {
+      s->init_on_reader = 1;
+      fuse_session_process_buf(s->se, &buf);
+      s->init_on_reader = 0;
+    }
+    size_t qlen = init ? 0 : (size_t)res;
+    Queued *q = malloc(sizeof *q + qlen);
     if (!q) continue;
-    q->next = NULL; q->len = (size_t)res;
-    memcpy(q->data, buf.mem, (size_t)res);
+    q->next = NULL; q->len = qlen;
+    memcpy(q->data, buf.mem, qlen);
     pthread_mutex_lock(&s->qlock);
     if (s->qtail) s->qtail->next = q; else s->qhead = q;
     s->qtail = q;
@@ -628,7 +646,10 @@ static void on_queued(uv_async_t *handle) {
     if (!q) break;
     while (q) {
       Queued *next = q->next;
-      if (s->se && !s->ended) {
+      if (s->se && !s->ended && q->len == 0) { // INIT, answered on the reader thread
+        enter_js(s);
+        dispatch_to(s, NULL, OP_INIT, 0, num(s->env, s->init_no_opendir), num(s->env, s->init_no_open), NULL);
+      } else if (s->se && !s->ended) {
         struct fuse_buf b = { .size = q->len, .flags = 0, .mem = q->data };
         fuse_session_process_buf(s->se, &b);
       }
