@@ -150,14 +150,15 @@ async function runDaemon(encoded: string): Promise<void> {
   try {
     const { serve } = await import('./serve')
     const tty = /^tty:(\d+)$/.exec(process.env.LAYERFS_PROGRESS ?? '')
-    served = await serve(req, hooksFor(tty !== null, req.quiet, tty ? Number(tty[1]) : 80))
+    const hooks = hooksFor(tty !== null, req.quiet, tty ? Number(tty[1]) : 80)
+    hooks.mounted = async () => tell({ ready: true }) // the mount is live: its launcher returns
+    served = await serve(req, hooks)
   } catch (err) {
     tell({ error: errorLine(err) })
     log.cli('%s', (err as Error)?.stack)
     process.exit(1)
   }
   logTo(req.logFile)
-  tell({ ready: true })
   onServed(served)
   startStandby(DAEMON_V8_FLAGS)
   await served.ended
@@ -297,6 +298,8 @@ async function tree(mountpoint: string): Promise<void> {
 
 async function stats(mountpoint: string, json: boolean): Promise<void> {
   const real = await realpath(mountpoint).catch(() => mountpoint)
+  const m = await mountAt(real)
+  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
   let st: StatsReport
   try {
     st = await ask<StatsReport>(real, { op: 'stats' })
@@ -381,7 +384,12 @@ async function unmount(mountpoint: string): Promise<void> {
   }
   const m = await mountAt(real)
   if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
-  const rec = await readRecord(real)
+  // a daemon writes its record just after its mount is live (serve.ts): wait for it a moment
+  let rec = await readRecord(real)
+  for (let i = 0; !rec && i < 40; i++) {
+    await new Promise((r) => setTimeout(r, 25))
+    rec = await readRecord(real)
+  }
   try {
     if (process.getuid?.() === 0) await run('umount', [real])
     else await run('fusermount', ['-u', real]).catch(() => run('fusermount3', ['-u', real]))

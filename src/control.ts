@@ -57,8 +57,25 @@ export async function listen(mountpoint: string, handle: ControlHandler): Promis
   return server
 }
 
+/** A daemon sets up its socket just after its mount is live (serve.ts): one missing is waited for this long. */
+const SOCKET_PATIENCE_MS = 1000
+
 /** Sends one request to the daemon serving `mountpoint`. */
-export function ask<T>(mountpoint: string, req: ControlRequest): Promise<T> {
+export async function ask<T>(mountpoint: string, req: ControlRequest): Promise<T> {
+  for (let waited = 0; ; waited += 25) {
+    try {
+      return await askOnce<T>(mountpoint, req)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || waited >= SOCKET_PATIENCE_MS) {
+        throw new Error(code === 'ENOENT' || code === 'ECONNREFUSED' ? 'no layerfs daemon answers for this mountpoint' : (err as Error).message)
+      }
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+}
+
+function askOnce<T>(mountpoint: string, req: ControlRequest): Promise<T> {
   return new Promise((resolve, reject) => {
     const sock = createConnection(socketPath(mountpoint))
     let buf = ''
@@ -74,7 +91,6 @@ export function ask<T>(mountpoint: string, req: ControlRequest): Promise<T> {
         reject(new Error('no answer from the daemon'))
       }
     })
-    sock.on('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'no layerfs daemon answers for this mountpoint' : err.message)))
+    sock.on('error', reject)
   })
 }

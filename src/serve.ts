@@ -20,13 +20,15 @@ import { imageLayers } from './image/image'
 import { describeRef } from './image/reference'
 import { sys } from './sys'
 
+/** How long after telling its launcher a daemon sets up its control files. */
+const CONTROL_DELAY_MS = 20
+
 export interface ServeHooks {
   /** A progress bar for one long step. */
   progress(label: string): Progress
   /**
-   * Called once the mount is live, before the control socket and the record are set up (~0.5 ms
-   * that a waiting launcher need not wait for: every client of those starts Node first, ~40 ms).
-   * Once it was called, serve() no longer fails: a control file that cannot be made is logged.
+   * Called once the mount is live; the control socket and the record then follow CONTROL_DELAY_MS
+   * later (see serve). Once it was called, serve() no longer fails.
    */
   mounted?(): Promise<void>
 }
@@ -156,13 +158,10 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   const stats = new Stats(fs, mountpoint, () => fuse.directReads?.() ?? null)
   let control: Awaited<ReturnType<typeof listen>> | null = null
   let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
-  let told = false
-  try {
-    if (hooks.mounted) {
-      told = true
-      await hooks.mounted()
-    }
-    control = await listen(mountpoint, async (creq) => {
+  let stopping = false
+  /** The control socket, the mount's id and the record: what `layerfs stats|tree|umount` find it by. */
+  const setUpControl = async (): Promise<void> => {
+    const server = await listen(mountpoint, async (creq) => {
       if (creq.op === 'which') {
         const layers = await Promise.all(creq.paths.map(async (p) => {
           const r = await union.resolve(p)
@@ -172,23 +171,40 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       }
       return stats.report()
     })
+    if (stopping) { // unmounted meanwhile: cleanUp has run
+      server.close()
+      await rm(socketPath(mountpoint), { force: true })
+      return
+    }
+    control = server
     mine = mountsNow().filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
     writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
-  } catch (err) {
-    // the launcher was told it is mounted: it stays, served (`umount` ends it; stats cannot ask)
-    if (told) log.mount('%s: cannot set up the control files: %s', mountpoint, (err as Error).message)
-    else {
+    log.mount('%s: control socket and record set up (mount id %s)', mountpoint, mine?.id)
+  }
+  log.mount('mounted %s over %d layers%s', mountpoint, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
+  if (hooks.mounted) {
+    // told at once; the control files a little later, once the first requests are likely served:
+    // they are files in the runtime dir, 0.5 ms of this thread, ~2 ms after a cold cache (/run may
+    // be on disk), and every request waits meanwhile. Their clients start Node first (~40 ms) and
+    // wait for them a while (control.ts ask, cli.ts umount). Past this point serve() does not fail:
+    // a control file that cannot be made is logged, and the mount stays served.
+    await hooks.mounted()
+    setTimeout(() => {
+      if (!stopping) setUpControl().catch((err: Error) => log.mount('%s: cannot set up the control files: %s', mountpoint, err.message))
+    }, CONTROL_DELAY_MS)
+  } else {
+    try {
+      await setUpControl()
+    } catch (err) {
       // never leave a mount behind that nobody serves
       await fuse.unmount().catch(() => undefined)
       await fs.close().catch(() => undefined)
       throw new UserError(`${mountpoint}: cannot set up the daemon's control files: ${(err as Error).message}`)
     }
   }
-  log.mount('mounted %s (mount id %s) over %d layers%s', mountpoint, mine?.id, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
 
   let finish!: () => void
   const ended = new Promise<void>((resolve) => (finish = resolve))
-  let stopping = false
   const cleanUp = async (): Promise<void> => {
     clearInterval(watch)
     if (req.statsFile) {
@@ -211,7 +227,8 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   }
   const watch = setInterval(() => {
     mounts().then((all) => {
-      if (stopping || !mine || all.some((m) => m.id === mine.id)) return
+      const id = mine?.id
+      if (stopping || id === undefined || all.some((m) => m.id === id)) return
       stopping = true
       log.mount('%s was unmounted', mountpoint)
       void cleanUp()
