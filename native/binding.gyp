@@ -1,4 +1,5 @@
 {
+  "variables": { "static_launcher%": 1 },
   "targets": [{
     "target_name": "layerfs_sys",
     "sources": ["layerfs_sys.c", "gzip_access.c", "index_map.c"],
@@ -14,6 +15,7 @@
     "target_name": "layerfs-launch",
     "type": "executable",
     "sources": ["launch.c"],
-    "cflags": ["-O2", "-Wall", "-Wextra"]
+    "cflags": ["-O2", "-Wall", "-Wextra"],
+    "conditions": [["static_launcher==1", { "ldflags": ["-static"] }]]
   }]
 }

@@ -20,7 +20,11 @@ launcher=native/build/Release/layerfs-launch
 stale=0
 for src in native/*.c native/binding.gyp; do [[ -f $addon && -f $fuse_addon && -f $launcher && ! $src -nt $addon && ! $src -nt $fuse_addon && ! $src -nt $launcher ]] || stale=1; done
 if ((stale)); then
-  ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
+  # the launcher static where the C library allows it: it starts in ~0.39 ms against ~0.52 linked
+  # dynamically, and it runs for every mount (native-notes/fuse-lowlevel.md)
+  static=0
+  echo 'int main(void){return 0;}' | cc -x c - -static -o /dev/null 2>/dev/null && static=1
+  ( cd native && node "$gyp" rebuild ${nodedir:+--nodedir="$nodedir"} -- -Dstatic_launcher=$static >build.log 2>&1 ) || { cat native/build.log >&2; exit 1; }
 fi
 
 if [[ -f $stamp && $(cat "$stamp") == "$want" && -f $dir/build/Release/fuse.node ]]; then exit 0; fi
