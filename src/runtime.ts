@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { accessSync, constants as FS, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
+import { createConnection } from 'node:net'
 import { join } from 'node:path'
 import { cacheDir } from './cache-dir'
 
@@ -95,7 +96,14 @@ export async function isRunning(pid: number): Promise<boolean> {
  */
 export async function pruneDeadRecords(): Promise<number> {
   let removed = 0
-  for (const name of await readdir(runtimeDir()).catch(() => [] as string[])) {
+  const names = await readdir(runtimeDir()).catch(() => [] as string[])
+  const records = new Set(names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -'.json'.length)))
+  for (const name of names) {
+    // a control socket without a record that nobody listens on (a daemon killed while setting up)
+    if (name.endsWith('.sock') && !records.has(name.slice(0, -'.sock'.length)) && !(await listening(join(runtimeDir(), name)))) {
+      await rm(join(runtimeDir(), name), { force: true })
+      removed++
+    }
     if (!name.endsWith('.json')) continue
     const file = join(runtimeDir(), name)
     let rec: MountRecord
@@ -110,6 +118,15 @@ export async function pruneDeadRecords(): Promise<number> {
     removed++
   }
   return removed
+}
+
+/** Whether a daemon accepts connections on the unix socket at `path`. */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createConnection(path)
+    sock.on('connect', () => { sock.destroy(); resolve(true) })
+    sock.on('error', () => resolve(false))
+  })
 }
 
 export interface MountInfo {

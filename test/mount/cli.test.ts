@@ -161,22 +161,29 @@ describe('mounting and unmounting', () => {
   })
 
   it("a daemon killed outright leaves a record; the next mount's daemon removes it, not a live one's", async () => {
+    // a daemon writes its record just after its mount is live (serve.ts): wait for the pid's
+    const recordOf = async (pid: number): Promise<string | undefined> =>
+      (await readdir(runtimeDir())).find((n) => n.endsWith('.json') && recordPid(n) === pid)
     const a = await freshMountpoint()
     await must(LAYERFS, ['mount', '-o', `lowerdir=${good}`, a], { env })
-    const live = await readdir(runtimeDir())
     const [pid] = await daemonsFor(a)
+    assert.ok(await waitFor(async () => (await recordOf(pid)) !== undefined), 'the daemon wrote its record')
+    const stale = (await recordOf(pid))!
     process.kill(pid, 'SIGKILL')
     assert.ok(await waitFor(async () => !(await isRunning(pid))), 'killed')
     await run('umount', ['-l', a]) // its mount, left without a daemon
-    const stale = (await readdir(runtimeDir())).filter((n) => n.endsWith('.json') && live.includes(n))
+    // and a control socket nobody listens on, without a record (a daemon killed while setting up)
+    const orphan = join(runtimeDir(), 'orphan-test.sock')
+    await must('python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', orphan])
     const b = await freshMountpoint()
     await must(LAYERFS, ['mount', '-o', `lowerdir=${good}`, b], { env })
-    const mine = (await readdir(runtimeDir())).filter((n) => n.endsWith('.json') && !live.includes(n))
-    assert.ok(await waitFor(async () => {
-      const now = await readdir(runtimeDir())
-      return !stale.some((n) => now.includes(n) && recordPid(n) === pid)
-    }, 8000), 'the dead daemon\'s record is gone')
-    assert.ok(mine.every((n) => existsSync(join(runtimeDir(), n))), 'the live daemon\'s record stays')
+    const [live] = await daemonsFor(b)
+    assert.ok(await waitFor(async () => (await recordOf(live)) !== undefined), 'the live daemon wrote its record')
+    const mine = (await recordOf(live))!
+    assert.ok(await waitFor(async () => !existsSync(join(runtimeDir(), stale)) && !existsSync(orphan), 8000),
+      'the dead daemon\'s record and the orphan socket are gone')
+    assert.ok(existsSync(join(runtimeDir(), mine)), 'the live daemon\'s record stays')
+    assert.ok(existsSync(join(runtimeDir(), mine.replace(/\.json$/, '.sock'))), 'and its socket')
     await must(LAYERFS, ['umount', b])
   })
 
