@@ -219,6 +219,9 @@ function largeFileRows(): void {
     try {
       for (const [name, bytes] of sizes) {
         const label = name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
+        // no dirty backlog from the previous system's gigabyte: whoever wrote next was throttled
+        // (balance_dirty_pages), and a 1 GiB copy-up swung from 0.3 to 1.3 s with the order
+        sh('sync')
         record(`copyup-${name}`, `copy-up of a ${label} lower file (first 1-byte append)`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
         record(`write2-${name}`, `second 1-byte append to the ${label} file`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
       }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LAYERFS, REPO, must, removeTemps, run, tempDir } from '../support/run'
-import { testCache } from '../support/mounts'
+import { testCache, unmountAll } from '../support/mounts'
 import { freshMountpoint, mountedAt, waitFor } from '../support/cli'
 import { isRunning } from '../../src/runtime'
 
@@ -72,6 +72,7 @@ before(async () => {
 
 after(async () => {
   for (const m of mounted) if (await mountedAt(m)) await run(LAYERFS, ['umount', m], { env })
+  await unmountAll() // any other mountpoint a failed test left mounted
   await stopStandby()
   for (const pid of await standbys()) await run('kill', [String(pid)])
   await removeTemps()

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LAYERFS, run, tempDir } from './run'
+import { trackMountpoint } from './mounts'
 
 // What the command line tests check after every failure: one line on stderr, no stack trace, a
 // non-zero exit, nothing mounted, no daemon left.
@@ -47,5 +48,6 @@ export async function expectFailure(args: string[], mnt: string, pattern: RegExp
 export async function freshMountpoint(): Promise<string> {
   const mnt = join(await tempDir('cli-mnt'), 'm')
   await mkdir(mnt)
+  trackMountpoint(mnt) // unmounted at the end even if the test fails before it does
   return mnt
 }

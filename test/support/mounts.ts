@@ -20,6 +20,16 @@ async function mountedAt(path: string): Promise<boolean> {
 }
 
 /**
+ * A mountpoint a test mounts on by itself (through the command line): whatever is still mounted
+ * there when the file's tests end is unmounted by unmountAll(), even after a failure.
+ */
+export function trackMountpoint(path: string): void {
+  live.set(path, async () => {
+    for (let i = 0; i < 5 && (await mountedAt(path)); i++) await run('umount', ['-l', path])
+  })
+}
+
+/**
  * An index cache of its own for each test process, so no test reads another's. Kept until the
  * process exits (daemons may still be writing to it when a test's temporaries are removed).
  */
