@@ -277,6 +277,12 @@ static void dispatch4(fuse_req_t req, int op, fuse_ino_t ino, napi_value a, napi
 static napi_value num(napi_env env, double v) { napi_value r; napi_create_double(env, v, &r); return r; }
 static napi_value latin1(napi_env env, const char *s) { napi_value r; napi_create_string_latin1(env, s, NAPI_AUTO_LENGTH, &r); return r; }
 
+// What INIT learnt, told to JS (on Node's thread).
+static void tell_js_init(Session *s) {
+  enter_js(s);
+  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, s->init_no_opendir), num(s->env, s->init_no_open), NULL);
+}
+
 static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   // READDIRPLUS always (a walk then needs no LOOKUP per entry); symlinks and listings cached
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
@@ -289,16 +295,11 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_write = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
-  atomic_store(&s->enosys_open, s->read_only && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT));
-  atomic_store(&s->enosys_opendir, s->read_only && (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT));
-  if (s->init_on_reader) { // no JS on this thread: on_queued tells it
-    s->init_no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0;
-    s->init_no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0;
-    return;
-  }
-  enter_js(s);
-  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0),
-    num(s->env, (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0), NULL);
+  s->init_no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0;
+  s->init_no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0;
+  atomic_store(&s->enosys_open, s->read_only && s->init_no_open);
+  atomic_store(&s->enosys_opendir, s->read_only && s->init_no_opendir);
+  if (!s->init_on_reader) tell_js_init(s); // else no JS on this thread: on_queued tells it
 }
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
@@ -497,6 +498,12 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
 
 // ---------------------------------------------------------------- the reader thread
 
+// A reply that is only a status (0 or -errno), written to /dev/fuse from the reader thread.
+static void reply_status(Session *s, uint64_t unique, int32_t error) {
+  struct kernel_out_header out = { sizeof out, error, unique };
+  while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+}
+
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
 // then answered here too. 1 if answered; 0 to leave it to JS (not openable, or the open failed:
 // JS then opens it, or says why not).
@@ -541,8 +548,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
       || (in->opcode == KERNEL_FUSE_OPENDIR && atomic_load(&s->enosys_opendir))) {
     // nothing to do at close (ll_flush), nor to open on a read-only mount that need not (see
     // ll_init): ENOSYS here, without waking Node's thread
-    struct kernel_out_header out = { sizeof out, -ENOSYS, in->unique };
-    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    reply_status(s, in->unique, -ENOSYS);
     return 1;
   }
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) return open_native(s, in, (const void *)(msg + sizeof *in));
@@ -555,16 +561,14 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     direct_drop(s, rel->fh);
     pthread_rwlock_unlock(&s->dlock);
     if (fd >= 0) close(fd);
-    struct kernel_out_header out = { sizeof out, 0, in->unique };
-    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    reply_status(s, in->unique, 0);
     return 1;
   }
   if (in->opcode == KERNEL_FUSE_GETXATTR && len >= sizeof *in + 8 + sizeof "security.capability"
       && memcmp(msg + sizeof *in + 8, "security.capability", sizeof "security.capability") == 0) {
     // the kernel's check before each write(2): answered here for a node known to have none
     if (!known_without_caps(s, in->nodeid)) return 0;
-    struct kernel_out_header out = { sizeof out, -ENODATA, in->unique };
-    while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
+    reply_status(s, in->unique, -ENODATA);
     return 1;
   }
   if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || len < sizeof *in + sizeof(struct kernel_rw_in)) return 0;
@@ -646,10 +650,8 @@ static void on_queued(uv_async_t *handle) {
     if (!q) break;
     while (q) {
       Queued *next = q->next;
-      if (s->se && !s->ended && q->len == 0) { // INIT, answered on the reader thread
-        enter_js(s);
-        dispatch_to(s, NULL, OP_INIT, 0, num(s->env, s->init_no_opendir), num(s->env, s->init_no_open), NULL);
-      } else if (s->se && !s->ended) {
+      if (s->se && !s->ended && q->len == 0) tell_js_init(s); // INIT, answered on the reader thread
+      else if (s->se && !s->ended) {
         struct fuse_buf b = { .size = q->len, .flags = 0, .mem = q->data };
         fuse_session_process_buf(s->se, &b);
       }

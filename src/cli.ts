@@ -6,7 +6,7 @@ import { UserError } from './errors'
 import { parseArgs, type MountRequest } from './options'
 import type { ServeHooks, Served } from './serve'
 import { silentProgress, terminalProgress } from './progress'
-import { isRunning, mountAt, readRecord } from './runtime'
+import { awaitControlFile, isRunning, mountAt, readRecord } from './runtime'
 import { ask, type WhichAnswer } from './control'
 import type { StatsReport } from './stats'
 import { displayPath } from './paths'
@@ -266,11 +266,16 @@ function modeString(mode: number): string {
     + rwx(mode >> 3, (mode & 0o2000) !== 0, 's') + rwx(mode, (mode & 0o1000) !== 0, 't')
 }
 
+/** `real` (the resolved `mountpoint`) must be where a layerfs mount's root is. */
+async function mustBeLayerfsMount(real: string, mountpoint: string): Promise<void> {
+  const m = await mountAt(real)
+  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
+}
+
 /** Walks the mount (through FUSE, as any program would) and asks the daemon which layer serves each entry. */
 async function tree(mountpoint: string): Promise<void> {
   const real = await realpath(mountpoint).catch(() => mountpoint)
-  const m = await mountAt(real)
-  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
+  await mustBeLayerfsMount(real, mountpoint)
   const found: Array<{ path: string; mode: number; target: string | null }> = []
   const walk = async (rel: string): Promise<void> => {
     const abs = Buffer.concat([Buffer.from(real), Buffer.from(rel === '/' ? '' : rel, 'latin1')])
@@ -298,8 +303,7 @@ async function tree(mountpoint: string): Promise<void> {
 
 async function stats(mountpoint: string, json: boolean): Promise<void> {
   const real = await realpath(mountpoint).catch(() => mountpoint)
-  const m = await mountAt(real)
-  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
+  await mustBeLayerfsMount(real, mountpoint)
   let st: StatsReport
   try {
     st = await ask<StatsReport>(real, { op: 'stats' })
@@ -382,14 +386,9 @@ async function unmount(mountpoint: string): Promise<void> {
   } catch {
     throw new UserError(`${mountpoint}: no such directory`)
   }
-  const m = await mountAt(real)
-  if (!m || m.fstype !== 'fuse.layerfs') throw new UserError(`${mountpoint}: not a layerfs mount`)
-  // a daemon writes its record just after its mount is live (serve.ts): wait for it a moment
-  let rec = await readRecord(real)
-  for (let i = 0; !rec && i < 40; i++) {
-    await new Promise((r) => setTimeout(r, 25))
-    rec = await readRecord(real)
-  }
+  await mustBeLayerfsMount(real, mountpoint)
+  // a daemon writes its record just after its mount is live (serve.ts)
+  const rec = await awaitControlFile(() => readRecord(real))
   try {
     if (process.getuid?.() === 0) await run('umount', [real])
     else await run('fusermount', ['-u', real]).catch(() => run('fusermount3', ['-u', real]))

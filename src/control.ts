@@ -2,7 +2,7 @@ import { createServer, createConnection, type Server } from 'node:net'
 import { mkdirSync, rmSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
-import { runtimeDir } from './runtime'
+import { awaitControlFile, runtimeDir } from './runtime'
 import { log } from './log'
 
 // The daemon's control socket: the CLI asks a live mount what it serves (`layerfs tree`, `layerfs stats`).
@@ -57,22 +57,16 @@ export async function listen(mountpoint: string, handle: ControlHandler): Promis
   return server
 }
 
-/** A daemon sets up its socket just after its mount is live (serve.ts): one missing is waited for this long. */
-const SOCKET_PATIENCE_MS = 1000
-
 /** Sends one request to the daemon serving `mountpoint`. */
 export async function ask<T>(mountpoint: string, req: ControlRequest): Promise<T> {
-  for (let waited = 0; ; waited += 25) {
-    try {
-      return await askOnce<T>(mountpoint, req)
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || waited >= SOCKET_PATIENCE_MS) {
-        throw new Error(code === 'ENOENT' || code === 'ECONNREFUSED' ? 'no layerfs daemon answers for this mountpoint' : (err as Error).message)
-      }
-      await new Promise((r) => setTimeout(r, 25))
-    }
-  }
+  const missing = (err: unknown): boolean => ['ENOENT', 'ECONNREFUSED'].includes((err as NodeJS.ErrnoException).code ?? '')
+  // a socket not there yet is waited for (awaitControlFile); any other failure ends it at once
+  const answer = await awaitControlFile(() => askOnce<T>(mountpoint, req).then((a) => ({ a }), (err: unknown) => {
+    if (missing(err)) return null
+    throw err
+  }))
+  if (!answer) throw new Error('no layerfs daemon answers for this mountpoint')
+  return answer.a
 }
 
 function askOnce<T>(mountpoint: string, req: ControlRequest): Promise<T> {

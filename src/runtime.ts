@@ -68,6 +68,18 @@ export function writeRecord(rec: MountRecord): void {
   writeFileSync(recordPath(rec.mountpoint), JSON.stringify(rec) + '\n')
 }
 
+/**
+ * A daemon sets up its control socket and record just after its mount is live (serve.ts): what
+ * `find` looks for (null while missing) is asked for again for up to a second.
+ */
+export async function awaitControlFile<T>(find: () => Promise<T | null>): Promise<T | null> {
+  for (let waited = 0; ; waited += 25) {
+    const found = await find()
+    if (found !== null || waited >= 1000) return found
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
 export async function readRecord(mountpoint: string): Promise<MountRecord | null> {
   try {
     return JSON.parse(await readFile(recordPath(mountpoint), 'utf8')) as MountRecord

@@ -308,7 +308,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       atime: { sec: a[6], nsec: a[7] }, mtime: { sec: a[8], nsec: a[9] }, ctime: { sec: a[10], nsec: a[11] },
     }
   }
-  const nativeFile = async (fh: number, op: 1 | 2, arg: number): Promise<void> => {
+  /** On handle `fh`, C's or ours: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). */
+  const onHandle = async (fh: number, op: 1 | 2, arg: number): Promise<void> => {
+    if (fh < NATIVE_FH) return op === 1 ? fs.ftruncate(fh, arg) : fs.fsync(fh, arg !== 0)
     const err = ll.llNativeFile(session!, fh, op, arg)
     if (err) throw new FsError(err, op === 1 ? 'ftruncate failed' : 'fsync failed')
   }
@@ -493,11 +495,11 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           if (gone) {
             // unlinked while open: what its descriptor can do (ftruncate, whose time change comes with it)
             if (!(valid & SET.SIZE) || fh < 0 || (valid & (SET.MODE | SET.UID | SET.GID))) throw new FsError(Errno.ENOENT, 'no such file', nodes.path(ino))
-            await (fh >= NATIVE_FH ? nativeFile(fh, 1, size) : fs.ftruncate(fh, size))
+            await onHandle(fh, 1, size)
             return goneStat(ino, fh, gone)
           }
           const path = nodes.path(ino)
-          if (valid & SET.SIZE) await (fh >= NATIVE_FH ? nativeFile(fh, 1, size) : fh >= 0 ? fs.ftruncate(fh, size) : fs.truncate(path, size))
+          if (valid & SET.SIZE) await (fh >= 0 ? onHandle(fh, 1, size) : fs.truncate(path, size))
           if (valid & SET.MODE) await fs.chmod(path, mode & 0o7777)
           if (valid & (SET.UID | SET.GID)) await fs.chown(path, valid & SET.UID ? uid : 0xffffffff, valid & SET.GID ? gid : 0xffffffff)
           if (valid & (SET.ATIME | SET.MTIME)) {
@@ -550,7 +552,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         return handle(req, 'write', () => fs.write(a as number, buf, buf.length, c as number), (n) => ll.llReplyWrite(req, n))
       }
       case OP.FSYNC:
-        return change(req, 'fsync', () => ((a as number) >= NATIVE_FH ? nativeFile(a as number, 2, b as number) : fs.fsync(a as number, (b as number) !== 0)))
+        return change(req, 'fsync', () => onHandle(a as number, 2, b as number))
       case OP.SETXATTR:
         if ((a as string) === 'security.capability') ll.llNoCapsClear(session!)
         return change(req, 'setxattr', renaming(() => fs.setxattr(nodes.path(ino), a as string, b as Buffer, c as number)))
