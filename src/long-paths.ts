@@ -13,7 +13,7 @@ const O_DIRECTORY = 0o200000
 const SLASH = 0x2f
 
 export class PathScope {
-  private readonly fds: number[] = []
+  private fds: number[] | null = null // most scopes never need one
 
   /** `real` itself when it is short; else an equivalent path under /proc/self/fd that is. */
   short(real: Buffer): Buffer {
@@ -24,7 +24,7 @@ export class PathScope {
       const cut = rest.lastIndexOf(SLASH, CUT)
       if (cut <= 0) break // one component over 3000 bytes: cannot exist (NAME_MAX); let the call fail
       const fd = openSync(Buffer.concat([base, rest.subarray(0, cut)]), O_PATH | O_DIRECTORY)
-      this.fds.push(fd)
+      ;(this.fds ??= []).push(fd)
       base = Buffer.from(`/proc/self/fd/${fd}/`)
       rest = rest.subarray(cut + 1)
     }
@@ -32,6 +32,7 @@ export class PathScope {
   }
 
   close(): void {
+    if (!this.fds) return
     for (const fd of this.fds.splice(0)) closeSync(fd)
   }
 }

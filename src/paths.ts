@@ -53,7 +53,14 @@ export function displayPath(path: string): string {
   return Buffer.from(path, 'latin1').toString('utf8')
 }
 
-/** A byte-string path as Node's fs takes it. */
-export function fsPath(root: string, path: string): Buffer {
-  return Buffer.concat([Buffer.from(root, 'utf8'), Buffer.from(path === '/' ? '' : path, 'latin1')])
+/**
+ * A byte-string path as Node's fs takes it: `root` (a directory's path, as bytes) then `path`.
+ * On every lookup's way, several times: one allocation from Node's pool, no concatenation.
+ */
+export function fsPath(root: Buffer, path: string): Buffer {
+  if (path === '/') return root
+  const out = Buffer.allocUnsafe(root.length + path.length)
+  root.copy(out, 0)
+  out.write(path, root.length, 'latin1')
+  return out
 }

@@ -18,8 +18,12 @@ const NOTHING: LayerLookup = { entry: null, whiteout: false }
 export class DirLayer implements Layer {
   readonly kind = 'dir'
 
+  private readonly rootBytes: Buffer
+
   /** `ociMarkers`: whether `.wh.` files are whiteouts here (lowers: yes; an upper dir, kernel form only: no). */
-  private constructor(readonly source: string, private readonly root: string, private readonly ociMarkers: boolean) {}
+  private constructor(readonly source: string, root: string, private readonly ociMarkers: boolean) {
+    this.rootBytes = Buffer.from(root, 'utf8')
+  }
 
   static async open(source: string, opts: { ociMarkers?: boolean } = {}): Promise<DirLayer> {
     let st
@@ -34,31 +38,40 @@ export class DirLayer implements Layer {
 
   /** The on-disk path, reachable past PATH_MAX through the scope of the call. */
   private real(scope: PathScope, path: string): Buffer {
-    return scope.short(fsPath(this.root, path))
+    return scope.short(fsPath(this.rootBytes, path))
   }
 
+  // The union's every lookup comes here for the upper and each directory layer: its body is
+  // synchronous (local lstats), in a plain try/finally rather than an async scope wrapper.
   async lookup(path: string): Promise<LayerLookup> {
-    return withScope(async (scope) => {
-      if (path === '/') {
-        const root = lstatOrNull(this.real(scope, '/'))
-        if (!root) throw new FsError(Errno.ENOENT, 'layer directory is gone', this.source)
-        return { entry: await this.entryAt(scope, '/', root), whiteout: false }
-      }
-      let ociWhiteout = false
-      if (this.ociMarkers) {
-        const slash = path.lastIndexOf('/')
-        if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
-        const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
-        ociWhiteout = lstatOrNull(this.real(scope, markerPath)) !== null
-      }
-      const st = lstatOrNull(this.real(scope, path))
-      if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
-      if (isWhiteoutDevice(st)) return { entry: null, whiteout: true }
-      return { entry: await this.entryAt(scope, path, st), whiteout: ociWhiteout }
-    })
+    const scope = new PathScope()
+    try {
+      return this.lookupIn(scope, path)
+    } finally {
+      scope.close()
+    }
   }
 
-  private async entryAt(scope: PathScope, path: string, st: Float64Array): Promise<Entry> {
+  private lookupIn(scope: PathScope, path: string): LayerLookup {
+    if (path === '/') {
+      const root = lstatOrNull(this.real(scope, '/'))
+      if (!root) throw new FsError(Errno.ENOENT, 'layer directory is gone', this.source)
+      return { entry: this.entryAt(scope, '/', root), whiteout: false }
+    }
+    let ociWhiteout = false
+    if (this.ociMarkers) {
+      const slash = path.lastIndexOf('/')
+      if (decodeMarker(path.slice(slash + 1))) return NOTHING // a marker itself is never an entry
+      const markerPath = path.slice(0, slash + 1) + OCI_WHITEOUT_PREFIX + path.slice(slash + 1)
+      ociWhiteout = lstatOrNull(this.real(scope, markerPath)) !== null
+    }
+    const st = lstatOrNull(this.real(scope, path))
+    if (!st) return ociWhiteout ? { entry: null, whiteout: true } : NOTHING
+    if (isWhiteoutDevice(st)) return { entry: null, whiteout: true }
+    return { entry: this.entryAt(scope, path, st), whiteout: ociWhiteout }
+  }
+
+  private entryAt(scope: PathScope, path: string, st: Float64Array): Entry {
     const mode = st[LSTAT.MODE]
     const kind = kindOfMode(mode)
     if (!kind) throw new FsError(Errno.EIO, 'unknown file type', path)
@@ -121,7 +134,7 @@ export class DirLayer implements Layer {
         whiteouts.add(name)
         return
       }
-      entries.set(name, await this.entryAt(scope, child, st))
+      entries.set(name, this.entryAt(scope, child, st))
     }))
     return { entries, whiteouts }
   }

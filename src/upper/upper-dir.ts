@@ -28,9 +28,16 @@ export class UpperDir {
   private tempCounter = 0
   private whiteoutTemplate: Buffer
 
+  private readonly upperBytes: Buffer
+
   private constructor(readonly upper: string, readonly work: string, readonly xattrs: XattrNamespace) {
     this.whiteoutTemplate = Buffer.from(join(this.tempDir, 'whiteout'))
+    this.upperBytes = Buffer.from(upper, 'utf8')
+    this.tempPrefix = join(this.tempDir, `#${process.pid}-`)
   }
+
+  /** What temp() names start with (one join, not one per copy-up). */
+  private readonly tempPrefix: string
 
   /** Where temporary entries are built before they are renamed into the upper (as the kernel's work/work). */
   get tempDir(): string {
@@ -74,7 +81,7 @@ export class UpperDir {
 
   /** The on-disk path of a merged path in the upper (reachable even past PATH_MAX inside a change). */
   real(path: string): Buffer {
-    const full = fsPath(this.upper, path)
+    const full = fsPath(this.upperBytes, path)
     return this.scope ? this.scope.short(full) : full
   }
 
@@ -92,7 +99,7 @@ export class UpperDir {
 
   /** A fresh name in the work dir for building an entry. */
   temp(): Buffer {
-    return Buffer.from(join(this.tempDir, `#${process.pid}-${++this.tempCounter}`))
+    return Buffer.from(this.tempPrefix + ++this.tempCounter)
   }
 
   xattrName(what: 'opaque' | 'redirect' | 'metacopy'): string {
