@@ -207,16 +207,18 @@ export function loadIndex(file: string, identity: IndexIdentity): LoadedIndex | 
   try {
     const loaded = decodeIndex(raw, identity, pre !== null)
     if (!loaded) log.index('index %s is stale or damaged; rebuilding', file)
-    else {
-      // its mtime says when it was last used, for `layerfs cache prune`
-      const now = new Date()
-      try { utimesSync(file, now, now) } catch { /* a read-only cache still serves */ }
-    }
+    else markUsed(file)
     return loaded
   } catch (err) {
     log.index('index %s unreadable (%s); rebuilding', file, (err as Error).message)
     return null
   }
+}
+
+/** An index file's mtime says when it was last used, for `layerfs cache prune`. */
+export function markUsed(file: string): void {
+  const now = new Date()
+  try { utimesSync(file, now, now) } catch { /* a read-only cache still serves */ }
 }
 
 /**

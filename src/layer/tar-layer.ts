@@ -1,4 +1,4 @@
-import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'node:fs'
+import { closeSync, openSync, read, readSync, realpathSync, fstatSync, statSync } from 'node:fs'
 import { close } from 'node:fs'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { shownXattrName, storedXattrName } from './layer'
@@ -6,19 +6,22 @@ import { TarIndexBuilder } from './tar-index-builder'
 import { FLAG_WHITEOUT, KIND_CODES, type DataLocation, type TarEntry, TarIndex } from './tar-index'
 import { FileScanInput, scanTar, type ScanInput } from './tar-scan'
 import { TarFormatError } from './tar-headers'
-import { indexPathFor, loadIndex, saveIndex, type ArchiveIdentity, type IndexIdentity, type IndexMeta } from './index-file'
+import { indexPathFor, loadIndex, markUsed, saveIndex, type ArchiveIdentity, type IndexIdentity, type IndexMeta, type LoadedIndex } from './index-file'
 import { formatOf, type LayerBlob } from './blob'
 import { CheckpointTable, GzipDataError, GzipReader, GzipScanInput } from './gzip-access'
 import { FsError, Errno, UserError } from '../errors'
 import { displayPath } from '../paths'
 import { log } from '../log'
 import { indexMap } from '../sys'
+import { cacheDir } from '../cache-dir'
 
 export interface TarLayerOptions {
   /** Reports indexing progress: bytes of the stored layer read out of its size. */
   onProgress?: (done: number, total: number) => void
   /** Whether to read and write the persisted index (default true). */
   persistIndex?: boolean
+  /** Whether an index this process loaded before for the same, unchanged archive is taken again (a daemon's mounts). */
+  reuseLoaded?: boolean
 }
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
@@ -33,6 +36,40 @@ const UNSUPPORTED: Record<string, string> = {
   zstd: 'zstd-compressed layers are not supported (a zstd layer is one frame: serving it in place would mean inflating from its start for every read); decompress it with `zstd -d` or use gzip',
   bzip2: 'bzip2-compressed layers are not supported (not an OCI layer format); decompress it with `bzip2 -d`',
   xz: 'xz-compressed layers are not supported (not an OCI layer format); decompress it with `xz -d`',
+}
+
+/**
+ * Indexes this process has loaded, by the archive they describe as fstat sees it (path, device,
+ * inode, size, mtime and ctime, with the blob's place and the cache dir): a daemon that serves
+ * mount after mount of the same layers (a standby given back after an unmount) opens each again
+ * without resolving its path, sampling and hashing its bytes, naming and checking its index file:
+ * ~0.2 ms of a mount's ~1 ms. Any later write to the archive changes its ctime (see where it is
+ * remembered), so a changed archive is never taken for the one remembered.
+ */
+interface LoadedLayer {
+  readonly identity: IndexIdentity
+  readonly indexFile: string
+  readonly loaded: LoadedIndex
+  touched: number
+  /** The index file as it was (inode and ctime): its bytes are mapped, so any change to it ends the reuse. */
+  file: string
+}
+const loadedLayers = new Map<string, LoadedLayer>()
+const LOADED_LAYERS_KEPT = 16
+const TOUCH_EVERY_MS = 3600_000
+
+function fileState(file: string): string {
+  const st = statSync(file, { bigint: true, throwIfNoEntry: false })
+  return st ? `${st.dev}:${st.ino}:${st.size}:${st.ctimeNs}` : 'gone'
+}
+
+function remember(key: string, layer: LoadedLayer): void {
+  loadedLayers.delete(key)
+  loadedLayers.set(key, layer) // most recent last
+  for (const old of loadedLayers.keys()) {
+    if (loadedLayers.size <= LOADED_LAYERS_KEPT) break
+    loadedLayers.delete(old)
+  }
 }
 
 /**
@@ -64,12 +101,37 @@ export class TarLayer implements Layer {
       const head = Buffer.alloc(8)
       const format = formatOf(head.subarray(0, readSync(fd, head, 0, Math.min(8, blob.length), blob.offset)))
       if (format !== 'tar' && format !== 'gzip') throw new UserError(`${name}: ${UNSUPPORTED[format]}`)
-      const real = realpathSync.native(path)
-      const whole = blob.offset === 0 && blob.length === Number(st.size)
-      const identity: IndexIdentity = blob.digest ? { digest: blob.digest } : identityOf(real, fd, st, blob.offset, blob.length)
       const persist = opts.persistIndex !== false
-      const indexFile = indexPathFor(blob.digest ? { digest: blob.digest } : whole ? real : `${real}@${blob.offset}+${blob.length}`)
-      let loaded = persist ? loadIndex(indexFile, identity) : null
+      const reuse = persist && opts.reuseLoaded === true
+      const key = reuse ? [path, blob.offset, blob.length, blob.digest ?? '', cacheDir(), st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].join('\0') : ''
+      // ... while its index file is there, unchanged: once pruned, the next mount indexes and saves
+      // it again; rewritten in place, its mapped bytes changed under us
+      let known = reuse ? loadedLayers.get(key) : undefined
+      if (known && known.file !== fileState(known.indexFile)) {
+        loadedLayers.delete(key)
+        known = undefined
+      }
+      let identity: IndexIdentity
+      let indexFile: string
+      let loaded: LoadedIndex | null
+      if (known) {
+        ;({ identity, indexFile, loaded } = known)
+        remember(key, known)
+        if (Date.now() - known.touched > TOUCH_EVERY_MS) {
+          markUsed(indexFile)
+          known.touched = Date.now()
+          known.file = fileState(indexFile)
+        }
+      } else {
+        const real = realpathSync.native(path)
+        const whole = blob.offset === 0 && blob.length === Number(st.size)
+        identity = blob.digest ? { digest: blob.digest } : identityOf(real, fd, st, blob.offset, blob.length)
+        indexFile = indexPathFor(blob.digest ? { digest: blob.digest } : whole ? real : `${real}@${blob.offset}+${blob.length}`)
+        loaded = persist ? loadIndex(indexFile, identity) : null
+        // an archive changed within the last second could change again within the same clock tick,
+        // keeping its ctime: only one older than that is remembered
+        if (reuse && loaded && BigInt(Date.now() - 1000) * 1_000_000n > st.ctimeNs) remember(key, { identity, indexFile, loaded, touched: Date.now(), file: fileState(indexFile) })
+      }
       if (loaded && loaded.meta.format !== format) loaded = null
       if (loaded && blob.diffId && loaded.meta.diffId && loaded.meta.diffId !== blob.diffId) {
         throw new UserError(`${name}: diff_id mismatch: the image config says ${blob.diffId}, the layer's tar is ${loaded.meta.diffId}`)

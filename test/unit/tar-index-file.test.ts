@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFile, readdir, stat, truncate, utimes, writeFile } from 'node:fs/promises'
+import { readFile, readdir, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TarLayer } from '../../src/layer/tar-layer'
 import { indexPathFor } from '../../src/layer/index-file'
@@ -27,6 +27,12 @@ after(async () => {
 
 async function open(): Promise<TarLayer> {
   const layer = await TarLayer.open(tar)
+  await layer.saved()
+  return layer
+}
+
+async function reopen(file: string): Promise<TarLayer> {
+  const layer = await TarLayer.open(file, { reuseLoaded: true })
   await layer.saved()
   return layer
 }
@@ -94,5 +100,52 @@ describe('persisted tar index', () => {
       await layer.close()
       assert.equal((await open()).fromCache, true, `${what}: the rebuilt index is good again`)
     }
+  })
+
+  it('in a daemon, is taken again from memory for the unchanged tar, never for a changed one nor once its file is gone', async () => {
+    const own = join(dir, 'reused.tar')
+    await must('tar', ['-C', join(dir, 'src'), '-cf', own, '.'])
+    const file = indexPathFor(await (await import('node:fs/promises')).realpath(own))
+    // only an archive whose last change is over a second old is remembered (its ctime then
+    // changes with any later write)
+    await new Promise((r) => setTimeout(r, 1100))
+    const first = await reopen(own) // built and saved: not remembered yet
+    await first.close()
+    const loaded = await reopen(own) // loaded from the file: remembered
+    assert.equal(loaded.fromCache, true)
+    await loaded.close()
+    const again = await reopen(own)
+    assert.equal(again.fromCache, true)
+    assert.equal(again.index, loaded.index, 'the very index loaded before')
+    assert.equal(await content(again, '/d/f'), 'one\n')
+    await again.close()
+    // the index file rewritten in place (its bytes are mapped): read again, found damaged, rebuilt
+    await writeFile(file, 'not an index at all')
+    const damaged = await reopen(own)
+    assert.equal(damaged.fromCache, false)
+    assert.notEqual(damaged.index, loaded.index)
+    assert.equal(await content(damaged, '/d/f'), 'one\n')
+    await damaged.close()
+    // the file gone (cache prune): indexed and saved again
+    await rm(file)
+    const pruned = await reopen(own)
+    assert.equal(pruned.fromCache, false)
+    await pruned.close()
+    assert.ok((await stat(file)).size > 100, 'saved again')
+    await new Promise((r) => setTimeout(r, 1100))
+    const remembered = await reopen(own)
+    assert.equal(remembered.fromCache, true)
+    await remembered.close()
+    assert.equal((await reopen(own)).index, remembered.index)
+    // same size, same mtime, other bytes: the ctime moved, so it is read afresh
+    const st = await stat(own)
+    const bytes = await readFile(own)
+    bytes.write('ONE\n', bytes.indexOf('one\n'))
+    await writeFile(own, bytes)
+    await utimes(own, st.atime, st.mtime)
+    const changed = await reopen(own)
+    assert.equal(changed.fromCache, false)
+    assert.equal(await content(changed, '/d/f'), 'ONE\n')
+    await changed.close()
   })
 })
