@@ -119,12 +119,19 @@ function buildIdentity(): string {
 /** Whether a launcher that would run `bootJs` would run this very build. */
 export function sameBuild(bootJs: string): boolean {
   try {
-    return realpathSync.native(bootJs) === (ownBootJs ??= realpathSync.native(BOOT_JS)) && buildIdentity() === BUILD
+    // the launcher names boot.js from its own /proc/self/exe: a name seen to be ours stays ours
+    // (one realpath less per mount); a rebuild changes this file, checked every time
+    if (bootJs !== knownBootJs) {
+      if (realpathSync.native(bootJs) !== (ownBootJs ??= realpathSync.native(BOOT_JS))) return false
+      knownBootJs = bootJs
+    }
+    return buildIdentity() === BUILD
   } catch {
     return false
   }
 }
 let ownBootJs: string | undefined
+let knownBootJs: string | undefined
 
 export function sameEnvironment(theirs: Map<string, string>): boolean {
   // a process's own environment is read once: a standby's does not change
@@ -201,7 +208,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest): Prom
           return
         }
         busy = true
-        sys.standbyPriority(false) // it serves at normal priority
+        sys.standbyPriority(false, true) // it serves at normal priority: this thread now, the others once mounted
         const out: StandbyReply = {
           write: (b) => { if (!sock.destroyed) sock.write(b) },
           end: (last) => new Promise<void>((done) => (sock.destroyed ? done() : sock.end(last, () => done()))),
@@ -215,6 +222,9 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest): Prom
           if (idle) clearTimeout(idle)
           server.close() // the name is free for the next standby
           if (what === 'stop') process.exit(0)
+          // the mount is live: the other threads too, a little later, when its first requests are
+          // likely served (this lists /proc/self/task: ~50 us of the thread that serves them)
+          setTimeout(() => sys.standbyPriority(false), 20).unref()
           resolve()
         }, (err: Error) => {
           log.cli('standby: %s', err.stack)

@@ -23,7 +23,7 @@ interface LayerfsSys {
   /** The uid of the process at the other end of unix socket `fd` (SO_PEERCRED), or -1. */
   peerUid(fd: number): number
   /** Every thread to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
-  standbyPriority(low: boolean): void
+  standbyPriority(low: boolean, thisThreadOnly?: boolean): void
   /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */
   mountRoot(path: Buffer): number
 }
