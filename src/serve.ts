@@ -89,7 +89,7 @@ export async function openLayer(path: string, hooks: ServeHooks, persistIndex = 
   }
   const bar = hooks.progress(`indexing ${path}`)
   try {
-    return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total), persistIndex })
+    return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total), persistIndex, reuseLoaded: true })
   } finally {
     bar.finish()
   }
@@ -104,7 +104,7 @@ export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'p
       for (const blob of blobs) {
         const bar = hooks.progress(`indexing ${blob.name}`)
         try {
-          layers.push(await TarLayer.open(blob, { onProgress: (done, total) => bar.update(done, total) }))
+          layers.push(await TarLayer.open(blob, { onProgress: (done, total) => bar.update(done, total), reuseLoaded: true }))
         } finally {
           bar.finish()
         }
