@@ -1,5 +1,5 @@
-import { constants as C } from 'node:fs'
-import { open, readdir, readlink, stat } from 'node:fs/promises'
+import { constants as C, statSync } from 'node:fs'
+import { open, readdir, readlink } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup } from './layer'
 import { kindOfMode, shownXattrName, storedXattrName } from './layer'
@@ -28,7 +28,7 @@ export class DirLayer implements Layer {
   static async open(source: string, opts: { ociMarkers?: boolean } = {}): Promise<DirLayer> {
     let st
     try {
-      st = await stat(source)
+      st = statSync(source) // a local directory: no thread-pool round trip while a mount waits
     } catch (err) {
       throw new UserError(`${source}: ${isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message}`)
     }

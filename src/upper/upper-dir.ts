@@ -1,5 +1,5 @@
-import { constants as C } from 'node:fs'
-import { link, lstat, mkdir, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/promises'
+import { constants as C, mkdirSync, rmSync, statSync } from 'node:fs'
+import { link, lstat, readdir, rename, rm, rmdir, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath } from '../paths'
@@ -49,24 +49,30 @@ export class UpperDir {
    * initial user namespace), else user.overlay.*: the form kernel overlayfs reads with -o userxattr.
    */
   static async open(upper: string, work: string, xattrs: XattrNamespace | 'auto'): Promise<UpperDir> {
-    for (const [what, dir] of [['upperdir', upper], ['workdir', work]] as const) {
+    // synchronous: local directories, and each thread-pool round trip cost a waiting mount ~0.1-0.3 ms
+    const [u, w] = ([['upperdir', upper], ['workdir', work]] as const).map(([what, dir]) => {
       let st
       try {
-        st = await stat(dir)
+        st = statSync(dir)
       } catch (err) {
         throw new UserError(`${what} ${dir}: ${isErrno(err, 'ENOENT') ? 'does not exist' : (err as Error).message}`)
       }
       if (!st.isDirectory()) throw new UserError(`${what} ${dir}: not a directory`)
-    }
-    const [u, w] = [await stat(upper), await stat(work)]
+      return st
+    })
     if (u.dev !== w.dev) throw new UserError(`upperdir and workdir must be on the same filesystem (${upper}, ${work})`)
     if (upper === work || work.startsWith(upper + '/') || upper.startsWith(work + '/')) {
       throw new UserError('upperdir and workdir must be separate directories, neither inside the other')
     }
     const tempDir = join(work, 'work')
     // leftovers of an interrupted copy-up are never visible: they only ever lived in the work dir
-    await rm(tempDir, { recursive: true, force: true })
-    await mkdir(tempDir, { mode: 0o700 })
+    try {
+      mkdirSync(tempDir, { mode: 0o700 })
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err
+      rmSync(tempDir, { recursive: true, force: true })
+      mkdirSync(tempDir, { mode: 0o700 })
+    }
     const dir = new UpperDir(upper, work, xattrs === 'auto' ? trustedWritable(tempDir) ? 'trusted' : 'user' : xattrs)
     try {
       sys.mknod(dir.whiteoutTemplate, C.S_IFCHR, 0, 0)
