@@ -27,6 +27,7 @@
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -177,14 +178,8 @@ int main(int argc, char **argv) {
   const char *off = getenv("LAYERFS_STANDBY");
   if ((off && strcmp(off, "0") == 0) || not_for_standby(argc, argv)) run_node();
 
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_un sa;
-  socklen_t salen = standby_address(&sa);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, salen) != 0) run_node();
-  struct ucred cred;
-  socklen_t clen = sizeof cred;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
-
+  // the whole request is made before the standby is woken, and sent in one write: it then reads it
+  // in one go (two writes could reach it as two reads, one more turn of its event loop)
   struct buf req = { 0 };
   put(&req, MAGIC, strlen(MAGIC));
   put(&req, boot, strlen(boot));
@@ -203,7 +198,25 @@ int main(int argc, char **argv) {
   put_num(&req, envc, 0);
   for (char **e = environ; *e; e++) put(&req, *e, strlen(*e));
   uint32_t len = (uint32_t)req.len;
-  if (write_all(fd, (char *)&len, 4) != 0 || write_all(fd, req.p, req.len) != 0) run_node();
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa;
+  socklen_t salen = standby_address(&sa);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, salen) != 0) run_node();
+  struct ucred cred;
+  socklen_t clen = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
+  struct iovec iov[2] = { { &len, 4 }, { req.p, req.len } };
+  ssize_t sent;
+  while ((sent = writev(fd, iov, 2)) < 0 && errno == EINTR) {}
+  if (sent < 0) run_node();
+  if ((size_t)sent < 4 + req.len) {
+    // a unix socket takes it whole unless it is larger than its buffer: the rest, as it goes
+    size_t done = (size_t)sent;
+    if (done < 4 && write_all(fd, (char *)&len + done, 4 - done) != 0) run_node();
+    size_t off = done < 4 ? 0 : done - 4;
+    if (write_all(fd, req.p + off, req.len - off) != 0) run_node();
+  }
 
   int said = 0; // whether anything reached the user: after that, declining is no longer possible
   char *next = NULL;
