@@ -52,15 +52,20 @@ interface LoadedLayer {
   readonly loaded: LoadedIndex
   touched: number
   /** The index file as it was (inode and ctime): its bytes are mapped, so any change to it ends the reuse. */
-  file: string
+  file: string | null
 }
 const loadedLayers = new Map<string, LoadedLayer>()
 const LOADED_LAYERS_KEPT = 16
 const TOUCH_EVERY_MS = 3600_000
 
-function fileState(file: string): string {
-  const st = statSync(file, { bigint: true, throwIfNoEntry: false })
-  return st ? `${st.dev}:${st.ino}:${st.size}:${st.ctimeNs}` : 'gone'
+/** What identifies an index file's bytes now; null when it is gone or cannot be looked at. */
+function fileState(file: string): string | null {
+  try {
+    const st = statSync(file, { bigint: true, throwIfNoEntry: false })
+    return st ? `${st.dev}:${st.ino}:${st.size}:${st.ctimeNs}` : null
+  } catch {
+    return null
+  }
 }
 
 function remember(key: string, layer: LoadedLayer): void {
@@ -107,7 +112,7 @@ export class TarLayer implements Layer {
       // ... while its index file is there, unchanged: once pruned, the next mount indexes and saves
       // it again; rewritten in place, its mapped bytes changed under us
       let known = reuse ? loadedLayers.get(key) : undefined
-      if (known && known.file !== fileState(known.indexFile)) {
+      if (known && (known.file === null || known.file !== fileState(known.indexFile))) {
         loadedLayers.delete(key)
         known = undefined
       }
