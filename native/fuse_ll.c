@@ -67,7 +67,7 @@ typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27 };
+enum { KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_STATX = 52 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -544,7 +544,10 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
 static int answer_direct(Session *s, const char *msg, size_t len) {
   const struct kernel_in_header *in = (const void *)msg;
-  if (in->opcode == KERNEL_FUSE_FLUSH || (in->opcode == KERNEL_FUSE_OPEN && atomic_load(&s->enosys_open))
+  // STATX (Linux 6.6+), which libfuse 3.14 does not know: the kernel asks it first for a stat(2)
+  // whose attributes it lacks, and after ENOSYS uses GETATTR for the rest of the mount. Answered
+  // here, a fresh mount's first `ls` or `stat` does not wait for Node's thread for it
+  if (in->opcode == KERNEL_FUSE_STATX || in->opcode == KERNEL_FUSE_FLUSH || (in->opcode == KERNEL_FUSE_OPEN && atomic_load(&s->enosys_open))
       || (in->opcode == KERNEL_FUSE_OPENDIR && atomic_load(&s->enosys_opendir))) {
     // nothing to do at close (ll_flush), nor to open on a read-only mount that need not (see
     // ll_init): ENOSYS here, without waking Node's thread
