@@ -108,9 +108,14 @@ function relevant(env: Map<string, string>): string {
 const BUILD = buildIdentity()
 
 function buildIdentity(): string {
+  // the compiled JS and the native modules: `make build` may replace only the latter, and a
+  // standby keeps the ones it loaded
+  const native = join(__dirname, '..', '..', 'native', 'build', 'Release')
   try {
-    const st = statSync(__filename)
-    return `${st.ino}:${st.mtimeMs}:${st.size}`
+    return [__filename, join(native, 'layerfs_fuse.node'), join(native, 'layerfs_sys.node')].map((f) => {
+      const st = statSync(f)
+      return `${st.ino}:${st.mtimeMs}:${st.size}`
+    }).join(' ')
   } catch {
     return ''
   }
