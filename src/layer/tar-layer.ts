@@ -1,4 +1,4 @@
-import { closeSync, openSync, read, readSync, realpathSync, fstatSync, statSync } from 'node:fs'
+import { closeSync, openSync, read, readSync, realpathSync, fstatSync } from 'node:fs'
 import { close } from 'node:fs'
 import type { DirListing, Entry, Layer, LayerFile, LayerLookup, Timestamp } from './layer'
 import { shownXattrName, storedXattrName } from './layer'
@@ -6,7 +6,8 @@ import { TarIndexBuilder } from './tar-index-builder'
 import { FLAG_WHITEOUT, KIND_CODES, type DataLocation, type TarEntry, TarIndex } from './tar-index'
 import { FileScanInput, scanTar, type ScanInput } from './tar-scan'
 import { TarFormatError } from './tar-headers'
-import { indexPathFor, loadIndex, markUsed, saveIndex, type ArchiveIdentity, type IndexIdentity, type IndexMeta, type LoadedIndex } from './index-file'
+import { indexPathFor, loadIndex, saveIndex, type ArchiveIdentity, type IndexIdentity, type IndexMeta, type LoadedIndex } from './index-file'
+import { findLoaded, rememberLoaded, type ArchiveKey } from './loaded-indexes'
 import { formatOf, type LayerBlob } from './blob'
 import { CheckpointTable, GzipDataError, GzipReader, GzipScanInput } from './gzip-access'
 import { FsError, Errno, UserError } from '../errors'
@@ -39,45 +40,6 @@ const UNSUPPORTED: Record<string, string> = {
 }
 
 /**
- * Indexes this process has loaded, by the archive they describe as fstat sees it (path, device,
- * inode, size, mtime and ctime, with the blob's place and the cache dir): a daemon that serves
- * mount after mount of the same layers (a standby given back after an unmount) opens each again
- * without resolving its path, sampling and hashing its bytes, naming and checking its index file:
- * ~0.2 ms of a mount's ~1 ms. Any later write to the archive changes its ctime (see where it is
- * remembered), so a changed archive is never taken for the one remembered.
- */
-interface LoadedLayer {
-  readonly identity: IndexIdentity
-  readonly indexFile: string
-  readonly loaded: LoadedIndex
-  touched: number
-  /** The index file as it was (inode and ctime): its bytes are mapped, so any change to it ends the reuse. */
-  file: string | null
-}
-const loadedLayers = new Map<string, LoadedLayer>()
-const LOADED_LAYERS_KEPT = 16
-const TOUCH_EVERY_MS = 3600_000
-
-/** What identifies an index file's bytes now; null when it is gone or cannot be looked at. */
-function fileState(file: string): string | null {
-  try {
-    const st = statSync(file, { bigint: true, throwIfNoEntry: false })
-    return st ? `${st.dev}:${st.ino}:${st.size}:${st.ctimeNs}` : null
-  } catch {
-    return null
-  }
-}
-
-function remember(key: string, layer: LoadedLayer): void {
-  loadedLayers.delete(key)
-  loadedLayers.set(key, layer) // most recent last
-  for (const old of loadedLayers.keys()) {
-    if (loadedLayers.size <= LOADED_LAYERS_KEPT) break
-    loadedLayers.delete(old)
-  }
-}
-
-/**
  * A tar layer served in place: an index of its members, then positional reads of their bytes,
  * straight from the file for a plain tar, through gzip checkpoints for a compressed one.
  */
@@ -107,35 +69,23 @@ export class TarLayer implements Layer {
       const format = formatOf(head.subarray(0, readSync(fd, head, 0, Math.min(8, blob.length), blob.offset)))
       if (format !== 'tar' && format !== 'gzip') throw new UserError(`${name}: ${UNSUPPORTED[format]}`)
       const persist = opts.persistIndex !== false
-      const reuse = persist && opts.reuseLoaded === true
-      const key = reuse ? [path, blob.offset, blob.length, blob.digest ?? '', cacheDir(), st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].join('\0') : ''
-      // ... while its index file is there, unchanged: once pruned, the next mount indexes and saves
-      // it again; rewritten in place, its mapped bytes changed under us
-      let known = reuse ? loadedLayers.get(key) : undefined
-      if (known && (known.file === null || known.file !== fileState(known.indexFile))) {
-        loadedLayers.delete(key)
-        known = undefined
-      }
+      // a daemon's next mount of the same unchanged archive takes the index it loaded (loaded-indexes.ts)
+      const archive: ArchiveKey | null = persist && opts.reuseLoaded === true
+        ? { path, offset: blob.offset, length: blob.length, digest: blob.digest, cacheDir: cacheDir(), st }
+        : null
+      const known = archive ? findLoaded(archive) : null
       let identity: IndexIdentity
       let indexFile: string
       let loaded: LoadedIndex | null
       if (known) {
         ;({ identity, indexFile, loaded } = known)
-        remember(key, known)
-        if (Date.now() - known.touched > TOUCH_EVERY_MS) {
-          markUsed(indexFile)
-          known.touched = Date.now()
-          known.file = fileState(indexFile)
-        }
       } else {
         const real = realpathSync.native(path)
         const whole = blob.offset === 0 && blob.length === Number(st.size)
         identity = blob.digest ? { digest: blob.digest } : identityOf(real, fd, st, blob.offset, blob.length)
         indexFile = indexPathFor(blob.digest ? { digest: blob.digest } : whole ? real : `${real}@${blob.offset}+${blob.length}`)
         loaded = persist ? loadIndex(indexFile, identity) : null
-        // an archive changed within the last second could change again within the same clock tick,
-        // keeping its ctime: only one older than that is remembered
-        if (reuse && loaded && BigInt(Date.now() - 1000) * 1_000_000n > st.ctimeNs) remember(key, { identity, indexFile, loaded, touched: Date.now(), file: fileState(indexFile) })
+        if (archive && loaded) rememberLoaded(archive, { identity, indexFile, loaded })
       }
       if (loaded && loaded.meta.format !== format) loaded = null
       if (loaded && blob.diffId && loaded.meta.diffId && loaded.meta.diffId !== blob.diffId) {
