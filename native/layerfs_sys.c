@@ -378,27 +378,27 @@ static napi_value js_mount_root(napi_env env, napi_callback_info info) {
 // idle, and nice 10 for root — or back to the defaults (raising nice again needs root). A standby
 // starts low and serves at normal priority: its own thread at once (two calls), the rest (a dozen
 // threads, listed from /proc: ~50 us) once the mount is live.
+static void set_thread_priority(pid_t tid, bool low) {
+  // IOPRIO_PRIO_VALUE(class, data) = class << 13 | data; class 2 = best effort, 3 = idle
+  syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, low ? (3 << 13) : (2 << 13) | 4);
+  if (geteuid() == 0) setpriority(PRIO_PROCESS, (id_t)tid, low ? 10 : 0);
+}
+
 static napi_value js_standby_priority(napi_env env, napi_callback_info info) {
   size_t argc = 2; napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   bool low = false, self_only = false;
   napi_get_value_bool(env, argv[0], &low);
   if (argc > 1) napi_get_value_bool(env, argv[1], &self_only);
-  // IOPRIO_PRIO_VALUE(class, data) = class << 13 | data; class 2 = best effort, 3 = idle
-  int ioprio = low ? (3 << 13) : (2 << 13) | 4;
   if (self_only) {
-    pid_t tid = (pid_t)syscall(SYS_gettid);
-    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, ioprio);
-    if (geteuid() == 0) setpriority(PRIO_PROCESS, (id_t)tid, low ? 10 : 0);
+    set_thread_priority((pid_t)syscall(SYS_gettid), low);
     return NULL;
   }
   DIR *d = opendir("/proc/self/task");
   if (!d) return NULL;
   for (struct dirent *e; (e = readdir(d)) != NULL;) {
     int tid = atoi(e->d_name);
-    if (tid <= 0) continue;
-    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, ioprio);
-    if (geteuid() == 0) setpriority(PRIO_PROCESS, (id_t)tid, low ? 10 : 0);
+    if (tid > 0) set_thread_priority(tid, low);
   }
   closedir(d);
   return NULL;
