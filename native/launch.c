@@ -27,7 +27,6 @@
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -180,7 +179,8 @@ int main(int argc, char **argv) {
 
   // the whole request is made before the standby is woken, and sent in one write: it then reads it
   // in one go (two writes could reach it as two reads, one more turn of its event loop)
-  struct buf req = { 0 };
+  struct buf req = { calloc(1, 4096), 4, 4096 }; // its first 4 bytes: the length, filled in below
+  if (!req.p) run_node();
   put(&req, MAGIC, strlen(MAGIC));
   put(&req, boot, strlen(boot));
   char cwd[4096];
@@ -197,7 +197,8 @@ int main(int argc, char **argv) {
   for (char **e = environ; *e; e++) envc++;
   put_num(&req, envc, 0);
   for (char **e = environ; *e; e++) put(&req, *e, strlen(*e));
-  uint32_t len = (uint32_t)req.len;
+  uint32_t len = (uint32_t)(req.len - 4);
+  memcpy(req.p, &len, 4);
 
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un sa;
@@ -206,17 +207,7 @@ int main(int argc, char **argv) {
   struct ucred cred;
   socklen_t clen = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
-  struct iovec iov[2] = { { &len, 4 }, { req.p, req.len } };
-  ssize_t sent;
-  while ((sent = writev(fd, iov, 2)) < 0 && errno == EINTR) {}
-  if (sent < 0) run_node();
-  if ((size_t)sent < 4 + req.len) {
-    // a unix socket takes it whole unless it is larger than its buffer: the rest, as it goes
-    size_t done = (size_t)sent;
-    if (done < 4 && write_all(fd, (char *)&len + done, 4 - done) != 0) run_node();
-    size_t off = done < 4 ? 0 : done - 4;
-    if (write_all(fd, req.p + off, req.len - off) != 0) run_node();
-  }
+  if (write_all(fd, req.p, req.len) != 0) run_node();
 
   int said = 0; // whether anything reached the user: after that, declining is no longer possible
   char *next = NULL;
