@@ -3,7 +3,7 @@ import { readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 
 import { join } from 'node:path'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { log } from './log'
-import { sys } from './sys'
+import { NATIVE_BUILD, sys } from './sys'
 import { preloadRecentIndexes } from './layer/index-file'
 
 // The standby: a daemon started ahead of need. Starting Node and loading layerfs takes ~140 ms of a
@@ -110,9 +110,8 @@ const BUILD = buildIdentity()
 function buildIdentity(): string {
   // the compiled JS and the native modules: `make build` may replace only the latter, and a
   // standby keeps the ones it loaded
-  const native = join(__dirname, '..', '..', 'native', 'build', 'Release')
   try {
-    return [__filename, join(native, 'layerfs_fuse.node'), join(native, 'layerfs_sys.node')].map((f) => {
+    return [__filename, join(NATIVE_BUILD, 'layerfs_fuse.node'), join(NATIVE_BUILD, 'layerfs_sys.node')].map((f) => {
       const st = statSync(f)
       return `${st.ino}:${st.mtimeMs}:${st.size}`
     }).join(' ')

@@ -22,7 +22,7 @@ interface LayerfsSys {
   copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number
   /** The uid of the process at the other end of unix socket `fd` (SO_PEERCRED), or -1. */
   peerUid(fd: number): number
-  /** Every thread to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
+  /** Every thread, or only the calling one, to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
   standbyPriority(low: boolean, thisThreadOnly?: boolean): void
   /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */
   mountRoot(path: Buffer): number
@@ -62,8 +62,11 @@ interface IndexMap {
   hash64(data: Buffer): Buffer
 }
 
+/** Where the native modules are built (layerfs_sys.node, layerfs_fuse.node). */
+export const NATIVE_BUILD = join(__dirname, '..', '..', 'native', 'build', 'Release')
+
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const addon = require(join(__dirname, '..', '..', 'native', 'build', 'Release', 'layerfs_sys.node')) as LayerfsSys & GzipAccess & IndexMap
+const addon = require(join(NATIVE_BUILD, 'layerfs_sys.node')) as LayerfsSys & GzipAccess & IndexMap
 export const sys: LayerfsSys = addon
 export const gz: GzipAccess = addon
 export const indexMap: IndexMap = addon

@@ -5,6 +5,7 @@ import type { Caller } from '../upper/upper'
 import { Errno, FsError, errnoOf } from '../errors'
 import { joinPath } from '../paths'
 import { log } from '../log'
+import { NATIVE_BUILD } from '../sys'
 import type { FuseMount, FuseMountOptions } from './adapter'
 
 // Mounts through our own binding of libfuse 3's low-level API (native/fuse_ll.c): the
@@ -58,7 +59,7 @@ interface LowLevel {
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const ll = require(join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'layerfs_fuse.node')) as LowLevel
+const ll = require(join(NATIVE_BUILD, 'layerfs_fuse.node')) as LowLevel
 
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 4, OPEN: 5, READ: 6, RELEASE: 7, OPENDIR: 8, READDIR: 9,
