@@ -178,9 +178,10 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       return
     }
     control = server
-    mine = mountsNow().filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
+    // the mount's id, for the fuse-native binding's watch of the mount table (ours needs none)
+    if (!lowLevel) mine = mountsNow().filter((m) => m.mountpoint === mountpoint && m.fstype === 'fuse.layerfs').pop()
     writeRecord({ pid: process.pid, mountpoint, lowers: req.image ? [describeRef(req.image)] : req.lowers, startedAt: new Date().toISOString() })
-    log.mount('%s: control socket and record set up (mount id %s)', mountpoint, mine?.id)
+    log.mount('%s: control socket and record set up', mountpoint)
   }
   log.mount('mounted %s over %d layers%s', mountpoint, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
   if (hooks.mounted) {
