@@ -37,6 +37,16 @@ export class PathScope {
   }
 }
 
+/** Runs synchronous `work` with a scope whose descriptors are closed when it returns or throws. */
+export function withScopeSync<T>(work: (scope: PathScope) => T): T {
+  const scope = new PathScope()
+  try {
+    return work(scope)
+  } finally {
+    scope.close()
+  }
+}
+
 /** Runs `work` with a scope whose descriptors are closed when it settles. */
 export async function withScope<T>(work: (scope: PathScope) => Promise<T>): Promise<T> {
   const scope = new PathScope()

@@ -6,7 +6,7 @@ import { kindOfMode, shownXattrName, storedXattrName } from './layer'
 import { OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OPAQUE_XATTRS, REDIRECT_XATTRS, METACOPY_XATTRS, decodeMarker, isOpaqueValue, isOverlayWhiteout } from './whiteout'
 import { Errno, FsError, UserError, errnoOf, isErrno } from '../errors'
 import { fsPath, joinPath } from '../paths'
-import { PathScope, withScope } from '../long-paths'
+import { PathScope, withScope, withScopeSync } from '../long-paths'
 import { LSTAT, OVERLAY_XATTR_BITS, sys } from '../sys'
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
@@ -42,14 +42,9 @@ export class DirLayer implements Layer {
   }
 
   // The union's every lookup comes here for the upper and each directory layer: its body is
-  // synchronous (local lstats), in a plain try/finally rather than an async scope wrapper.
+  // synchronous (local lstats), in a synchronous scope rather than an async one.
   async lookup(path: string): Promise<LayerLookup> {
-    const scope = new PathScope()
-    try {
-      return this.lookupIn(scope, path)
-    } finally {
-      scope.close()
-    }
+    return withScopeSync((scope) => this.lookupIn(scope, path))
   }
 
   private lookupIn(scope: PathScope, path: string): LayerLookup {
@@ -120,22 +115,22 @@ export class DirLayer implements Layer {
     }
     const entries = new Map<string, Entry>()
     const whiteouts = new Set<string>()
-    await Promise.all(names.map(async (raw) => {
+    for (const raw of names) {
       const name = raw.toString('latin1')
       const marker = this.ociMarkers ? decodeMarker(name) : null
       if (marker) {
         if (marker.type === 'whiteout') whiteouts.add(marker.name)
-        return
+        continue
       }
       const child = joinPath(path, name)
       const st = lstatOrNull(this.real(scope, child))
-      if (!st) return
+      if (!st) continue
       if (isWhiteoutDevice(st)) {
         whiteouts.add(name)
-        return
+        continue
       }
       entries.set(name, this.entryAt(scope, child, st))
-    }))
+    }
     return { entries, whiteouts }
   }
 
