@@ -29,15 +29,14 @@ export class UpperDir {
   private whiteoutTemplate: Buffer
 
   private readonly upperBytes: Buffer
+  /** What temp() names start with (one join, not one per copy-up). */
+  private readonly tempPrefix: string
 
   private constructor(readonly upper: string, readonly work: string, readonly xattrs: XattrNamespace) {
     this.whiteoutTemplate = Buffer.from(join(this.tempDir, 'whiteout'))
     this.upperBytes = Buffer.from(upper, 'utf8')
     this.tempPrefix = join(this.tempDir, `#${process.pid}-`)
   }
-
-  /** What temp() names start with (one join, not one per copy-up). */
-  private readonly tempPrefix: string
 
   /** Where temporary entries are built before they are renamed into the upper (as the kernel's work/work). */
   get tempDir(): string {
