@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFile, readdir, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises'
+import { readFile, readdir, realpath, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TarLayer } from '../../src/layer/tar-layer'
 import { indexPathFor } from '../../src/layer/index-file'
@@ -25,14 +25,9 @@ after(async () => {
   await removeTemps()
 })
 
-async function open(): Promise<TarLayer> {
-  const layer = await TarLayer.open(tar)
-  await layer.saved()
-  return layer
-}
-
-async function reopen(file: string): Promise<TarLayer> {
-  const layer = await TarLayer.open(file, { reuseLoaded: true })
+/** Opens `file` (the shared tar by default); `reuseLoaded` as a daemon opens its layers. */
+async function open(file = tar, opts: { reuseLoaded?: boolean } = {}): Promise<TarLayer> {
+  const layer = await TarLayer.open(file, opts)
   await layer.saved()
   return layer
 }
@@ -82,8 +77,7 @@ describe('persisted tar index', () => {
   })
 
   it('is rebuilt, never trusted, when the index file is damaged', async () => {
-    const real = (await import('node:fs/promises')).realpath
-    const file = indexPathFor(await real(tar))
+    const file = indexPathFor(await realpath(tar))
     const good = await readFile(file)
     const damages: Array<[string, () => Promise<void>]> = [
       ['a flipped byte', async () => { const b = Buffer.from(good); b[b.length >> 1] ^= 0xff; await writeFile(file, b) }],
@@ -105,45 +99,46 @@ describe('persisted tar index', () => {
   it('in a daemon, is taken again from memory for the unchanged tar, never for a changed one nor once its file is gone', async () => {
     const own = join(dir, 'reused.tar')
     await must('tar', ['-C', join(dir, 'src'), '-cf', own, '.'])
-    const file = indexPathFor(await (await import('node:fs/promises')).realpath(own))
+    const file = indexPathFor(await realpath(own))
+    const daemonOpen = (): Promise<TarLayer> => open(own, { reuseLoaded: true })
     // only an archive whose last change is over a second old is remembered (its ctime then
     // changes with any later write)
     await new Promise((r) => setTimeout(r, 1100))
-    const first = await reopen(own) // built and saved: not remembered yet
+    const first = await daemonOpen() // built and saved: not remembered yet
     await first.close()
-    const loaded = await reopen(own) // loaded from the file: remembered
+    const loaded = await daemonOpen() // loaded from the file: remembered
     assert.equal(loaded.fromCache, true)
     await loaded.close()
-    const again = await reopen(own)
+    const again = await daemonOpen()
     assert.equal(again.fromCache, true)
     assert.equal(again.index, loaded.index, 'the very index loaded before')
     assert.equal(await content(again, '/d/f'), 'one\n')
     await again.close()
     // the index file rewritten in place (its bytes are mapped): read again, found damaged, rebuilt
     await writeFile(file, 'not an index at all')
-    const damaged = await reopen(own)
+    const damaged = await daemonOpen()
     assert.equal(damaged.fromCache, false)
     assert.notEqual(damaged.index, loaded.index)
     assert.equal(await content(damaged, '/d/f'), 'one\n')
     await damaged.close()
     // the file gone (cache prune): indexed and saved again
     await rm(file)
-    const pruned = await reopen(own)
+    const pruned = await daemonOpen()
     assert.equal(pruned.fromCache, false)
     await pruned.close()
     assert.ok((await stat(file)).size > 100, 'saved again')
     await new Promise((r) => setTimeout(r, 1100))
-    const remembered = await reopen(own)
+    const remembered = await daemonOpen()
     assert.equal(remembered.fromCache, true)
     await remembered.close()
-    assert.equal((await reopen(own)).index, remembered.index)
+    assert.equal((await daemonOpen()).index, remembered.index)
     // same size, same mtime, other bytes: the ctime moved, so it is read afresh
     const st = await stat(own)
     const bytes = await readFile(own)
     bytes.write('ONE\n', bytes.indexOf('one\n'))
     await writeFile(own, bytes)
     await utimes(own, st.atime, st.mtime)
-    const changed = await reopen(own)
+    const changed = await daemonOpen()
     assert.equal(changed.fromCache, false)
     assert.equal(await content(changed, '/d/f'), 'ONE\n')
     await changed.close()
