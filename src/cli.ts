@@ -12,7 +12,6 @@ import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
-import { dropPreloaded } from './layer/index-file'
 import { BOOT_JS, STANDBY_ARG, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
@@ -238,7 +237,6 @@ async function runStandbyDaemon(): Promise<void> {
         await out.end(Buffer.concat([frame('e', `layerfs: ${errorLine(err).replace(/\n/g, ' ')}\n`), frame('x', '1')]))
         process.exit(1)
       }
-      dropPreloaded()
       process.title = `layerfs daemon ${req.mountpoint}`
       logTo(req.logFile)
       return 'served'

@@ -5,6 +5,7 @@ import { createConnection, createServer, type Socket } from 'node:net'
 import { log } from './log'
 import { NATIVE_BUILD, sys } from './sys'
 import { preloadRecentIndexes } from './layer/index-file'
+import { holdsLoaded } from './layer/loaded-indexes'
 
 // The standby: a daemon started ahead of need. Starting Node and loading layerfs takes ~140 ms of a
 // mount's time; a C program takes ~1 ms. So after a mount is live its daemon starts one more
@@ -245,7 +246,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest): Prom
     })
     warmUp().catch((err: Error) => log.cli('standby warm-up: %s', err.message)).finally(() => {
       try {
-        preloadRecentIndexes()
+        preloadRecentIndexes(holdsLoaded)
       } catch (err) {
         log.cli('standby preload: %s', (err as Error).message)
       }

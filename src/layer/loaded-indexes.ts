@@ -79,6 +79,14 @@ export function findLoaded(archive: ArchiveKey): KnownIndex | null {
   return known
 }
 
+/** Whether an index loaded from `indexFile` is kept, and the file is as it was then. */
+export function holdsLoaded(indexFile: string): boolean {
+  for (const known of remembered.values()) {
+    if (known.indexFile === indexFile) return known.file !== null && known.file === fileState(indexFile)
+  }
+  return false
+}
+
 /**
  * Remembers an index just loaded from its file. Only for an archive whose ctime is over a second
  * old: its ctime is stamped from a coarse clock, and a write within the same tick could keep it.
