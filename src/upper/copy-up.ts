@@ -4,7 +4,7 @@ import { majorOf, minorOf, storedXattrName } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
 import { ancestorsOf } from '../paths'
-import { sys } from '../sys'
+import { LSTAT, sys } from '../sys'
 import type { UpperDir } from './upper-dir'
 import { log } from '../log'
 
@@ -39,6 +39,8 @@ const TYPE_BITS: Partial<Record<EntryKind, number>> = { char: C.S_IFCHR, block: 
  */
 export class CopyUp {
   private readonly inflight = new Map<string, Promise<void>>()
+  /** An entry as made in the work dir (lstatEntry's output). */
+  private readonly made = new Float64Array(LSTAT.COUNT)
   private readonly listeners: Array<(rec: CopyUpRecord) => void> = []
 
   /** `metacopy`: metadata-only copy-up for chmod, chown, utimens and xattr changes (kernel overlayfs's metacopy=on). */
@@ -90,11 +92,11 @@ export class CopyUp {
     try {
       switch (entry.kind) {
         case 'file':
-          if (metaOnly) this.metacopyFile(tmp, entry.size)
-          else bytes = withData ? await this.copyData(r, tmp) : await this.emptyFile(tmp)
+          if (metaOnly) this.metacopyFile(tmp, entry.size, entry.mode)
+          else bytes = withData ? await this.copyData(r, tmp) : this.emptyFile(tmp, entry.mode)
           break
         case 'dir':
-          mkdirSync(tmp, { mode: 0o700 })
+          mkdirSync(tmp, { mode: entry.mode & 0o777 })
           break
         case 'symlink':
           symlinkSync(Buffer.from(await source.readlink(r.top.path, entry), 'latin1'), tmp)
@@ -111,7 +113,7 @@ export class CopyUp {
     }
     this.union.forget(r.path)
     const durationMs = Number(process.hrtime.bigint() - started) / 1e6
-    log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
+    if (log.union.enabled) log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
     const rec: CopyUpRecord = { path: r.path, layer, source: source.source, reason, bytes, durationMs, data: entry.kind === 'file' && withData && !metaOnly, metacopy: metaOnly }
     for (const fn of this.listeners) fn(rec)
   }
@@ -119,9 +121,12 @@ export class CopyUp {
   // Copy-up works on the daemon's thread with synchronous calls on the local upper and work dirs:
   // a thread-pool round trip per step cost more than the steps themselves.
 
+  // Entries are made in the work dir with their own permission bits (no one else can reach it):
+  // copyMetadata then changes owner and mode only where they differ.
+
   /** A metacopy file: the size of its data, no data (a hole), as kernel overlayfs writes it. */
-  private metacopyFile(tmp: Buffer, size: number): void {
-    const fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
+  private metacopyFile(tmp: Buffer, size: number, mode: number): void {
+    const fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, mode & 0o777)
     try {
       ftruncateSync(fd, size)
     } finally {
@@ -129,8 +134,8 @@ export class CopyUp {
     }
   }
 
-  private async emptyFile(tmp: Buffer): Promise<number> {
-    closeSync(openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600))
+  private emptyFile(tmp: Buffer, mode: number): number {
+    closeSync(openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, mode & 0o777))
     return 0
   }
 
@@ -141,7 +146,7 @@ export class CopyUp {
     if (r.top.entry.metacopy && !r.data) throw new FsError(Errno.EIO, 'metacopy file without data below', r.path)
     const entry = { ...from.entry, size: r.top.entry.size }
     const src = await this.union.layers[from.layer].open(from.path, from.entry)
-    const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)
+    const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, r.top.entry.mode & 0o777)
     const sparse = entry.storedSize < entry.size
     let copied = 0
     try {
@@ -174,8 +179,14 @@ export class CopyUp {
   /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`. */
   private async copyMetadata(r: Resolved, tmp: Buffer): Promise<void> {
     const { entry, layer, path } = r.top
-    lchownSync(tmp, entry.uid, entry.gid)
-    if (entry.kind !== 'symlink') chmodSync(tmp, entry.mode) // after chown, which clears setuid
+    // as made: owner from the work dir (our ids, or its group if setgid), mode after umask and
+    // any default ACL. Each chown or chmod is an inode update (~5-10 µs on ext4); a lstat is not.
+    const made = this.made
+    const err = sys.lstatEntry(tmp, made)
+    const chown = err !== 0 || made[LSTAT.UID] !== entry.uid || made[LSTAT.GID] !== entry.gid
+    if (chown) lchownSync(tmp, entry.uid, entry.gid)
+    // after chown, which clears setuid and setgid
+    if (entry.kind !== 'symlink' && (chown || (made[LSTAT.MODE] & 0o7777) !== (entry.mode & 0o7777))) chmodSync(tmp, entry.mode)
     const source = this.union.layers[layer]
     for (const name of await source.listXattrs(path, entry)) {
       const value = await source.getXattr(path, entry, name)
