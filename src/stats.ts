@@ -33,18 +33,13 @@ export interface StatsReport {
 }
 
 export class Stats {
-  private readonly copyUps: CopyUpEntry[] = []
+  /** As recorded: turned into entries only for a report (a copy-up's own cost stays small). */
+  private readonly copyUps: CopyUpRecord[] = []
 
   /** `servedElsewhere`: reads the FUSE binding answered without LayerFs, per layer position. */
   constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
     private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null) {
-    fs.upper?.copyUp.listen((rec: CopyUpRecord) => {
-      this.copyUps.push({
-        path: Buffer.from(rec.path, 'latin1').toString('utf8'),
-        layer: { index: rec.layer, source: rec.source },
-        reason: rec.reason, bytes: rec.bytes, durationMs: Math.round(rec.durationMs * 1000) / 1000, data: rec.data,
-      })
-    })
+    fs.upper?.copyUp.listen((rec: CopyUpRecord) => this.copyUps.push(rec))
   }
 
   report(): StatsReport {
@@ -55,14 +50,19 @@ export class Stats {
       index, source: l.source, kind: l.kind,
       reads: this.fs.reads[index] + (more?.reads[index] ?? 0), bytesRead: this.fs.bytesRead[index] + (more?.bytes[index] ?? 0),
     }))
+    const copyUps: CopyUpEntry[] = this.copyUps.map((rec) => ({
+      path: Buffer.from(rec.path, 'latin1').toString('utf8'),
+      layer: { index: rec.layer, source: rec.source },
+      reason: rec.reason, bytes: rec.bytes, durationMs: Math.round(rec.durationMs * 1000) / 1000, data: rec.data,
+    }))
     return {
       mountpoint: this.mountpoint,
       pid: process.pid,
-      copyUps: this.copyUps,
+      copyUps,
       totals: {
-        copyUps: this.copyUps.length,
-        copyUpBytes: this.copyUps.reduce((n, c) => n + c.bytes, 0),
-        copyUpMs: Math.round(this.copyUps.reduce((n, c) => n + c.durationMs, 0) * 1000) / 1000,
+        copyUps: copyUps.length,
+        copyUpBytes: copyUps.reduce((n, c) => n + c.bytes, 0),
+        copyUpMs: Math.round(copyUps.reduce((n, c) => n + c.durationMs, 0) * 1000) / 1000,
         lookups: cache.hits + cache.misses,
         cacheHits: cache.hits,
         cacheMisses: cache.misses,

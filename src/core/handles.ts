@@ -66,6 +66,8 @@ interface Slot {
 export class Handles {
   private readonly open = new Map<number, Slot>()
   private next = 1
+  /** How many slots have a lowerPath: most copy-ups find none to re-point. */
+  private lowerSlots = 0
   /** Told when a handle's file changes (re-pointed after a copy-up), before the old one is closed. */
   onChange: ((fh: number) => void) | null = null
 
@@ -75,6 +77,7 @@ export class Handles {
       this.next = this.next >= 0xffffffff ? 1 : this.next + 1
     } while (this.open.has(this.next))
     this.open.set(this.next, { file, lowerPath })
+    if (lowerPath !== null) this.lowerSlots++
     return this.next
   }
 
@@ -88,12 +91,19 @@ export class Handles {
    * After `path` was copied up, read handles opened on its lower file read the upper one, as on
    * kernel overlayfs (since 4.19): a write through another handle is seen.
    */
+  /** Whether any handle reads a lower file (only those are re-pointed after a copy-up). */
+  get readsLower(): boolean {
+    return this.lowerSlots > 0
+  }
+
   async repoint(path: string, openUpper: () => Promise<OpenFile>): Promise<void> {
+    if (this.lowerSlots === 0) return
     for (const [fh, slot] of this.open) {
       if (slot.lowerPath !== path) continue
       const old = slot.file
       try {
         slot.file = await openUpper()
+        if (this.open.get(fh) === slot) this.lowerSlots-- // else counted off by its release
         slot.lowerPath = null
         this.onChange?.(fh)
         await old.close()
@@ -107,6 +117,7 @@ export class Handles {
     const slot = this.open.get(fh)
     if (!slot) return
     this.open.delete(fh)
+    if (slot.lowerPath !== null) this.lowerSlots--
     await slot.file.close()
   }
 
@@ -117,6 +128,7 @@ export class Handles {
   async closeAll(): Promise<void> {
     const files = [...this.open.values()].map((s) => s.file)
     this.open.clear()
+    this.lowerSlots = 0
     await Promise.all(files.map((f) => f.close().catch(() => undefined)))
   }
 }

@@ -70,9 +70,10 @@ export class LayerFs {
   constructor(readonly union: Union, readonly upper: Upper | null = null) {
     this.bytesRead = union.layers.map(() => 0)
     this.reads = union.layers.map(() => 0)
-    // read handles of a file follow it into the upper when it is copied up
     // read handles follow a file into the upper, unless only its metadata went there
-    upper?.copyUp.listen((rec) => void (rec.metacopy ? undefined : this.copiedUp(rec.path).catch(() => undefined)))
+    upper?.copyUp.listen((rec) => {
+      if (!rec.metacopy && this.handles.readsLower) this.copiedUp(rec.path).catch(() => undefined)
+    })
   }
 
   private writable(path: string): Upper {
