@@ -88,21 +88,28 @@ export class LayerFs {
   }
 
   /** The entry shown for `r`: an upper entry is read afresh (it changes), a lower one never does. */
-  private async current(r: Resolved): Promise<Entry> {
+  private current(r: Resolved): Entry {
     if (r.top.layer !== 0 || !this.upper) return r.top.entry
-    const found = await this.union.layers[0].lookup(r.top.path)
+    const found = this.union.layers[0].lookup(r.top.path)
     if (!found.entry) throw new FsError(Errno.ENOENT, 'no such file or directory', r.path)
     return found.entry
   }
 
-  private async statOf(r: Resolved): Promise<Stat> {
-    const e = await this.current(r)
+  private statOf(r: Resolved): Stat {
+    const e = this.current(r)
     // kernel overlayfs shows 1 for a merged directory rather than counting subdirectories
     return statOfEntry(e, r.ino, e.kind === 'dir' && r.parts.length > 1 ? 1 : e.nlink)
   }
 
   async getattr(path: string): Promise<Stat> {
-    return this.statOf(await this.resolve(path))
+    return this.getattrNow(path)
+  }
+
+  /** getattr(), answered at once (see Union.resolveNow); throws FsError. */
+  getattrNow(path: string): Stat {
+    const r = this.union.resolveNow(path)
+    if (!r) throw new FsError(Errno.ENOENT, 'no such file or directory', path)
+    return this.statOf(r)
   }
 
   /**
@@ -185,9 +192,9 @@ export class LayerFs {
    * Where a file of a read-only mount lies in a descriptor its layer holds open anyway (a plain tar
    * member), for reads without an open handle; null for anything else, and on writable mounts.
    */
-  async directOf(path: string): Promise<DirectSpan | null> {
+  directOf(path: string): DirectSpan | null {
     if (this.upper) return null
-    const r = await this.union.resolve(path)
+    const r = this.union.resolveNow(path)
     if (!r || r.top.entry.kind !== 'file') return null
     const from = r.data ?? r.top
     return lowerSpan(this.union.layers[from.layer].spanOf?.(from.path, from.entry) ?? null, from)

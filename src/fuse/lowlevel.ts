@@ -349,7 +349,14 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const listing = async (path: string): Promise<DirHandle> => {
     const list = await fs.readdir(path)
     const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
-    const stats = await Promise.all(list.map((e, i) => (paths[i] === null ? e.stat : fs.getattr(paths[i]!).catch(() => e.stat))))
+    const stats = list.map((e, i) => {
+      if (paths[i] === null) return e.stat
+      try {
+        return fs.getattrNow(paths[i]!)
+      } catch {
+        return e.stat
+      }
+    })
     return { names: list.map((e) => e.name), paths, stats }
   }
   /** Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing. */
@@ -380,28 +387,28 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
 
   const dispatch: Dispatch = (op, req, ino, a, b, c, d) => {
     switch (op) {
+      // LOOKUP and GETATTR are answered synchronously (see Union.resolveNow)
       case OP.LOOKUP: {
         const name = a as string
         if (name.length > 255) return ll.llReplyErr(req, Errno.ENAMETOOLONG)
-        handle(req, 'lookup', async () => {
-          const path = joinPath(nodes.path(ino), name)
-          try {
-            const stat = await fs.getattr(path)
-            // read-only without OPEN: a plain tar member's READs go to C from the first
-            return { path, stat, span: skipOpen ? await fs.directOf(path) : null }
-          } catch (err) {
-            if (errnoOf(err) === Errno.ENOENT) return null
-            throw err
-          }
-        }, (r) => {
-          if (!r) return ll.llReplyNegative(req, t)
-          const id = nodes.idOf(r.path)
-          nodes.count(id)
-          nodes.remember(id, r.stat)
-          if (r.span) register(true, id, r.span)
-          fill(attr, 0, r.stat)
-          ll.llReplyEntry(req, id, attr, t, ta(r.stat))
-        })
+        let path: string
+        let stat: Stat
+        let span: DirectSpan | null
+        try {
+          path = joinPath(nodes.path(ino), name)
+          stat = fs.getattrNow(path)
+          // read-only without OPEN: a plain tar member's READs go to C from the first
+          span = skipOpen ? fs.directOf(path) : null
+        } catch (err) {
+          if (errnoOf(err) === Errno.ENOENT) return ll.llReplyNegative(req, t)
+          return fail(req, 'lookup', err)
+        }
+        const id = nodes.idOf(path)
+        nodes.count(id)
+        nodes.remember(id, stat)
+        if (span) register(true, id, span)
+        fill(attr, 0, stat)
+        ll.llReplyEntry(req, id, attr, t, ta(stat))
         return
       }
       case OP.FORGET:
@@ -409,18 +416,25 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
         if (!ro && !nodes.has(ino)) ll.llOpenable(session!, ino, null)
         return
-      case OP.GETATTR:
-        return handle(req, 'getattr', async () => {
-          const gone = nodes.lastOf(ino)
+      case OP.GETATTR: {
+        const gone = nodes.lastOf(ino)
+        if (gone) {
           // unlinked while open: fstat and reads still need its size (fstat comes without a handle)
-          if (gone) return goneStat(ino, a as number, gone)
-          const st = await fs.getattr(nodes.path(ino))
-          nodes.remember(ino, st)
-          return st
-        }, (s) => {
-          fill(attr, 0, s)
-          ll.llReplyAttr(req, attr, nodes.lastOf(ino) ? 0 : ta(s))
-        })
+          return handle(req, 'getattr', async () => goneStat(ino, a as number, gone), (s) => {
+            fill(attr, 0, s)
+            ll.llReplyAttr(req, attr, 0)
+          })
+        }
+        let st: Stat
+        try {
+          st = fs.getattrNow(nodes.path(ino))
+        } catch (err) {
+          return fail(req, 'getattr', err)
+        }
+        nodes.remember(ino, st)
+        fill(attr, 0, st)
+        return ll.llReplyAttr(req, attr, ta(st))
+      }
       case OP.READLINK:
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
       case OP.OPEN:

@@ -41,9 +41,9 @@ export class DirLayer implements Layer {
     return scope.short(fsPath(this.rootBytes, path))
   }
 
-  // The union's every lookup comes here for the upper and each directory layer: its body is
-  // synchronous (local lstats), in a synchronous scope rather than an async one.
-  async lookup(path: string): Promise<LayerLookup> {
+  // The union's every lookup comes here for the upper and each directory layer: local lstats, in a
+  // synchronous scope.
+  lookup(path: string): LayerLookup {
     return withScopeSync((scope) => this.lookupIn(scope, path))
   }
 

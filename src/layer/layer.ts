@@ -70,8 +70,11 @@ export interface Layer {
   readonly source: string
   /** What the layer is: 'dir', 'tar'. */
   readonly kind: string
-  /** Never rejects for a missing path: that is `{ entry: null, whiteout: false }`. Rejects with EIO on I/O failure. */
-  lookup(path: string): Promise<LayerLookup>
+  /**
+   * Synchronous (an index in memory, or local lstats): the union resolves a path without a promise
+   * per layer. A missing path is `{ entry: null, whiteout: false }`; throws EIO on I/O failure.
+   */
+  lookup(path: string): LayerLookup
   /** The directory's own entries and whiteouts; `path` must be a directory of this layer (else ENOTDIR). */
   readdir(path: string): Promise<DirListing>
   /** Opens a regular file of this layer for reading. */

@@ -133,7 +133,7 @@ export class TarLayer implements Layer {
     return this.saving
   }
 
-  async lookup(path: string): Promise<LayerLookup> {
+  lookup(path: string): LayerLookup {
     const rec = this.index.find(path)
     if (rec < 0) return NOTHING
     const entry = this.index.entry(rec)

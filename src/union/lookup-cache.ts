@@ -1,12 +1,14 @@
 import { LRUCache } from 'lru-cache'
 
+/** What the cache holds for "absent" (lru-cache holds objects only). */
+const ABSENT = Object.freeze({})
+
 /**
- * A bounded cache of resolved lookups by path. It holds the promise of a resolution so that
- * concurrent lookups of one path share the work; a failed resolution is dropped, not cached.
- * "Absent" is a resolved null (lru-cache cannot hold undefined, and null says it plainly).
+ * A bounded cache of resolved lookups by path. Resolution is synchronous (layer indexes and local
+ * lstats), so there is no work in flight to share; a resolution that throws is not cached.
  */
 export class LookupCache<T extends object> {
-  private readonly lru: LRUCache<string, Promise<T | null>>
+  private readonly lru: LRUCache<string, T | typeof ABSENT>
   hits = 0
   misses = 0
 
@@ -16,19 +18,16 @@ export class LookupCache<T extends object> {
     this.lru = new LRUCache({ maxSize: max, sizeCalculation: () => 1 })
   }
 
-  get(path: string, resolve: () => Promise<T | null>): Promise<T | null> {
+  get(path: string, resolve: () => T | null): T | null {
     const cached = this.lru.get(path)
-    if (cached) {
+    if (cached !== undefined) {
       this.hits++
-      return cached
+      return cached === ABSENT ? null : (cached as T)
     }
     this.misses++
-    const pending = resolve()
-    this.lru.set(path, pending)
-    pending.catch(() => {
-      if (this.lru.peek(path) === pending) this.lru.delete(path)
-    })
-    return pending
+    const value = resolve()
+    this.lru.set(path, value ?? ABSENT)
+    return value
   }
 
   /** Forgets one path (a write changed what it resolves to). */
