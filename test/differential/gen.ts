@@ -39,7 +39,8 @@ const deepPath = fc.constant(Array.from({ length: 30 }, (_, i) => `d${i}`))
 
 const node: fc.Arbitrary<NodeSpec> = fc.record({
   kind: fc.constantFrom<Kind>('file', 'file', 'file', 'dir', 'dir', 'symlink', 'hardlink', 'fifo', 'char', 'block'),
-  mode: fc.constantFrom(0o644, 0o600, 0o755, 0o700, 0o4755, 0o2755, 0o1777, 0o000, 0o444),
+  // 0o666 and 0o777: bits the daemon's umask strips when it makes an entry, so a copy-up must chmod
+  mode: fc.constantFrom(0o644, 0o600, 0o755, 0o700, 0o4755, 0o2755, 0o1777, 0o000, 0o444, 0o666, 0o777),
   uid: fc.constantFrom(0, 0, 1000, 65534, 3000000),
   gid: fc.constantFrom(0, 0, 1000, 65534, 3000000),
   mtime: fc.tuple(fc.integer({ min: 0, max: 4102444800 }), fc.integer({ min: 0, max: 999_999_999 })),

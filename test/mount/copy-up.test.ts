@@ -107,6 +107,47 @@ describe('copy-up', () => {
     }
   })
 
+  it('keeps each entry\'s mode and owner, whatever the umask strips at creation or a chown clears', async () => {
+    // a copy-up makes entries with their own permission bits and chowns and chmods only where what
+    // it made differs: bits the daemon's umask (022 here) strips, set-id and sticky bits, owners
+    // other than ours (a chown clears set-id bits, so the chmod must follow it)
+    const src = join(dir, 'modes-src')
+    const files: Array<[string, number, number]> = [
+      ['m666', 0o666, 0], ['m777', 0o777, 0], ['m444', 0o444, 0], ['m000', 0o000, 0], ['suid', 0o4755, 0],
+      ['sgid', 0o2755, 0], ['owned', 0o640, 1000], ['suid-owned', 0o4755, 1000], ['d777/f', 0o644, 0], ['dsticky/f', 0o644, 0],
+    ]
+    const dirs: Array<[string, number, number]> = [['d777', 0o777, 0], ['dsticky', 0o1777, 0], ['downed', 0o2750, 1000]]
+    await mkdir(src)
+    for (const [name] of dirs) await mkdir(join(src, name))
+    await writeFile(join(src, 'downed', 'f'), 'f')
+    for (const [name] of files) await writeFile(join(src, name), name)
+    // chown before chmod: a chown clears set-id bits
+    for (const [name, mode, owner] of [...files, ...dirs]) await must('sh', ['-c', `chown ${owner}:${owner} '${join(src, name)}' && chmod ${mode.toString(8)} '${join(src, name)}'`])
+    const modesTar = join(dir, 'modes.tar')
+    await must('tar', ['--numeric-owner', '-C', src, '-cf', modesTar, '.'])
+    for (const lower of [modesTar, src]) {
+      const kind = lower === src ? 'dir' : 'tar'
+      const upper = join(dir, `modes-${kind}-upper`)
+      const work = join(dir, `modes-${kind}-work`)
+      await mkdir(upper)
+      await mkdir(work)
+      const m = await mountLayerfs([lower], { upper, work })
+      try {
+        // utimens copies up without changing mode or owner (a write would clear set-id bits)
+        const when = new Date('2024-01-02T03:04:05Z')
+        for (const [name] of files) await must('touch', ['-h', '-d', when.toISOString(), join(m.path, name)])
+        await writeFile(join(m.path, 'downed', 'new'), 'n') // copies up downed as a parent
+      } finally {
+        await m.unmount()
+      }
+      for (const [name, mode, owner] of [...files, ...dirs]) {
+        const st = await stat(join(upper, name))
+        assert.equal((st.mode & 0o7777).toString(8), mode.toString(8), `${kind} ${name}: mode`)
+        assert.deepEqual([st.uid, st.gid], [owner, owner], `${kind} ${name}: owner`)
+      }
+    }
+  })
+
   it('concurrent writers of one lower file copy it up once, and every write lands', async () => {
     const upper = join(dir, 'conc-upper')
     const work = join(dir, 'conc-work')
