@@ -87,17 +87,16 @@ export class Handles {
     return slot.file
   }
 
-  /**
-   * After `path` was copied up, read handles opened on its lower file read the upper one, as on
-   * kernel overlayfs (since 4.19): a write through another handle is seen.
-   */
   /** Whether any handle reads a lower file (only those are re-pointed after a copy-up). */
   get readsLower(): boolean {
     return this.lowerSlots > 0
   }
 
+  /**
+   * After `path` was copied up, read handles opened on its lower file read the upper one, as on
+   * kernel overlayfs (since 4.19): a write through another handle is seen.
+   */
   async repoint(path: string, openUpper: () => Promise<OpenFile>): Promise<void> {
-    if (this.lowerSlots === 0) return
     for (const [fh, slot] of this.open) {
       if (slot.lowerPath !== path) continue
       const old = slot.file

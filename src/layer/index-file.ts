@@ -148,7 +148,8 @@ function checksumOk(file: Buffer, end: number): boolean {
 }
 
 /** Index files mapped and checked ahead of need, with what identified the file then. */
-const preloaded = new Map<string, { dev: number; ino: number; size: number; mtimeMs: number; raw: Buffer }>()
+interface FileId { dev: number; ino: number; size: number; mtimeMs: number }
+const preloaded = new Map<string, FileId & { raw: Buffer }>()
 
 /**
  * Maps and checks the most recently used indexes (a standby does, while it waits): the mount that
@@ -180,7 +181,7 @@ export function preloadRecentIndexes(held: (file: string) => boolean = () => fal
     if (bytes + f.size > maxBytes) break
     if (held(f.file)) continue // loaded by a mount of this process, and kept (loaded-indexes.ts)
     const pre = preloaded.get(f.file)
-    if (!pre || pre.dev !== f.dev || pre.ino !== f.ino || pre.size !== f.size || pre.mtimeMs !== f.mtimeMs) {
+    if (!pre || !sameFile(pre, f)) {
       const raw = indexMap.mapFile(f.file)
       const h = raw && decodeHeader(raw)
       if (!raw || !h || raw.length !== f.size || f.size < CHECKSUM_BYTES || !checksumOk(raw, f.size - CHECKSUM_BYTES)) continue
@@ -192,6 +193,11 @@ export function preloadRecentIndexes(held: (file: string) => boolean = () => fal
   for (const file of preloaded.keys()) if (!wanted.has(file)) preloaded.delete(file) // unmapped when collected
 }
 
+/** Whether a file is still the one a preload checked (device, inode, size, mtime). */
+function sameFile(a: FileId, b: FileId): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs
+}
+
 /** A preloaded index file's bytes, if the file is still the one that was checked. */
 function takePreloaded(file: string): Buffer | null {
   const pre = preloaded.get(file)
@@ -199,7 +205,7 @@ function takePreloaded(file: string): Buffer | null {
   preloaded.delete(file)
   try {
     const st = statSync(file)
-    return st.dev === pre.dev && st.ino === pre.ino && st.size === pre.size && st.mtimeMs === pre.mtimeMs ? pre.raw : null
+    return sameFile(st, pre) ? pre.raw : null
   } catch {
     return null
   }
