@@ -12,12 +12,17 @@ const O_PATH = 0o10000000
 const O_DIRECTORY = 0o200000
 const SLASH = 0x2f
 
+/** Whether a path is reached as it is, without a scope (what a synchronous change outside one may use). */
+export function isShort(real: Buffer): boolean {
+  return real.length < LIMIT
+}
+
 export class PathScope {
   private fds: number[] | null = null // most scopes never need one
 
   /** `real` itself when it is short; else an equivalent path under /proc/self/fd that is. */
   short(real: Buffer): Buffer {
-    if (real.length < LIMIT) return real
+    if (isShort(real)) return real
     let base = Buffer.alloc(0)
     let rest = real
     while (base.length + rest.length >= LIMIT) {

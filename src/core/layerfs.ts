@@ -164,6 +164,16 @@ export class LayerFs {
     }, path)
   }
 
+  /**
+   * open() for writing done at once where the upper can (Upper.openForWriteNow): the handle, or
+   * null where it cannot (or for reading): the caller then awaits open().
+   */
+  openNow(path: string, flags: number): number | null {
+    if (!(flags & WRITE_FLAGS) || !this.upper) return null
+    const fd = this.upper.openForWriteNow(path, flags)
+    return fd === null ? null : this.handles.add(upperFile(fd))
+  }
+
   private async copiedUp(path: string): Promise<void> {
     const upper = this.upper
     if (upper) await this.handles.repoint(path, async () => upperFile(await upper.openUpperForRead(path)))

@@ -437,15 +437,32 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       }
       case OP.READLINK:
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
-      case OP.OPEN:
+      case OP.OPEN: {
         if (skipOpen) return ll.llReplyErr(req, Errno.ENOSYS)
-        return handle(req, 'open', () => fs.open(nodes.path(ino), a as number), (fh) => {
+        const flags = a as number
+        const answer = (fh: number): void => {
           opened(ino, fh)
           const span = direct(fh)
-          if (((a as number) & O_ACCMODE) !== 0) writing(ino, span)
+          if ((flags & O_ACCMODE) !== 0) writing(ino, span)
           if (span?.writable) openable(ino)
           ll.llReplyOpen(req, fh, ro, false)
-        })
+        }
+        // a write's copy-up, at once where it can be (LayerFs.openNow), else awaited
+        let fh: number | null
+        try {
+          fh = ro ? null : fs.openNow(nodes.path(ino), flags)
+        } catch (err) {
+          return fail(req, 'open', err)
+        }
+        if (fh !== null) {
+          try {
+            return answer(fh)
+          } catch (err) {
+            return fail(req, 'open', err)
+          }
+        }
+        return handle(req, 'open', () => fs.open(nodes.path(ino), flags), answer)
+      }
       case OP.READ: {
         // what C did not answer itself: gzip data, sparse members, the first read of a node
         const size = b as number

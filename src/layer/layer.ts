@@ -90,6 +90,12 @@ export interface Layer {
   listXattrs(path: string, entry: Entry): Promise<string[]>
   /** The value of one extended attribute, or null when it has none of that name. */
   getXattr(path: string, entry: Entry, name: string): Promise<Buffer | null>
+  /**
+   * The entry's extended attributes (shown names, values) at once, where the layer has them in
+   * memory (a tar's index): a copy-up from it then waits for no promise. Absent where it would
+   * mean I/O.
+   */
+  xattrsNow?(path: string, entry: Entry): Array<[string, Buffer]>
   /** Releases file descriptors. */
   close(): Promise<void>
 }

@@ -186,6 +186,15 @@ export class TarLayer implements Layer {
     return this.index.xattrs(this.recordOf(entry))?.get(storedXattrName(name)) ?? null
   }
 
+  xattrsNow(_path: string, entry: Entry): Array<[string, Buffer]> {
+    const out: Array<[string, Buffer]> = []
+    for (const [stored, value] of this.index.xattrs(this.recordOf(entry)) ?? []) {
+      const name = shownXattrName(stored)
+      if (name !== null) out.push([name, value])
+    }
+    return out
+  }
+
   async close(): Promise<void> {
     await this.saving
     await new Promise<void>((resolve) => close(this.fd, () => resolve()))

@@ -1,5 +1,5 @@
 import { closeSync, constants as C, chmodSync, ftruncateSync, lchownSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs'
-import type { Entry, EntryKind } from '../layer/layer'
+import type { Entry, EntryKind, Layer } from '../layer/layer'
 import { majorOf, minorOf, storedXattrName } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
@@ -82,6 +82,60 @@ export class CopyUp {
     for (const dir of ancestorsOf(path).reverse()) if (dir !== '/') await this.ensure(dir, 'parent')
   }
 
+  /**
+   * ensure() done at once, for a write: where nothing is being copied and every entry to copy (the
+   * path and the ancestors not yet in the upper) is a directory or a plain file whose attributes
+   * and bytes its layer has at hand (a tar's index and a known offset; see Layer.xattrsNow). Then
+   * no step waits for a promise: a first copy-up of a small file spent more in the promise chains
+   * of ensure() than in its syscalls. False, having done nothing, where it cannot: the caller then
+   * awaits ensure().
+   */
+  ensureNow(path: string, reason: CopyUpReason, data: boolean): boolean {
+    if (this.inflight.size > 0 || (this.metacopy && METADATA_ONLY.has(reason))) return false
+    const todo: Resolved[] = []
+    const dirs = ancestorsOf(path).reverse()
+    for (let i = 1; i <= dirs.length; i++) { // dirs[0] is the root, always in the upper
+      const at = i < dirs.length ? dirs[i] : path
+      const r = this.union.resolveNow(at)
+      if (!r) return false
+      if (r.top.layer === 0) {
+        if (r.top.entry.metacopy) return false
+        continue
+      }
+      if (!this.copyableNow(r, at === path && data)) return false
+      todo.push(r)
+    }
+    for (const r of todo) this.copyNow(r, r.path === path ? reason : 'parent', r.path === path ? data : true)
+    return true
+  }
+
+  private copyableNow(r: Resolved, withData: boolean): boolean {
+    const { entry, layer, path } = r.top
+    const source = this.union.layers[layer]
+    if (!source.xattrsNow) return false
+    if (entry.kind === 'dir') return true
+    if (entry.kind !== 'file' || entry.metacopy) return false
+    return !withData || (entry.storedSize >= entry.size && source.spanOf?.(path, entry) != null)
+  }
+
+  private copyNow(r: Resolved, reason: CopyUpReason, withData: boolean): void {
+    const started = process.hrtime.bigint()
+    const { entry, layer, path } = r.top
+    const source = this.union.layers[layer]
+    const xattrs = source.xattrsNow!(path, entry)
+    const tmp = this.dir.temp()
+    let bytes = 0
+    try {
+      if (entry.kind === 'dir') mkdirSync(tmp, { mode: entry.mode & 0o777 })
+      else if (!withData) this.emptyFile(tmp, entry.mode)
+      else bytes = this.copySpan(r, source.spanOf!(path, entry)!, tmp)
+      this.finishEntry(r, tmp, xattrs, false)
+    } catch (err) {
+      throw this.discard(r, tmp, err)
+    }
+    this.copied(r, reason, started, bytes, withData, false)
+  }
+
   private async copy(r: Resolved, reason: CopyUpReason, withData: boolean, metaOnly = false): Promise<void> {
     const started = process.hrtime.bigint()
     await this.ensureParents(r.path)
@@ -104,17 +158,49 @@ export class CopyUp {
         default:
           sys.mknod(tmp, TYPE_BITS[entry.kind]! | 0o600, majorOf(entry.rdev), minorOf(entry.rdev))
       }
-      await this.copyMetadata(r, tmp)
-      if (metaOnly) sys.lsetxattr(tmp, this.dir.xattrName('metacopy'), Buffer.alloc(0), 0)
-      renameSync(tmp, this.dir.real(r.path))
+      this.finishEntry(r, tmp, await xattrsOf(source, r.top.path, entry), metaOnly)
     } catch (err) {
-      try { rmSync(tmp, { recursive: true, force: true }) } catch { /* best effort */ }
-      throw err instanceof FsError ? err : new FsError(errnoOf(err), `copy-up failed (${(err as Error).message})`, r.path)
+      throw this.discard(r, tmp, err)
     }
+    this.copied(r, reason, started, bytes, withData, metaOnly)
+  }
+
+  /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`, then into place. */
+  private finishEntry(r: Resolved, tmp: Buffer, xattrs: ReadonlyArray<readonly [string, Buffer]>, metaOnly: boolean): void {
+    const { entry } = r.top
+    // as made: owner from the work dir (our ids, or its group if setgid), mode after umask and
+    // any default ACL. Each chown or chmod is an inode update (~5-10 µs on ext4); a lstat is not.
+    const made = this.made
+    const err = sys.lstatEntry(tmp, made)
+    const chown = err !== 0 || made[LSTAT.UID] !== entry.uid || made[LSTAT.GID] !== entry.gid
+    if (chown) lchownSync(tmp, entry.uid, entry.gid)
+    // after chown, which clears setuid and setgid
+    if (entry.kind !== 'symlink' && (chown || (made[LSTAT.MODE] & 0o7777) !== (entry.mode & 0o7777))) chmodSync(tmp, entry.mode)
+    for (const [name, value] of xattrs) {
+      try {
+        sys.lsetxattr(tmp, storedXattrName(name), value, 0)
+      } catch (err) {
+        // security.* or trusted.* the upper filesystem refuses: the entry stays usable without it
+        log.union('copy-up %s: cannot copy xattr %s: %s', r.path, name, (err as Error).message)
+      }
+    }
+    setTimes(tmp, entry)
+    if (metaOnly) sys.lsetxattr(tmp, this.dir.xattrName('metacopy'), Buffer.alloc(0), 0)
+    renameSync(tmp, this.dir.real(r.path))
+  }
+
+  /** A failed copy: what was built is removed; the error, as an FsError, for the caller to throw. */
+  private discard(r: Resolved, tmp: Buffer, err: unknown): FsError {
+    try { rmSync(tmp, { recursive: true, force: true }) } catch { /* best effort */ }
+    return err instanceof FsError ? err : new FsError(errnoOf(err), `copy-up failed (${(err as Error).message})`, r.path)
+  }
+
+  private copied(r: Resolved, reason: CopyUpReason, started: bigint, bytes: number, withData: boolean, metaOnly: boolean): void {
     this.union.forget(r.path)
     const durationMs = Number(process.hrtime.bigint() - started) / 1e6
     if (log.union.enabled) log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
-    const rec: CopyUpRecord = { path: r.path, layer, source: source.source, reason, bytes, durationMs, data: entry.kind === 'file' && withData && !metaOnly, metacopy: metaOnly }
+    const { entry, layer } = r.top
+    const rec: CopyUpRecord = { path: r.path, layer, source: this.union.layers[layer].source, reason, bytes, durationMs, data: entry.kind === 'file' && withData && !metaOnly, metacopy: metaOnly }
     for (const fn of this.listeners) fn(rec)
   }
 
@@ -151,11 +237,7 @@ export class CopyUp {
     let copied = 0
     try {
       const span = sparse ? null : src.span?.() ?? null
-      if (span) {
-        copied = sys.copyRange(span.fd, span.offset, out, 0, entry.size)
-        if (copied !== entry.size) throw new FsError(Errno.EIO, `layer file shorter than its entry (${copied} of ${entry.size} bytes)`, r.path)
-        return copied
-      }
+      if (span) return copyAll(span, out, entry.size, r.path)
       const buf = Buffer.allocUnsafe(CHUNK)
       for (let pos = 0; pos < entry.size; ) {
         const n = await src.read(buf, Math.min(CHUNK, entry.size - pos), pos)
@@ -176,30 +258,33 @@ export class CopyUp {
     return copied
   }
 
-  /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`. */
-  private async copyMetadata(r: Resolved, tmp: Buffer): Promise<void> {
-    const { entry, layer, path } = r.top
-    // as made: owner from the work dir (our ids, or its group if setgid), mode after umask and
-    // any default ACL. Each chown or chmod is an inode update (~5-10 µs on ext4); a lstat is not.
-    const made = this.made
-    const err = sys.lstatEntry(tmp, made)
-    const chown = err !== 0 || made[LSTAT.UID] !== entry.uid || made[LSTAT.GID] !== entry.gid
-    if (chown) lchownSync(tmp, entry.uid, entry.gid)
-    // after chown, which clears setuid and setgid
-    if (entry.kind !== 'symlink' && (chown || (made[LSTAT.MODE] & 0o7777) !== (entry.mode & 0o7777))) chmodSync(tmp, entry.mode)
-    const source = this.union.layers[layer]
-    for (const name of await source.listXattrs(path, entry)) {
-      const value = await source.getXattr(path, entry, name)
-      if (value === null) continue
-      try {
-        sys.lsetxattr(tmp, storedXattrName(name), value, 0)
-      } catch (err) {
-        // security.* or trusted.* the upper filesystem refuses: the entry stays usable without it
-        log.union('copy-up %s: cannot copy xattr %s: %s', r.path, name, (err as Error).message)
-      }
+  /** A plain file's bytes from where its layer keeps them in order (a plain tar member). */
+  private copySpan(r: Resolved, span: { fd: number; offset: number }, tmp: Buffer): number {
+    const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, r.top.entry.mode & 0o777)
+    try {
+      return copyAll(span, out, r.top.entry.size, r.path)
+    } finally {
+      closeSync(out)
     }
-    setTimes(tmp, entry)
   }
+}
+
+/** `size` bytes from a span into `out` at 0, copied by the kernel; EIO when the layer has fewer. */
+function copyAll(span: { fd: number; offset: number }, out: number, size: number, path: string): number {
+  const copied = sys.copyRange(span.fd, span.offset, out, 0, size)
+  if (copied !== size) throw new FsError(Errno.EIO, `layer file shorter than its entry (${copied} of ${size} bytes)`, path)
+  return copied
+}
+
+/** An entry's extended attributes, by the names shown, with their values. */
+async function xattrsOf(source: Layer, path: string, entry: Entry): Promise<Array<[string, Buffer]>> {
+  if (source.xattrsNow) return source.xattrsNow(path, entry)
+  const out: Array<[string, Buffer]> = []
+  for (const name of await source.listXattrs(path, entry)) {
+    const value = await source.getXattr(path, entry, name)
+    if (value !== null) out.push([name, value])
+  }
+  return out
 }
 
 export function setTimes(real: Buffer, entry: Pick<Entry, 'atime' | 'mtime'>): void {

@@ -6,9 +6,16 @@
  */
 export class PathLocks {
   private tail: Promise<unknown> = Promise.resolve()
+  private pending = 0
+
+  /** Whether a change is queued or under way: one made at once must then wait its turn instead. */
+  get busy(): boolean {
+    return this.pending > 0
+  }
 
   run<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(work, work)
+    this.pending++
+    const result = this.tail.then(work, work).finally(() => this.pending--)
     this.tail = result.catch(() => undefined)
     return result
   }

@@ -8,6 +8,7 @@ import { storedXattrName } from '../layer/layer'
 import { CopyUp } from './copy-up'
 import { UpperDir } from './upper-dir'
 import { PathLocks } from './path-locks'
+import { isShort } from '../long-paths'
 
 /** Who asks: the calling process's identity, from the FUSE request. */
 export interface Caller {
@@ -307,6 +308,24 @@ export class Upper {
         throw new FsError(errnoOf(err), 'cannot open', path)
       }
     })
+  }
+
+  /**
+   * openForWrite() done at once (see CopyUp.ensureNow) where no other change is queued; null,
+   * having done nothing, where it cannot: the caller then awaits openForWrite().
+   */
+  openForWriteNow(path: string, flags: number): number | null {
+    if (this.locks.busy) return null
+    const r = this.union.resolveNow(path)
+    const real = this.dir.real(path)
+    // errors (a directory, a missing path) and long paths (a change's scope reaches them) go the other way
+    if (!r || r.top.entry.kind === 'dir' || !isShort(real)) return null
+    if (!this.copyUp.ensureNow(path, 'write', (flags & C.O_TRUNC) === 0)) return null
+    try {
+      return openSync(real, flags & ~(C.O_CREAT | C.O_EXCL))
+    } catch (err) {
+      throw new FsError(errnoOf(err), 'cannot open', path)
+    }
   }
 
   /** Opens the upper file of an already copied-up path for reading (re-pointing a read handle). */
