@@ -3,7 +3,7 @@ import type { Entry, EntryKind, Layer } from '../layer/layer'
 import { majorOf, minorOf, storedXattrName } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
-import { ancestorsOf } from '../paths'
+import { ancestorsOf, parentOf } from '../paths'
 import { LSTAT, sys } from '../sys'
 import type { UpperDir } from './upper-dir'
 import { log } from '../log'
@@ -41,6 +41,8 @@ export class CopyUp {
   private readonly inflight = new Map<string, Promise<void>>()
   /** An entry as made in the work dir (lstatEntry's output). */
   private readonly made = new Float64Array(LSTAT.COUNT)
+  /** The times of the directory a copy-up renames into, as they were before it. */
+  private readonly parentTimes = new Float64Array(LSTAT.COUNT)
   private readonly listeners: Array<(rec: CopyUpRecord) => void> = []
 
   /** `metacopy`: metadata-only copy-up for chmod, chown, utimens and xattr changes (kernel overlayfs's metacopy=on). */
@@ -186,7 +188,13 @@ export class CopyUp {
     }
     setTimes(tmp, entry)
     if (metaOnly) sys.lsetxattr(tmp, this.dir.xattrName('metacopy'), Buffer.alloc(0), 0)
+    // the parent's times are put back after the rename, as kernel overlayfs does: in the merged
+    // view nothing in it changed (a copy-up of /a/b/f leaves /a/b's mtime the lower's)
+    const parent = this.dir.real(parentOf(r.path))
+    const times = this.parentTimes
+    const known = sys.lstatEntry(parent, times) === 0
     renameSync(tmp, this.dir.real(r.path))
+    if (known) sys.utimens(parent, times[LSTAT.ATIME], times[LSTAT.ATIME_NS], times[LSTAT.MTIME], times[LSTAT.MTIME_NS])
   }
 
   /** A failed copy: what was built is removed; the error, as an FsError, for the caller to throw. */

@@ -2,10 +2,12 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
+import { extractForOverlay } from '../support/oracle'
+import { diffTrees, snapshotTree } from '../support/tree'
 
 // Copy-up as it must behave: whole or not at all across a crash, once for concurrent writers, and
 // read handles opened before it seeing what is written after it (as kernel overlayfs since 4.19).
@@ -145,6 +147,59 @@ describe('copy-up', () => {
         assert.equal((st.mode & 0o7777).toString(8), mode.toString(8), `${kind} ${name}: mode`)
         assert.deepEqual([st.uid, st.gid], [owner, owner], `${kind} ${name}: owner`)
       }
+    }
+  })
+
+  it('a first write copies the file and the directories above it whole: modes, owners, times, xattrs', async () => {
+    // a write's copy-up from a tar is done in one synchronous step (CopyUp.ensureNow), the others
+    // by the general path: both must leave the upper kernel overlayfs leaves
+    const src = join(dir, 'write-src')
+    await mkdir(join(src, 'a', 'b'), { recursive: true })
+    await mkdir(join(src, 'plain'))
+    const files = ['a/b/f', 'a/b/t', 'a/x', 'plain/f']
+    for (const f of files) await writeFile(join(src, f), `${f}\n`.repeat(100))
+    await must('sh', ['-c', [
+      `cd '${src}'`,
+      'setfattr -n user.dir -v a a && setfattr -n user.dir -v b a/b && setfattr -n user.file -v f a/b/f && setfattr -n user.two -v 2 a/b/f',
+      'chown 1000:1000 a/b a/b/f && chmod 2750 a/b && chmod 0604 a/b/f && chmod 0711 a && chmod 0444 a/x',
+      "touch -d '2001-02-03 04:05:06' a a/b a/b/f a/b/t a/x plain plain/f",
+    ].join(' && ')])
+    const wtar = join(dir, 'write.tar')
+    await must('tar', ['--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', src, '-cf', wtar, '.'])
+    const writes = (root: string): Promise<unknown> => must('sh', ['-c', [
+      `cd '${root}'`,
+      'printf x >> a/b/f', // append: data copied
+      ': > a/b/t', // O_TRUNC: no data to copy
+      'printf y > a/x', // a 0444 file, written by root
+      'printf z >> plain/f',
+    ].join(' && ')])
+    const kdir = join(dir, 'write-k')
+    await extractForOverlay(wtar, kdir)
+    const uppers: Record<string, string> = {}
+    for (const kind of ['kernel', 'tar', 'dir']) {
+      const upper = join(dir, `write-${kind}-upper`)
+      const work = join(dir, `write-${kind}-work`)
+      await mkdir(upper)
+      await mkdir(work)
+      await utimes(upper, new Date('2002-03-04T05:06:07Z'), new Date('2002-03-04T05:06:07Z')) // the root's, to compare
+      const m = kind === 'kernel'
+        ? await mountKernelOverlay([kdir], { upper, work, options: ['index=off', 'metacopy=off', 'xino=off'] })
+        : await mountLayerfs([kind === 'tar' ? wtar : src], { upper, work })
+      try {
+        await writes(m.path)
+        assert.equal(await readFile(join(m.path, 'a/b/f'), 'utf8'), 'a/b/f\n'.repeat(100) + 'x', `${kind}: appended`)
+      } finally {
+        await m.unmount()
+      }
+      uppers[kind] = upper
+    }
+    // what was written has the time of the write; everything else must be the lower's, as copied
+    const written = new Set(['/a/b/f', '/a/b/t', '/a/x', '/plain/f'])
+    const expected = await snapshotTree(uppers.kernel, { overlayXattrs: true })
+    assert.ok(expected.get('/a/b/f')?.xattrs['user.file'], 'the kernel copied the xattrs (else this test shows nothing)')
+    for (const kind of ['tar', 'dir']) {
+      const diff = diffTrees(expected, await snapshotTree(uppers[kind], { overlayXattrs: true }), { ignore: (path, field) => field === 'mtimeNs' && written.has(path) })
+      assert.deepEqual(diff, [], `the upper of a write through a ${kind} layer differs from kernel overlayfs's`)
     }
   })
 
