@@ -58,6 +58,15 @@ const layer: fc.Arbitrary<LayerSpec> = fc.record({
 
 export const stackArb: fc.Arbitrary<LayerSpec[]> = fc.array(layer, { minLength: 1, maxLength: 4 })
 
+/** Every path a stack's layers name (entries and the directories above them), '/'-joined byte strings. */
+export function pathsOf(specs: readonly LayerSpec[]): string[] {
+  const out = new Set<string>()
+  for (const spec of specs) {
+    for (const [p] of spec.entries) for (let i = 1; i <= p.length; i++) out.add(p.slice(0, i).join('/'))
+  }
+  return [...out].sort()
+}
+
 const key = (p: readonly string[]): string => p.join('/')
 const bytes = (root: string, p: readonly string[]): Buffer =>
   Buffer.concat([Buffer.from(root), ...p.flatMap((n) => [Buffer.from('/'), Buffer.from(n, 'latin1')])])
