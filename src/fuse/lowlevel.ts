@@ -448,9 +448,11 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           ll.llReplyOpen(req, fh, ro, false)
         }
         // a write's copy-up, at once where it can be (LayerFs.openNow), else awaited
+        let path: string
         let fh: number | null
         try {
-          fh = ro ? null : fs.openNow(nodes.path(ino), flags)
+          path = nodes.path(ino)
+          fh = fs.openNow(path, flags)
         } catch (err) {
           return fail(req, 'open', err)
         }
@@ -461,7 +463,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
             return fail(req, 'open', err)
           }
         }
-        return handle(req, 'open', () => fs.open(nodes.path(ino), flags), answer)
+        return handle(req, 'open', () => fs.open(path, flags), answer)
       }
       case OP.READ: {
         // what C did not answer itself: gzip data, sparse members, the first read of a node

@@ -28,6 +28,8 @@ export interface CopyUpRecord {
 }
 
 const CHUNK = 1 << 20
+/** Where a file's bytes lie, in order, in a descriptor (Layer.spanOf, LayerFile.span). */
+type Span = { fd: number; offset: number }
 /** Operations that change only metadata: with metacopy, a lower file's data is not copied for them. */
 const METADATA_ONLY: ReadonlySet<CopyUpReason> = new Set(['chmod', 'chown', 'utimens', 'setxattr', 'removexattr'])
 const TYPE_BITS: Partial<Record<EntryKind, number>> = { char: C.S_IFCHR, block: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }
@@ -94,7 +96,7 @@ export class CopyUp {
    */
   ensureNow(path: string, reason: CopyUpReason, data: boolean): boolean {
     if (this.inflight.size > 0 || (this.metacopy && METADATA_ONLY.has(reason))) return false
-    const todo: Resolved[] = []
+    const todo: Array<[Resolved, Span | null]> = []
     const dirs = ancestorsOf(path).reverse()
     for (let i = 1; i <= dirs.length; i++) { // dirs[0] is the root, always in the upper
       const at = i < dirs.length ? dirs[i] : path
@@ -104,38 +106,44 @@ export class CopyUp {
         if (r.top.entry.metacopy) return false
         continue
       }
-      if (!this.copyableNow(r, at === path && data)) return false
-      todo.push(r)
+      const span = this.copyableNow(r, at === path && data)
+      if (span === false) return false
+      todo.push([r, span])
     }
-    for (const r of todo) this.copyNow(r, r.path === path ? reason : 'parent', r.path === path ? data : true)
+    for (const [r, span] of todo) this.copyNow(r, r.path === path ? reason : 'parent', span)
     return true
   }
 
-  private copyableNow(r: Resolved, withData: boolean): boolean {
+  /**
+   * Whether ensureNow() can copy `r` at once: false where not; else where its bytes lie (null for a
+   * directory, or a file whose data is not wanted).
+   */
+  private copyableNow(r: Resolved, withData: boolean): Span | null | false {
     const { entry, layer, path } = r.top
     const source = this.union.layers[layer]
     if (!source.xattrsNow) return false
-    if (entry.kind === 'dir') return true
+    if (entry.kind === 'dir') return null
     if (entry.kind !== 'file' || entry.metacopy) return false
-    return !withData || (entry.storedSize >= entry.size && source.spanOf?.(path, entry) != null)
+    if (!withData) return null
+    return (entry.storedSize >= entry.size && source.spanOf?.(path, entry)) || false
   }
 
-  private copyNow(r: Resolved, reason: CopyUpReason, withData: boolean): void {
+  /** Copies `r` with its data from `span`, or without data (a directory, or a file made empty). */
+  private copyNow(r: Resolved, reason: CopyUpReason, span: Span | null): void {
     const started = process.hrtime.bigint()
     const { entry, layer, path } = r.top
-    const source = this.union.layers[layer]
-    const xattrs = source.xattrsNow!(path, entry)
+    const xattrs = this.union.layers[layer].xattrsNow!(path, entry)
     const tmp = this.dir.temp()
     let bytes = 0
     try {
       if (entry.kind === 'dir') mkdirSync(tmp, { mode: entry.mode & 0o777 })
-      else if (!withData) this.emptyFile(tmp, entry.mode)
-      else bytes = this.copySpan(r, source.spanOf!(path, entry)!, tmp)
+      else if (!span) this.emptyFile(tmp, entry.mode)
+      else bytes = this.copySpan(r, span, tmp)
       this.finishEntry(r, tmp, xattrs, false)
     } catch (err) {
       throw this.discard(r, tmp, err)
     }
-    this.copied(r, reason, started, bytes, withData, false)
+    this.copied(r, reason, started, bytes, span !== null, false)
   }
 
   private async copy(r: Resolved, reason: CopyUpReason, withData: boolean, metaOnly = false): Promise<void> {
@@ -267,7 +275,7 @@ export class CopyUp {
   }
 
   /** A plain file's bytes from where its layer keeps them in order (a plain tar member). */
-  private copySpan(r: Resolved, span: { fd: number; offset: number }, tmp: Buffer): number {
+  private copySpan(r: Resolved, span: Span, tmp: Buffer): number {
     const out = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, r.top.entry.mode & 0o777)
     try {
       return copyAll(span, out, r.top.entry.size, r.path)
@@ -278,7 +286,7 @@ export class CopyUp {
 }
 
 /** `size` bytes from a span into `out` at 0, copied by the kernel; EIO when the layer has fewer. */
-function copyAll(span: { fd: number; offset: number }, out: number, size: number, path: string): number {
+function copyAll(span: Span, out: number, size: number, path: string): number {
   const copied = sys.copyRange(span.fd, span.offset, out, 0, size)
   if (copied !== size) throw new FsError(Errno.EIO, `layer file shorter than its entry (${copied} of ${size} bytes)`, path)
   return copied
