@@ -146,7 +146,11 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   let sessionEnded = (): void => undefined // set below, once there is something to clean up
   const lowLevel = lowLevelWanted()
   try {
-    const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly ? 86400 : 1, debug: req.debug }
+    // Names and attributes: cached a day (fuse-overlayfs: 10^9 s). Lower layers never change, and
+    // the kernel itself drops what a change made through the mount touches; the exceptions (files
+    // with several names, open files whose name is gone) are uncached in mountLowLevel. fuse-native's
+    // adapter (libfuse 2) keeps its second.
+    const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, debug: req.debug }
     // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
     fuse = lowLevel
       ? await mountLowLevel(fs, mountpoint, fuseOpts, () => sessionEnded())

@@ -191,10 +191,10 @@ interface DirHandle {
 /** Mounts `fs`; resolves once the mount is live. */
 export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOptions, onEnd: () => void): Promise<FuseMount> {
   const ro = opts.readOnly
-  // read-only: everything cached for the mount's life. Writable: names and attributes for a moment;
-  // every change made through the mount invalidates what it touches in the kernel (its own
-  // inode, the parent dirs), except for other names of a hard-linked file, which are separate nodes
-  // here: those attributes are asked for each time. An open file whose name is gone: each time too.
+  // Names and attributes cached for opts.cacheSeconds. Writable mounts rely on the kernel dropping
+  // what a change made through the mount touches (its own inode, the parent dirs), except for other
+  // names of a hard-linked file, which are separate nodes here: those attributes are asked for each
+  // time. An open file whose name is gone: each time too.
   const t = opts.cacheSeconds
   const S_IFMT = 0o170000
   const S_IFDIR = 0o040000
