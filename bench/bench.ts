@@ -25,6 +25,8 @@ const REPO = resolve(__dirname, '..', '..')
 const LAYERFS = join(REPO, 'bin', 'layerfs')
 const QUICK = process.env.BENCH_QUICK === '1'
 const ONLY = process.env.BENCH_ONLY ?? ''
+/** First copy-ups of 4 KiB and 1 MiB files timed per run and system (bench/fixtures.sh makes them). */
+const COPY_SAMPLES = 8
 const RUNS = Number(process.env.BENCH_RUNS ?? (QUICK ? 3 : 5))
 const FIXTURES = process.env.BENCH_FIXTURES ?? (QUICK ? '/var/tmp/layerfs-bench-quick' : '/var/tmp/layerfs-bench')
 const OUT = join(REPO, 'bench', 'results', 'latest')
@@ -218,22 +220,33 @@ function largeFileRows(): void {
 
   const sizes: Array<[string, number]> = [['f4k', 4096], ['f1m', 1 << 20], ['f64m', 64 << 20], ...(QUICK ? [] : [['f1g', 1 << 30]] as Array<[string, number]>)]
   log(`copy-up of ${sizes.map((x) => x[0]).join(', ')}`)
+  const label = (name: string): string => name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
+  /** A first and a second 1-byte append to `file` (under the mount), recorded as the rows of `name`. */
+  const appendTwice = (s: System, m: Mount, file: string, name: string, bytes: number): void => {
+    // no dirty backlog from the previous system's gigabyte: whoever wrote next was throttled
+    // (balance_dirty_pages), and a 1 GiB copy-up swung from 0.3 to 1.3 s with the order
+    sh('sync')
+    record(`copyup-${name}`, `copy-up of a ${label(name)} lower file (first 1-byte append)`, 's', s, timed(`printf x >> ${m.path}/${file}`), bytes)
+    record(`write2-${name}`, `second 1-byte append to the ${label(name)} file`, 's', s, timed(`printf x >> ${m.path}/${file}`), bytes)
+  }
   each((s) => {
     // every system copies from a source in the page cache: what the previous block (cold reads,
     // caches dropped per system) left there differed by system, and the kernel's copy-ups, run
     // before fuse-overlayfs's, warmed the extracted files the two share (a 1 GiB copy-up from the
     // cold tar: 0.7-1.1 s; from the warm one: 0.3 s)
-    sh(s === 'layerfs' ? `cat ${join(FIXTURES, 'large-files.tar')} > /dev/null` : `cat ${join(FIXTURES, 'large-files.dir', 'large')}/* > /dev/null`)
+    sh(s === 'layerfs' ? `cat ${join(FIXTURES, 'large-files.tar')} > /dev/null` : `find ${join(FIXTURES, 'large-files.dir')} -type f -exec cat {} + > /dev/null`)
     const m = mount(s, 'large-files', true)
     try {
-      for (const [name, bytes] of sizes) {
-        const label = name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
-        // no dirty backlog from the previous system's gigabyte: whoever wrote next was throttled
-        // (balance_dirty_pages), and a 1 GiB copy-up swung from 0.3 to 1.3 s with the order
-        sh('sync')
-        record(`copyup-${name}`, `copy-up of a ${label} lower file (first 1-byte append)`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
-        record(`write2-${name}`, `second 1-byte append to the ${label} file`, 's', s, timed(`printf x >> ${m.path}/large/${name}`), bytes)
+      // The small copy-ups take a few ms, and a few samples of them changed sides with the
+      // machine's noise: each run times COPY_SAMPLES of each (large/cu/NN/f4k copies its directory
+      // NN and itself, as the first copy-up of large/f4k copied large/ and itself; f1m then copies
+      // only itself). large/cu is copied up first, untimed.
+      sh(`chmod 755 ${m.path}/large/cu`)
+      for (let i = 1; i <= COPY_SAMPLES; i++) {
+        const dir = `large/cu/${String(i).padStart(String(COPY_SAMPLES).length, '0')}`
+        for (const [name, bytes] of sizes.slice(0, 2)) appendTwice(s, m, `${dir}/${name}`, name, bytes)
       }
+      for (const [name, bytes] of sizes.slice(2)) appendTwice(s, m, `large/${name}`, name, bytes)
       record('meta-copyup', 'chmod of a 64 MiB lower file (metadata copy-up; metacopy=on where offered)', 's', s, timed(`chmod 600 ${m.path}/large/f64m-meta`))
     } finally {
       m.unmount()
@@ -276,7 +289,7 @@ function report(started: Date): void {
   writeFileSync(join(OUT, 'results.json'), JSON.stringify(json, null, 2) + '\n')
   const lines = [
     `# layerfs benchmark${QUICK ? ' (BENCH_QUICK=1)' : ''}`, '',
-    `${started.toISOString()} — ${RUNS} runs per row, the three systems interleaved in each run; cold rows drop the page cache (then run each timed tool once on nothing) and mount afresh.`,
+    `${started.toISOString()} — ${RUNS} runs per row (the 4 KiB and 1 MiB copy-up rows: ${COPY_SAMPLES} files per run), the three systems interleaved in each run; cold rows drop the page cache (then run each timed tool once on nothing) and mount afresh.`,
     `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Linux ${machine.kernel}.`,
     `Versions: layerfs ${versions.layerfs} (Node ${versions.node}), ${versions['fuse-overlayfs']}, ${versions.fio}.`,
     'layerfs reads the tars in place; kernel overlayfs and fuse-overlayfs read the same tars extracted. Ratio: to kernel overlayfs',
@@ -302,7 +315,7 @@ async function main(): Promise<void> {
   if (!existsSync(LAYERFS)) throw new Error('run make build first')
   log(`fixtures in ${FIXTURES}${QUICK ? ' (quick)' : ''}`)
   execFileSync('bash', [join(REPO, 'bench', 'fixtures.sh'), FIXTURES], {
-    stdio: 'inherit', env: { ...process.env, SMALL_FILES: QUICK ? '20000' : '200000', LARGE: QUICK ? '0' : '1' },
+    stdio: 'inherit', env: { ...process.env, SMALL_FILES: QUICK ? '20000' : '200000', LARGE: QUICK ? '0' : '1', COPY_SAMPLES: String(COPY_SAMPLES) },
   })
   try {
     // BENCH_ONLY=small or =large: one half, when working on its rows
