@@ -1043,6 +1043,18 @@ static napi_value js_openable(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// llInvalAttr(session, ino): the kernel's cached attributes of node `ino` are stale (another node
+// changed them: a link made the file's nlink 2). Attributes only (offset -1): the kernel then takes
+// no lock a request in flight may hold, so this is safe from a request's own handler.
+static napi_value js_inval_attr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Session *s = session_arg(env, argv[0]);
+  double ino = 0;
+  napi_get_value_double(env, argv[1], &ino);
+  if (s && !s->ended) fuse_lowlevel_notify_inval_inode(s->se, (fuse_ino_t)ino, -1, 0); // ENOENT: not cached, nothing to drop
+  return NULL;
+}
+
 // llOpenableClear(session): C opens nothing itself until JS says again (a name changed somewhere)
 static napi_value js_openable_clear(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -1158,6 +1170,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llNoCapsClear", NULL, js_no_caps_clear, NULL, NULL, NULL, napi_default, NULL },
     { "llOpenable", NULL, js_openable, NULL, NULL, NULL, napi_default, NULL },
     { "llOpenableClear", NULL, js_openable_clear, NULL, NULL, NULL, napi_default, NULL },
+    { "llInvalAttr", NULL, js_inval_attr, NULL, NULL, NULL, napi_default, NULL },
     { "llNativeStat", NULL, js_native_stat, NULL, NULL, NULL, napi_default, NULL },
     { "llNativeFile", NULL, js_native_file, NULL, NULL, NULL, napi_default, NULL },
   };

@@ -52,6 +52,7 @@ interface LowLevel {
   llOpenable(s: Session, id: number, path: Buffer | null): void
   /** C opens nothing itself until told again (a name changed). */
   llOpenableClear(s: Session): void
+  llInvalAttr(s: Session, ino: number): void
   /** fstat of a handle C opened (or, byNode, of any such handle of node `id`): [mode, nlink, uid, gid, size, blocks, atime s, ns, mtime s, ns, ctime s, ns]. */
   llNativeStat(s: Session, id: number, byNode: boolean): Float64Array | null
   /** On a handle C opened: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). 0 or an errno. */
@@ -562,7 +563,13 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         return change(req, 'symlink', async () => { const p = child(ino, a as string); await fs.symlink(b as string, p, who); return p })
       }
       case OP.LINK:
-        return change(req, 'link', renaming(async () => { const p = child(a as number, b as string); await fs.link(nodes.path(ino), p); return p }))
+        // the new name is a node of its own here: the kernel still holds the old name's attributes
+        // (nlink 1, and size and times that writes through the new name will change) for as long as
+        // they were given for, so they are dropped once the link is made
+        return handle(req, 'link', renaming(async () => { const p = child(a as number, b as string); await fs.link(nodes.path(ino), p); return p }), (made) => {
+          entry(req, made)
+          ll.llInvalAttr(session!, ino)
+        })
       case OP.UNLINK:
         return change(req, 'unlink', renaming(async () => { const p = child(ino, a as string); await fs.unlink(p); nodes.unlinked(p) }))
       case OP.RMDIR:

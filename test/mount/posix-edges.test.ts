@@ -118,7 +118,37 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.equal(outputs[1], outputs[0])
     assert.match(outputs[0], /^a after rename: bravo\+$/m)
   })
+
+  it('a hard link made through the mount: the first name follows writes through the second', async () => {
+    // each name of a hard-linked file is a node of its own in layerfs: the first name's attributes,
+    // cached before the link (nlink 1), must not outlive it
+    const dir = await tempDir('link')
+    const lower = join(dir, 'lower')
+    await mkdir(lower)
+    await writeFile(join(lower, 'f'), 'lower\n')
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', LINKED, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^f 2 8 b'lower\\nx\\n'$/m)
+  })
 })
+
+const LINKED = String.raw`
+import os, sys
+os.chdir(sys.argv[1])
+with open('u', 'w') as f: f.write('upper\n')
+for first, second in [('f', 'g'), ('u', 'v')]:
+    os.stat(first)                                 # attributes cached under the first name (a read would mark its atime stale)
+    os.link(first, second)
+    with open(second, 'a') as f: f.write('x\n')
+    st = os.stat(first)
+    print(first, st.st_nlink, st.st_size, open(first, 'rb').read())
+    st = os.stat(second)
+    print(second, st.st_nlink, st.st_size, open(second, 'rb').read())
+`
 
 const REOPEN = String.raw`
 import os, sys
