@@ -1,6 +1,7 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
+import { replay } from '../support/replay'
 import { chmod, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describeStack, pathsOf, stackArb, writeLayer, type LayerSpec } from './gen'
@@ -155,7 +156,7 @@ describe('writable: random operations, layerfs against kernel overlayfs', () => 
       await fc.assert(fc.asyncProperty(stackWithOps, async ([specs, ops]) => {
         await check(specs, ops, lowerKind)
         await removeTemps()
-      }), { numRuns: runs, endOnFailure: process.env.CI === 'true', includeErrorInReport: true })
+      }), { numRuns: runs, endOnFailure: process.env.CI === 'true', includeErrorInReport: true, ...replay() })
     })
   }
 
@@ -164,6 +165,6 @@ describe('writable: random operations, layerfs against kernel overlayfs', () => 
     await fc.assert(fc.asyncProperty(stackWithOps, async ([specs, ops]) => {
       await check(specs, ops, 'tars', true)
       await removeTemps()
-    }), { numRuns: Math.ceil(RUNS / 2), endOnFailure: process.env.CI === 'true', includeErrorInReport: true })
+    }), { numRuns: Math.ceil(RUNS / 2), endOnFailure: process.env.CI === 'true', includeErrorInReport: true, ...replay() })
   })
 })

@@ -134,7 +134,39 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.equal(outputs[1], outputs[0])
     assert.match(outputs[0], /^f 2 8 b'lower\\nx\\n'$/m)
   })
+
+  it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
+    // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
+    // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
+    const dir = await tempDir('redirect-max')
+    const lower = join(dir, 'lower')
+    const long = 'x'.repeat(200)
+    for (const d of [join('a', long, 'y'.repeat(60)), join('b', 'y'.repeat(60))]) await mkdir(join(lower, d), { recursive: true })
+    await writeFile(join(lower, 'a', long, 'y'.repeat(60), 'f'), 'f')
+    await writeFile(join(lower, 'b', 'y'.repeat(60), 'f'), 'f')
+    const outputs = await onBoth(dir, lower, ['redirect_dir=on'], async (mnt) => {
+      const r = await run('python3', ['-c', MOVES, mnt, long])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^long EXDEV$/m)
+    assert.match(outputs[0], /^short ok$/m)
+  })
 })
+
+const MOVES = String.raw`
+import errno, os, sys
+os.chdir(sys.argv[1]); long = sys.argv[2]; y = 'y' * 60
+os.mkdir('to')
+for label, src in [('long', 'a/' + long + '/' + y), ('short', 'b/' + y)]:
+    try:
+        os.rename(src, 'to/' + label); print(label, 'ok')
+    except OSError as e:
+        print(label, errno.errorcode[e.errno])
+print(sorted(os.listdir('to')), sorted(os.listdir('a/' + long)), os.listdir('b'))
+print(open('to/short/f').read())
+`
 
 const LINKED = String.raw`
 import os, sys
