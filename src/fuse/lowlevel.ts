@@ -52,6 +52,7 @@ interface LowLevel {
   llOpenable(s: Session, id: number, path: Buffer | null): void
   /** C opens nothing itself until told again (a name changed). */
   llOpenableClear(s: Session): void
+  /** The kernel's cached attributes of node `ino` are stale: it asks again (notify_inval_inode, attributes only). */
   llInvalAttr(s: Session, ino: number): void
   /** fstat of a handle C opened (or, byNode, of any such handle of node `id`): [mode, nlink, uid, gid, size, blocks, atime s, ns, mtime s, ns, ctime s, ns]. */
   llNativeStat(s: Session, id: number, byNode: boolean): Float64Array | null

@@ -10,9 +10,9 @@ import { UpperDir } from './upper-dir'
 import { PathLocks } from './path-locks'
 import { isShort } from '../long-paths'
 
-
 /** Kernel overlayfs's default redirect_max: the longest absolute redirect it writes, in bytes. */
 const REDIRECT_MAX = 256
+
 /** Who asks: the calling process's identity, from the FUSE request. */
 export interface Caller {
   readonly uid: number
@@ -243,7 +243,7 @@ export class Upper {
       // absolute one is not made again), and refuses one longer than its redirect_max (256 bytes
       // by default) with EXDEV, after the copy-ups: mv then copies the tree itself
       const absoluteMade = !samedir && !existing?.startsWith('/')
-      if (absoluteMade && Buffer.byteLength(lowerPart.path, 'latin1') > REDIRECT_MAX) {
+      if (absoluteMade && Buffer.byteLength(target, 'latin1') > REDIRECT_MAX) {
         throw new FsError(Errno.EXDEV, 'redirect longer than redirect_max', from)
       }
       await this.dir.setRedirect(real, target)

@@ -1,7 +1,7 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { replay } from '../support/replay'
+import { propertyOptions } from '../support/property'
 import { chmod, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describeStack, pathsOf, stackArb, writeLayer, type LayerSpec } from './gen'
@@ -156,7 +156,7 @@ describe('writable: random operations, layerfs against kernel overlayfs', () => 
       await fc.assert(fc.asyncProperty(stackWithOps, async ([specs, ops]) => {
         await check(specs, ops, lowerKind)
         await removeTemps()
-      }), { numRuns: runs, endOnFailure: process.env.CI === 'true', includeErrorInReport: true, ...replay() })
+      }), propertyOptions(runs))
     })
   }
 
@@ -165,6 +165,6 @@ describe('writable: random operations, layerfs against kernel overlayfs', () => 
     await fc.assert(fc.asyncProperty(stackWithOps, async ([specs, ops]) => {
       await check(specs, ops, 'tars', true)
       await removeTemps()
-    }), { numRuns: Math.ceil(RUNS / 2), endOnFailure: process.env.CI === 'true', includeErrorInReport: true, ...replay() })
+    }), propertyOptions(Math.ceil(RUNS / 2)))
   })
 })

@@ -1,7 +1,7 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
-import { replay } from '../support/replay'
+import { propertyOptions } from '../support/property'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describeStack, stackArb, writeLayer, type LayerSpec } from './gen'
@@ -83,7 +83,7 @@ describe('random layer stacks: layerfs equals kernel overlayfs', () => {
         compared += expected.size
       })
       await removeTemps()
-    }), { numRuns: RUNS, endOnFailure: process.env.CI === 'true', includeErrorInReport: true, ...replay() })
+    }), propertyOptions(RUNS))
     assert.ok(compared > RUNS, `compared ${compared} entries`)
   })
 })
