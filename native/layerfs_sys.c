@@ -3,6 +3,7 @@
 // Synchronous: they touch local lower/upper directories, never our own mount.
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "copy_range.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -211,48 +212,7 @@ static napi_value js_renameat2(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// The pipe copyRange splices through, kept for the process (copy-ups run on Node's thread only);
-// -1 until first needed, and again after an error that may have left bytes in it.
-static int splice_pipe[2] = { -1, -1 };
-static size_t splice_pipe_size = 0;
-
-static void drop_splice_pipe(void) {
-  if (splice_pipe[0] >= 0) { close(splice_pipe[0]); close(splice_pipe[1]); }
-  splice_pipe[0] = splice_pipe[1] = -1;
-}
-
-// Copies up to `len` bytes from in@off_in to out@off_out through the kept pipe: the count copied,
-// 0 at the source's end, or -1 with errno (the pipe is then dropped, as it may hold bytes).
-static ssize_t splice_through_pipe(int in, int64_t off_in, int out, int64_t off_out, size_t len) {
-  if (splice_pipe[0] < 0) {
-    if (pipe2(splice_pipe, O_CLOEXEC) < 0) return -1;
-    // 1 MiB is the default pipe-max-size; a smaller pipe only costs more round trips
-    int got = fcntl(splice_pipe[1], F_SETPIPE_SZ, 1 << 20);
-    if (got < 0) got = fcntl(splice_pipe[1], F_GETPIPE_SZ);
-    splice_pipe_size = got > 0 ? (size_t)got : 65536;
-  }
-  loff_t a = off_in;
-  ssize_t n = splice(in, &a, splice_pipe[1], NULL, len < splice_pipe_size ? len : splice_pipe_size, SPLICE_F_MOVE);
-  if (n <= 0) { if (n < 0) { int e = errno; drop_splice_pipe(); errno = e; } return n; }
-  for (ssize_t moved = 0; moved < n;) {
-    loff_t b = off_out + moved;
-    ssize_t k = splice(splice_pipe[0], NULL, out, &b, (size_t)(n - moved), SPLICE_F_MOVE);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) { int e = k < 0 ? errno : EIO; drop_splice_pipe(); errno = e; return -1; }
-    moved += k;
-  }
-  return n;
-}
-
-// copyRange(fdIn, offIn, fdOut, offOut, length) -> bytes copied. Measured on the bench's tar (ext4,
-// page cache warm; native-notes/fuse-lowlevel.md "Copy-up"): where both offsets lie alike within a
-// page, copy_file_range (the kernel copies, or clones where the filesystem can); where they do
-// not (a tar member's data starts at any 512-byte boundary), splice through a 1 MiB pipe, which
-// beats both copy_file_range (~40% slower there: 1 GiB 450 vs 295 ms, 64 MiB 28 vs 18.6) and a
-// pread/pwrite buffer (64 MiB 19.7, 1 MiB 0.36 vs 0.29). The buffer where neither works, and for
-// up to SMALL_COPY bytes: one pread and one pwrite cost less than two splices (a 4 KiB member took
-// 16-40 µs through the pipe in a first copy-up).
-#define SMALL_COPY (64 << 10)
+// copyRange(fdIn, offIn, fdOut, offOut, length) -> bytes copied (see copy_range.c for how).
 static napi_value js_copy_range(napi_env env, napi_callback_info info) {
   size_t argc = 5; napi_value argv[5];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -261,36 +221,9 @@ static napi_value js_copy_range(napi_env env, napi_callback_info info) {
   napi_get_value_int32(env, argv[0], &in); napi_get_value_int64(env, argv[1], &off_in);
   napi_get_value_int32(env, argv[2], &out); napi_get_value_int64(env, argv[3], &off_out);
   napi_get_value_int64(env, argv[4], &len);
-  int64_t done = 0;
-  enum { COPY_FILE_RANGE, SPLICE, BUFFER } how = len <= SMALL_COPY ? BUFFER : ((off_in ^ off_out) & 4095) == 0 ? COPY_FILE_RANGE : SPLICE;
-  // one buffer for the process, kept: a fresh 1 MiB one cost its page faults on every copy-up
-  // (1 MiB: 0.9-1.6 ms with a fresh buffer, 0.25 ms with a warm one).
-  static char *buf = NULL;
-  while (done < len) {
-    ssize_t n;
-    size_t want = (size_t)(len - done);
-    if (how == COPY_FILE_RANGE) {
-      loff_t a = off_in + done, b = off_out + done;
-      n = copy_file_range(in, &a, out, &b, want, 0);
-      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) { how = BUFFER; continue; }
-    } else if (how == SPLICE) {
-      n = splice_through_pipe(in, off_in + done, out, off_out + done, want);
-      // a descriptor that cannot splice (EINVAL), or no pipe to be had: the buffer copies the rest
-      if (n < 0 && (errno == EINVAL || errno == EMFILE || errno == ENFILE || errno == ENOMEM)) { how = BUFFER; continue; }
-    } else {
-      const size_t cap = 1 << 20;
-      if (!buf && !(buf = malloc(cap))) return throw_errno(env, ENOMEM, "copyRange");
-      if (want > cap) want = cap;
-      n = pread(in, buf, want, off_in + done);
-      if (n > 0) {
-        ssize_t w = 0;
-        while (w < n) { ssize_t k = pwrite(out, buf + w, n - w, off_out + done + w); if (k < 0) { if (errno == EINTR) continue; n = -1; break; } w += k; }
-      }
-    }
-    if (n < 0) { if (errno == EINTR) continue; return throw_errno(env, errno, how == SPLICE ? "splice" : how == BUFFER ? "copyRange" : "copy_file_range"); }
-    if (n == 0) break; // the source ended early
-    done += n;
-  }
+  const char *what = "copyRange";
+  int64_t done = copy_range(in, off_in, out, off_out, len, &what);
+  if (done < 0) return throw_errno(env, errno, what);
   napi_value r; napi_create_int64(env, done, &r);
   return r;
 }

@@ -18,7 +18,7 @@ addon=native/build/Release/layerfs_sys.node
 fuse_addon=native/build/Release/layerfs_fuse.node
 launcher=native/build/Release/layerfs-launch
 stale=0
-for src in native/*.c native/binding.gyp; do [[ -f $addon && -f $fuse_addon && -f $launcher && ! $src -nt $addon && ! $src -nt $fuse_addon && ! $src -nt $launcher ]] || stale=1; done
+for src in native/*.c native/*.h native/binding.gyp; do [[ -f $addon && -f $fuse_addon && -f $launcher && ! $src -nt $addon && ! $src -nt $fuse_addon && ! $src -nt $launcher ]] || stale=1; done
 if ((stale)); then
   # the launcher static where the C library allows it: it starts in ~0.39 ms against ~0.52 linked
   # dynamically, and it runs for every mount (native-notes/fuse-lowlevel.md)
