@@ -6,11 +6,13 @@
 #define FUSE_USE_VERSION 35
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "copy_range.h"
 #include <uv.h>
 #include <fuse_lowlevel.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,6 +29,7 @@ enum {
   OP_READDIR, OP_RELEASEDIR, OP_STATFS, OP_GETXATTR, OP_LISTXATTR, OP_INIT, OP_DESTROY,
   OP_SETATTR, OP_MKNOD, OP_MKDIR, OP_SYMLINK, OP_LINK, OP_UNLINK, OP_RMDIR, OP_RENAME, OP_CREATE,
   OP_WRITE, OP_FLUSH, OP_FSYNC, OP_SETXATTR, OP_REMOVEXATTR,
+  OP_NOTES, // not a request: copy-ups the reader thread ran (see plan_open) wait in llNotes
 };
 
 typedef struct {
@@ -61,6 +64,15 @@ typedef struct {
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
   // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
   int init_on_reader, init_no_opendir, init_no_open;
+  // copy-ups planned by JS at LOOKUP and run by the reader thread at OPEN (see plan_open), and what
+  // they did, for JS. Under plock: JS takes it to begin or end a change of its own (llChange).
+  pthread_mutex_t plock;
+  uint64_t epoch; // moves on every change, JS's or a plan's: a plan is good only in its own epoch
+  int busy;       // JS's changes under way: no plan runs meanwhile
+  struct Plan *plans; int nplans; uint32_t plan_seq;
+  struct Note *notes, *notes_tail;
+  char *plan_upper, *plan_temp; size_t plan_upper_len, plan_temp_len; // llPlanRoots
+  uint64_t temp_seq; // names of the entries plans build in plan_temp
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
@@ -281,6 +293,11 @@ static napi_value latin1(napi_env env, const char *s) { napi_value r; napi_creat
 static void tell_js_init(Session *s) {
   enter_js(s);
   dispatch_to(s, NULL, OP_INIT, 0, num(s->env, s->init_no_opendir), num(s->env, s->init_no_open), NULL);
+}
+
+// Copy-ups the reader thread ran from plans: JS reads them (llNotes) before any later request.
+static void tell_js_notes(Session *s) {
+  dispatch_to(s, NULL, OP_NOTES, 0, NULL, NULL, NULL);
 }
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn) {
@@ -504,6 +521,23 @@ static void reply_status(Session *s, uint64_t unique, int32_t error) {
   while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
 }
 
+// A handle C opened itself for node `node` (under dlock, written): its READs and WRITEs served here.
+static uint64_t native_fh_set(Session *s, uint64_t node, int fd, int writable, int no_caps) {
+  uint64_t fh;
+  do { fh = NATIVE_FH + (s->native_fh++ & 0x0fffffffULL); } while (direct_find(s, fh));
+  direct_set(s, fh, fd, 0, -1, 0, writable)->node = node;
+  if (no_caps) direct_set(s, node | KEY_NO_CAPS, -1, 0, 0, -1, 0);
+  return fh;
+}
+
+// OPEN's answer: no FOPEN_KEEP_CACHE, as JS answers on a writable mount.
+static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh) {
+  struct kernel_out_header out = { sizeof out + sizeof(struct kernel_open_out), 0, unique };
+  struct kernel_open_out oo = { fh, 0, 0 };
+  struct iovec iov[2] = { { &out, sizeof out }, { &oo, sizeof oo } };
+  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+}
+
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
 // then answered here too. 1 if answered; 0 to leave it to JS (not openable, or the open failed:
 // JS then opens it, or says why not).
@@ -527,15 +561,163 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
     return 0;
   }
   free(path);
-  uint64_t fh;
-  do { fh = NATIVE_FH + (s->native_fh++ & 0x0fffffffULL); } while (direct_find(s, fh));
-  direct_set(s, fh, fd, 0, -1, 0, writable)->node = in->nodeid;
-  if (no_caps) direct_set(s, in->nodeid | KEY_NO_CAPS, -1, 0, 0, -1, 0);
+  uint64_t fh = native_fh_set(s, in->nodeid, fd, writable, no_caps);
   pthread_rwlock_unlock(&s->dlock);
-  struct kernel_out_header out = { sizeof out + sizeof(struct kernel_open_out), 0, in->unique };
-  struct kernel_open_out oo = { fh, 0, 0 }; // no FOPEN_KEEP_CACHE: as JS answers on a writable mount
-  struct iovec iov[2] = { { &out, sizeof out }, { &oo, sizeof oo } };
-  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+  reply_open_fh(s, in->unique, fh);
+  return 1;
+}
+
+// ---------------------------------------------------------------- copy-ups planned by JS
+
+// A first write's copy-up, planned by JS when it answers the LOOKUP of a lower file
+// (src/upper/copy-up.ts planNow: the entries to make, parents first, each with everything
+// finishEntry needs) and run here when the kernel's OPEN for writing comes: the OPEN then needs no
+// call into JavaScript, which on a daemon that has just woken cost more than the syscalls
+// (native-notes/fuse-lowlevel.md "First copy-ups in C"). A plan is good only in the epoch it was
+// made in: every change JS begins or ends, and every plan run, moves the epoch on; none runs while
+// a change of JS's is under way. What a plan did waits in a Note for JS (its caches, the stats),
+// and JS reads the notes before any later request and before it begins a change.
+typedef struct PlanEntry {
+  int dir;                  // a directory, else a regular file
+  mode_t mode; uid_t uid; gid_t gid;
+  struct timespec times[2]; // atime, mtime
+  int src_fd; int64_t src_off, size; // a file's bytes, in order (a plain tar member)
+  const char *tmp, *real, *parent; // where it is built, where it goes, the directory it goes into
+  const char *xattrs; size_t xattrs_len; // name\0, u32 length, value; names as stored
+} PlanEntry;
+
+typedef struct Plan {
+  struct Plan *next;
+  uint64_t node, epoch;
+  uint32_t id;
+  size_t n;
+  PlanEntry *e;
+  char *blob;
+} Plan;
+
+typedef struct Note {
+  struct Note *next;
+  uint32_t id;
+  int n, done, err; // entries planned, entries made, the errno that stopped it (0: none)
+  double ns[];      // each entry's time, made or not
+} Note;
+
+#define PLAN_FIELDS 12 // per entry in llPlan's numbers (see lowlevel.ts planFields)
+#define PLANS_KEPT 16
+
+static void plan_free(Plan *p) { if (p) { free(p->e); free(p->blob); free(p); } }
+
+// Queues a request (or a marker: len 0 INIT, len 1 notes) for Node's thread, after those queued before.
+static void queue_push(Session *s, const void *data, size_t len) {
+  Queued *q = malloc(sizeof *q + len);
+  if (!q) return;
+  q->next = NULL; q->len = len;
+  memcpy(q->data, data, len);
+  pthread_mutex_lock(&s->qlock);
+  if (s->qtail) s->qtail->next = q; else s->qhead = q;
+  s->qtail = q;
+  pthread_mutex_unlock(&s->qlock);
+  uv_async_send(&s->async);
+}
+
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+// One entry, as CopyUp.finishEntry makes it: built at tmp (the file with its bytes), owner and mode
+// where the work dir gave others, xattrs (those the upper refuses are left out, as JS does), times,
+// then renamed into place and the parent's times put back. 0 or an errno; nothing left at tmp.
+static int plan_entry(const PlanEntry *e) {
+  if (e->dir) {
+    if (mkdir(e->tmp, e->mode & 0777) < 0) return errno;
+  } else {
+    int fd = open(e->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, e->mode & 0777);
+    if (fd < 0) return errno;
+    const char *what = "";
+    int64_t got = e->size > 0 ? copy_range(e->src_fd, e->src_off, fd, 0, e->size, &what) : 0;
+    int err = got < 0 ? errno : got != e->size ? EIO : 0;
+    close(fd);
+    if (err) { unlink(e->tmp); return err; }
+  }
+  int err = 0;
+  struct stat st;
+  int chown_needed = lstat(e->tmp, &st) != 0 || st.st_uid != e->uid || st.st_gid != e->gid;
+  if (chown_needed && lchown(e->tmp, e->uid, e->gid) < 0) err = errno;
+  // after chown, which clears setuid and setgid
+  if (!err && (chown_needed || (st.st_mode & 07777) != (e->mode & 07777)) && chmod(e->tmp, e->mode & 07777) < 0) err = errno;
+  for (size_t at = 0; !err && at < e->xattrs_len;) {
+    const char *name = e->xattrs + at;
+    size_t nlen = strnlen(name, e->xattrs_len - at);
+    if (at + nlen + 1 + 4 > e->xattrs_len) { err = EINVAL; break; }
+    uint32_t vlen;
+    memcpy(&vlen, name + nlen + 1, 4);
+    const char *value = name + nlen + 5;
+    if (at + nlen + 5 + vlen > e->xattrs_len) { err = EINVAL; break; }
+    lsetxattr(e->tmp, name, value, vlen, 0); // refused (security.*, trusted.*): usable without it
+    at += nlen + 5 + vlen;
+  }
+  if (!err && utimensat(AT_FDCWD, e->tmp, e->times, AT_SYMLINK_NOFOLLOW) < 0) err = errno;
+  struct stat ps;
+  int known = !err && lstat(e->parent, &ps) == 0;
+  if (!err && rename(e->tmp, e->real) < 0) err = errno;
+  if (err) {
+    if (e->dir) rmdir(e->tmp); else unlink(e->tmp);
+    return err;
+  }
+  if (known) {
+    struct timespec pt[2] = { ps.st_atim, ps.st_mtim };
+    utimensat(AT_FDCWD, e->parent, pt, AT_SYMLINK_NOFOLLOW);
+  }
+  return 0;
+}
+
+// OPEN for writing (not O_TRUNC) of a node JS planned a copy-up for: the plan run, the upper file
+// opened here as open_native does. 1 if answered; 0 to leave the OPEN to JS (no plan, a stale one,
+// or a step failed: JS then reads the note first, and copies or says why not).
+static int plan_open(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
+  int flags = (int)arg->flags;
+  if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC)) return 0;
+  pthread_mutex_lock(&s->plock);
+  Plan **pp = &s->plans;
+  while (*pp && (*pp)->node != in->nodeid) pp = &(*pp)->next;
+  Plan *p = *pp;
+  if (!p || p->epoch != s->epoch || s->busy > 0) { pthread_mutex_unlock(&s->plock); return 0; }
+  *pp = p->next;
+  s->nplans--;
+  Note *note = calloc(1, sizeof *note + p->n * sizeof(double));
+  int err = 0;
+  size_t done = 0;
+  for (; done < p->n; done++) {
+    int64_t t0 = now_ns();
+    err = plan_entry(&p->e[done]);
+    if (note) note->ns[done] = (double)(now_ns() - t0);
+    if (err) break;
+  }
+  int fd = -1;
+  if (!err) {
+    fd = open(p->e[p->n - 1].real, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) err = errno;
+  }
+  s->epoch++;
+  if (note) {
+    note->id = p->id; note->n = (int)p->n; note->done = (int)done; note->err = err;
+    if (s->notes_tail) s->notes_tail->next = note; else s->notes = note;
+    s->notes_tail = note;
+  }
+  pthread_mutex_unlock(&s->plock);
+  queue_push(s, "N", 1); // ahead of every later request (and of this OPEN, if JS answers it)
+  if (fd < 0) { plan_free(p); return 0; }
+  int no_caps = fgetxattr(fd, "security.capability", NULL, 0) < 0 && errno == ENODATA;
+  pthread_rwlock_wrlock(&s->dlock);
+  uint64_t fh = native_fh_set(s, in->nodeid, fd, 1, no_caps);
+  // its next OPENs as a file in the upper (as JS's openable() would say after its own copy-up)
+  char *path = strdup(p->e[p->n - 1].real);
+  if (path) direct_set(s, in->nodeid | KEY_OPENABLE, -1, 0, 0, -1, 0)->path = path;
+  pthread_rwlock_unlock(&s->dlock);
+  plan_free(p);
+  reply_open_fh(s, in->unique, fh);
   return 1;
 }
 
@@ -554,7 +736,10 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     reply_status(s, in->unique, -ENOSYS);
     return 1;
   }
-  if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) return open_native(s, in, (const void *)(msg + sizeof *in));
+  if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
+    const struct kernel_open_in *arg = (const void *)(msg + sizeof *in);
+    return open_native(s, in, arg) || plan_open(s, in, arg);
+  }
   if (in->opcode == KERNEL_FUSE_RELEASE && len >= sizeof *in + sizeof(struct kernel_release_in)) {
     const struct kernel_release_in *rel = (const void *)(msg + sizeof *in);
     if (rel->fh < NATIVE_FH) return 0;
@@ -624,16 +809,7 @@ static void *reader_main(void *arg) {
       fuse_session_process_buf(s->se, &buf);
       s->init_on_reader = 0;
     }
-    size_t qlen = init ? 0 : (size_t)res;
-    Queued *q = malloc(sizeof *q + qlen);
-    if (!q) continue;
-    q->next = NULL; q->len = qlen;
-    memcpy(q->data, buf.mem, qlen);
-    pthread_mutex_lock(&s->qlock);
-    if (s->qtail) s->qtail->next = q; else s->qhead = q;
-    s->qtail = q;
-    pthread_mutex_unlock(&s->qlock);
-    uv_async_send(&s->async);
+    queue_push(s, buf.mem, init ? 0 : (size_t)res);
   }
   free(buf.mem);
   atomic_store(&s->reader_done, 1);
@@ -654,6 +830,7 @@ static void on_queued(uv_async_t *handle) {
     while (q) {
       Queued *next = q->next;
       if (s->se && !s->ended && q->len == 0) tell_js_init(s); // INIT, answered on the reader thread
+      else if (s->se && !s->ended && q->len == 1) tell_js_notes(s); // copy-ups run from plans
       else if (s->se && !s->ended) {
         struct fuse_buf b = { .size = q->len, .flags = 0, .mem = q->data };
         fuse_session_process_buf(s->se, &b);
@@ -691,6 +868,9 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   }
   free(s->buf.mem);
   direct_free_all(s);
+  for (Plan *p = s->plans, *n; p; p = n) { n = p->next; plan_free(p); }
+  for (Note *p = s->notes, *n; p; p = n) { n = p->next; free(p); }
+  free(s->plan_upper); free(s->plan_temp);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -721,6 +901,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_uv_event_loop(env, &loop));
   pthread_rwlock_init(&s->dlock, NULL);
   pthread_mutex_init(&s->qlock, NULL);
+  pthread_mutex_init(&s->plock, NULL);
   const char *no_thread = getenv("LAYERFS_FUSE_THREAD");
   s->threaded = !(no_thread && strcmp(no_thread, "0") == 0);
   if (s->threaded) {
@@ -1146,6 +1327,157 @@ static napi_value js_caller(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+// llEpoch(session) -> the epoch a plan made from now on belongs to; -1 where no plan can run (no
+// reader thread, or a read-only mount); -2 while notes wait (JS reads them first: its view is behind).
+static napi_value js_epoch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (!s || !s->threaded || s->read_only || s->ended) return num(env, -1);
+  pthread_mutex_lock(&s->plock);
+  double e = s->notes ? -2 : (double)s->epoch;
+  pthread_mutex_unlock(&s->plock);
+  return num(env, e);
+}
+
+// llPlanRoots(session, upper: Buffer, temp: Buffer): where plans put their entries (upper + merged
+// path) and build them first (temp/#PID-nSEQ: JS's own names there have no "n").
+static char *dup_buffer(napi_env env, napi_value v, size_t *len) {
+  void *data; size_t n;
+  if (napi_get_buffer_info(env, v, &data, &n) != napi_ok) return NULL;
+  char *out = malloc(n + 1);
+  if (!out) return NULL;
+  memcpy(out, data, n); out[n] = 0;
+  *len = n;
+  return out;
+}
+
+static napi_value js_plan_roots(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  free(s->plan_upper); free(s->plan_temp);
+  s->plan_upper = dup_buffer(env, argv[1], &s->plan_upper_len);
+  s->plan_temp = dup_buffer(env, argv[2], &s->plan_temp_len);
+  return NULL;
+}
+
+// llPlan(session, node, epoch, path, numbers: Float64Array, xattrs: Buffer | null) -> the plan's
+// id, or 0 when it is stale already (the epoch moved on since JS read it) or malformed. The entries
+// are the last n of `path`'s own (its ancestors, then it); numbers: [n, then PLAN_FIELDS per entry:
+// dir, mode, uid, gid, atime s, ns, mtime s, ns, source fd, offset, size, bytes of its xattrs in
+// `xattrs` (name\0, u32 length, value, for each)].
+static napi_value js_plan(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  Session *s = session_arg(env, argv[0]);
+  double node = dbl(env, argv[1]), epoch = dbl(env, argv[2]);
+  char path[4096]; size_t plen = 0;
+  napi_typedarray_type type; size_t count = 0; void *data = NULL; napi_value ab; size_t off;
+  void *xattrs = NULL; size_t xlen = 0;
+  if (!s || !s->plan_upper || !s->plan_temp
+      || napi_get_value_string_latin1(env, argv[3], path, sizeof path, &plen) != napi_ok || plen + 1 >= sizeof path || path[0] != '/'
+      || napi_get_typedarray_info(env, argv[4], &type, &count, &data, &ab, &off) != napi_ok || type != napi_float64_array) return num(env, 0);
+  if (napi_get_buffer_info(env, argv[5], &xattrs, &xlen) != napi_ok) { xattrs = NULL; xlen = 0; }
+  const double *a = data;
+  size_t n = count > 0 ? (size_t)a[0] : 0;
+  // where each of the path's components ends: the entries are the last n
+  size_t ends[2048], m = 0;
+  for (size_t i = 1; i <= plen && m < 2048; i++) if (i == plen || path[i] == '/') ends[m++] = i;
+  if (n == 0 || n > m || count < 1 + n * PLAN_FIELDS) return num(env, 0);
+  size_t need = xlen;
+  for (size_t i = 0; i < n; i++) need += 2 * s->plan_upper_len + plen * 2 + s->plan_temp_len + 64;
+  Plan *p = calloc(1, sizeof *p);
+  if (!p) return num(env, 0);
+  p->e = calloc(n, sizeof *p->e);
+  p->blob = malloc(need);
+  if (!p->e || !p->blob) { plan_free(p); return num(env, 0); }
+  p->n = n; p->node = (uint64_t)node; p->epoch = (uint64_t)epoch;
+  char *at = p->blob;
+  const char *x = xattrs;
+  size_t xleft = xlen;
+  for (size_t i = 0; i < n; i++) {
+    const double *f = a + 1 + i * PLAN_FIELDS;
+    PlanEntry *e = &p->e[i];
+    e->dir = f[0] != 0; e->mode = (mode_t)f[1]; e->uid = (uid_t)f[2]; e->gid = (gid_t)f[3];
+    e->times[0] = (struct timespec){ (time_t)f[4], (long)f[5] };
+    e->times[1] = (struct timespec){ (time_t)f[6], (long)f[7] };
+    e->src_fd = (int)f[8]; e->src_off = (int64_t)f[9]; e->size = (int64_t)f[10];
+    size_t c = m - n + i, end = ends[c], pend = c > 0 ? ends[c - 1] : 0;
+    e->real = at;
+    at += sprintf(at, "%s%.*s", s->plan_upper, (int)end, path) + 1;
+    e->parent = at;
+    at += sprintf(at, "%s%.*s", s->plan_upper, (int)pend, path) + 1;
+    e->tmp = at;
+    at += sprintf(at, "%s/#%d-n%llu", s->plan_temp, (int)getpid(), (unsigned long long)++s->temp_seq) + 1;
+    size_t xl = (size_t)f[11];
+    if (xl > xleft) { plan_free(p); return num(env, 0); }
+    memcpy(at, x, xl);
+    e->xattrs = at; e->xattrs_len = xl;
+    at += xl; x += xl; xleft -= xl;
+  }
+  pthread_mutex_lock(&s->plock);
+  if (p->epoch != s->epoch) { pthread_mutex_unlock(&s->plock); plan_free(p); return num(env, 0); }
+  // a node's newer plan replaces its older one; plans of past epochs can never run
+  for (Plan **q = &s->plans; *q;) {
+    if ((*q)->node == p->node || (*q)->epoch != s->epoch) { Plan *d = *q; *q = d->next; plan_free(d); s->nplans--; }
+    else q = &(*q)->next;
+  }
+  p->id = ++s->plan_seq ? s->plan_seq : ++s->plan_seq; // never 0
+  p->next = s->plans; s->plans = p; s->nplans++;
+  if (s->nplans > PLANS_KEPT) { // the oldest goes
+    Plan **q = &s->plans;
+    while ((*q)->next) q = &(*q)->next;
+    plan_free(*q); *q = NULL; s->nplans--;
+  }
+  uint32_t id = p->id;
+  pthread_mutex_unlock(&s->plock);
+  return num(env, id);
+}
+
+// llChange(session, delta: 1 | -1) -> whether notes wait: JS begins (1) or ends (-1) a change of
+// its own. Beginning waits for a plan being run; no plan runs until the change ends, and no plan
+// made before it ever runs.
+static napi_value js_change(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  int delta = (int)dbl(env, argv[1]);
+  pthread_mutex_lock(&s->plock);
+  s->busy += delta;
+  s->epoch++;
+  bool notes = s->notes != NULL;
+  pthread_mutex_unlock(&s->plock);
+  napi_value r;
+  napi_get_boolean(env, notes, &r);
+  return r;
+}
+
+// llNotes(session) -> what the plans run since the last call did, or null: per plan [id, n, done,
+// errno, then n times in ns].
+static napi_value js_notes(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  pthread_mutex_lock(&s->plock);
+  Note *list = s->notes;
+  s->notes = s->notes_tail = NULL;
+  pthread_mutex_unlock(&s->plock);
+  napi_value r;
+  if (!list) { napi_get_null(env, &r); return r; }
+  size_t count = 0;
+  for (Note *n = list; n; n = n->next) count += 4 + (size_t)n->n;
+  napi_value abuf; void *out;
+  CHECK(napi_create_arraybuffer(env, count * sizeof(double), &out, &abuf));
+  double *o = out;
+  for (Note *n = list, *next; n; n = next) {
+    next = n->next;
+    *o++ = n->id; *o++ = n->n; *o++ = n->done; *o++ = n->err;
+    for (int i = 0; i < n->n; i++) *o++ = n->ns[i];
+    free(n);
+  }
+  CHECK(napi_create_typedarray(env, napi_float64_array, count, abuf, 0, &r));
+  return r;
+}
+
 napi_value fuse_ll_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "llMount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
@@ -1173,6 +1505,11 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llInvalAttr", NULL, js_inval_attr, NULL, NULL, NULL, napi_default, NULL },
     { "llNativeStat", NULL, js_native_stat, NULL, NULL, NULL, napi_default, NULL },
     { "llNativeFile", NULL, js_native_file, NULL, NULL, NULL, napi_default, NULL },
+    { "llEpoch", NULL, js_epoch, NULL, NULL, NULL, napi_default, NULL },
+    { "llPlan", NULL, js_plan, NULL, NULL, NULL, napi_default, NULL },
+    { "llPlanRoots", NULL, js_plan_roots, NULL, NULL, NULL, napi_default, NULL },
+    { "llChange", NULL, js_change, NULL, NULL, NULL, napi_default, NULL },
+    { "llNotes", NULL, js_notes, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -14,6 +14,8 @@ import { runtimeDir } from './runtime'
 // thread, which serves them (see native-notes: the deadlock trap).
 
 const BLOCK = 512
+/** First writes whose copy-up C runs from a plan (see CopyUp.planNow), each in a directory of its own. */
+const PLANNED = 8
 
 /** A ustar member: header and data padded to whole blocks. */
 function tarMember(name: string, type: '0' | '5', data: Buffer, mode: number): Buffer {
@@ -40,7 +42,10 @@ export async function warmUp(serve: typeof Serve): Promise<void> {
     const tar = join(dir, 'lower.tar')
     await writeFile(tar, Buffer.concat([
       tarMember('t/', '5', Buffer.alloc(0), 0o755), tarMember('t/a', '0', page, 0o644), tarMember('t/b', '0', page, 0o644),
-      tarMember('t/c', '0', page, 0o644), Buffer.alloc(BLOCK * 2),
+      tarMember('t/c', '0', page, 0o644),
+      // first writes to files the kernel has not seen listed: LOOKUPs that plan the copy-up, which C then runs
+      ...Array.from({ length: PLANNED }, (_, i) => [tarMember(`w${i}/`, '5', Buffer.alloc(0), 0o755), tarMember(`w${i}/f`, '0', page, 0o644)]).flat(),
+      Buffer.alloc(BLOCK * 2),
     ]))
     const lower = join(dir, 'lower')
     await mkdir(join(lower, 'd'), { recursive: true })
@@ -74,6 +79,7 @@ export async function warmUp(serve: typeof Serve): Promise<void> {
       await browse()
       await readlink(at('d/l'))
       for (const f of ['t/b', 'd/g', 't/a', 't/b']) await appendFile(at(f), 'x')
+      for (let i = 0; i < PLANNED; i++) await appendFile(at(`w${i}/f`), 'x')
       await chmod(at('t/c'), 0o600)
       await writeFile(at('d/new'), page)
       await unlink(at('d/f'))

@@ -4,6 +4,7 @@ import type { Entry, Timestamp } from '../layer/layer'
 import { modeOf } from '../layer/layer'
 import type { Resolved, Union } from '../union/union'
 import type { Caller, TimeSpec, Upper } from '../upper/upper'
+import type { PlannedEntry } from '../upper/copy-up'
 import { Errno, FsError } from '../errors'
 import { parentOf } from '../paths'
 import { Handles, upperFile, type DirectSpan } from './handles'
@@ -172,6 +173,24 @@ export class LayerFs {
     if (!(flags & WRITE_FLAGS) || !this.upper) return null
     const fd = this.upper.openForWriteNow(path, flags)
     return fd === null ? null : this.handles.add(upperFile(fd))
+  }
+
+  /**
+   * The copy-up a first write to `path` would need, planned for the FUSE binding to run at the
+   * write's OPEN (Upper.planWriteNow); null where there is none to plan.
+   */
+  planWriteNow(path: string, maxBytes: number): PlannedEntry[] | null {
+    return this.upper?.planWriteNow(path, maxBytes) ?? null
+  }
+
+  /** Where a planned copy-up's entries are built and put (UpperDir.planRoots); null without an upper. */
+  planRoots(): { upper: Buffer; temp: Buffer } | null {
+    return this.upper?.dir.planRoots() ?? null
+  }
+
+  /** The binding ran `plan`'s first `done` entries (in `ns[i]` ns each): the union and the stats learn of them. */
+  plannedDone(plan: readonly PlannedEntry[], done: number, ns: readonly number[]): void {
+    this.upper?.plannedDone(plan, done, ns)
   }
 
   private async copiedUp(path: string): Promise<void> {

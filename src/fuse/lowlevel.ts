@@ -2,6 +2,7 @@ import { join } from 'node:path'
 import type { LayerFs, Stat } from '../core/layerfs'
 import type { DirectSpan } from '../core/handles'
 import type { Caller } from '../upper/upper'
+import type { PlannedEntry } from '../upper/copy-up'
 import { Errno, FsError, errnoOf } from '../errors'
 import { joinPath } from '../paths'
 import { log } from '../log'
@@ -58,17 +59,81 @@ interface LowLevel {
   llNativeStat(s: Session, id: number, byNode: boolean): Float64Array | null
   /** On a handle C opened: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). 0 or an errno. */
   llNativeFile(s: Session, fh: number, op: 1 | 2, arg: number): number
+  /** The epoch a plan made now belongs to; -1: no plan can run (no reader thread, read-only); -2: read llNotes first. */
+  llEpoch(s: Session): number
+  /** Where planned copy-ups build their entries (`temp`) and put them (`upper`, joined with the path). */
+  llPlanRoots(s: Session, upper: Buffer, temp: Buffer): void
+  /**
+   * A copy-up C runs itself at node `id`'s OPEN for writing, if nothing changed since `epoch`: the
+   * last entries of `path` (its ancestors, then it), as planFields lays them out. Its id, or 0 if stale already.
+   */
+  llPlan(s: Session, id: number, epoch: number, path: string, numbers: Float64Array, xattrs: Buffer | null): number
+  /** JS begins (1) or ends (-1) a change: no plan runs meanwhile, none made before runs. Whether notes wait. */
+  llChange(s: Session, delta: 1 | -1): boolean
+  /** What the plans C ran did, since the last call: per plan [id, entries, entries made, errno, then each entry's ns]. */
+  llNotes(s: Session): Float64Array | null
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const ll = require(join(NATIVE_BUILD, 'layerfs_fuse.node')) as LowLevel
+const native = require(join(NATIVE_BUILD, 'layerfs_fuse.node')) as LowLevel
 
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 4, OPEN: 5, READ: 6, RELEASE: 7, OPENDIR: 8, READDIR: 9,
   RELEASEDIR: 10, STATFS: 11, GETXATTR: 12, LISTXATTR: 13, INIT: 14, DESTROY: 15,
   SETATTR: 16, MKNOD: 17, MKDIR: 18, SYMLINK: 19, LINK: 20, UNLINK: 21, RMDIR: 22, RENAME: 23, CREATE: 24,
-  WRITE: 25, FLUSH: 26, FSYNC: 27, SETXATTR: 28, REMOVEXATTR: 29,
+  WRITE: 25, FLUSH: 26, FSYNC: 27, SETXATTR: 28, REMOVEXATTR: 29, NOTES: 30,
 } as const
+/** Requests that may change the tree, the upper or what a plan assumed (an OPEN makes a handle a copy-up would re-point). */
+const CHANGES: readonly boolean[] = (() => {
+  const a: boolean[] = []
+  for (const op of [OP.OPEN, OP.SETATTR, OP.MKNOD, OP.MKDIR, OP.SYMLINK, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME, OP.CREATE, OP.WRITE, OP.FSYNC, OP.SETXATTR, OP.REMOVEXATTR]) a[op] = true
+  return a
+})()
+/** The largest file whose first write's copy-up C runs from a plan: the reader thread serves nothing else meanwhile (1 MiB: ~0.3 ms). */
+const PLAN_MAX_BYTES = 8 << 20
+/** Numbers per planned entry (fuse_ll.c PLAN_FIELDS). */
+const PLAN_FIELDS = 12
+
+/** `base` with every reply followed by `after(req)` (a change of JS's ends when it is answered). */
+function replying(base: LowLevel, after: (req: number) => void): LowLevel {
+  // (the binding's functions are not enumerable, and not writable: a prototype, not a copy)
+  const hook = <A extends unknown[]>(f: (req: number, ...rest: A) => void) => ({
+    value: (req: number, ...rest: A): void => {
+      f(req, ...rest)
+      after(req)
+    },
+  })
+  return Object.create(base, {
+    llReplyErr: hook(base.llReplyErr), llReplyEntry: hook(base.llReplyEntry), llReplyAttr: hook(base.llReplyAttr),
+    llReplyOpen: hook(base.llReplyOpen), llReplyCreate: hook(base.llReplyCreate), llReplyWrite: hook(base.llReplyWrite),
+  }) as LowLevel
+}
+
+/** A plan's numbers as llPlan takes them ([entries, then PLAN_FIELDS each]) and its xattrs' bytes (null: none). */
+function planFields(plan: readonly PlannedEntry[]): [Float64Array, Buffer | null] {
+  const nums = new Float64Array(1 + plan.length * PLAN_FIELDS)
+  nums[0] = plan.length
+  let parts: Buffer[] | null = null
+  for (let i = 0; i < plan.length; i++) {
+    const { r, span, xattrs } = plan[i]
+    const e = r.top.entry
+    let xattrBytes = 0
+    for (const [name, value] of xattrs) {
+      const head = Buffer.alloc(Buffer.byteLength(name, 'latin1') + 5)
+      head.write(name, 0, 'latin1')
+      head.writeUInt32LE(value.length, head.length - 4)
+      ;(parts ??= []).push(head, value)
+      xattrBytes += head.length + value.length
+    }
+    const at = 1 + i * PLAN_FIELDS
+    nums[at] = e.kind === 'dir' ? 1 : 0; nums[at + 1] = e.mode; nums[at + 2] = e.uid; nums[at + 3] = e.gid
+    nums[at + 4] = e.atime.sec; nums[at + 5] = e.atime.nsec; nums[at + 6] = e.mtime.sec; nums[at + 7] = e.mtime.nsec
+    nums[at + 8] = span ? span.fd : -1; nums[at + 9] = span ? span.offset : 0; nums[at + 10] = span ? e.size : 0
+    nums[at + 11] = xattrBytes
+  }
+  return [nums, parts && Buffer.concat(parts)]
+}
+
 // fuse_lowlevel.h's FUSE_SET_ATTR_* bits
 const SET = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const
 const UTIME_NOW = (1 << 30) - 1
@@ -200,6 +265,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const t = opts.cacheSeconds
   const S_IFMT = 0o170000
   const S_IFDIR = 0o040000
+  const S_IFREG = 0o100000
   const ta = (st: Stat): number => (ro || ((st.mode & S_IFMT) === S_IFDIR || st.nlink <= 1) ? t : 0)
   const nodes = new Nodes(!ro)
   const dirs = new Map<number, DirHandle>()
@@ -215,6 +281,48 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   let ended = false
   let live!: () => void
   const isLive = new Promise<void>((resolve) => (live = resolve))
+
+  // First writes' copy-ups run by C (see CopyUp.planNow, fuse_ll.c plan_open): a plan is made when
+  // a LOOKUP finds a lower file, and runs at its OPEN for writing if nothing changed in between.
+  // Every request that may change something is a change from dispatch to answer (llChange).
+  const roots = ro || process.env.LAYERFS_NATIVE_COPYUP === '0' ? null : fs.planRoots()
+  const planning = roots !== null
+  const changing = new Set<number>()
+  const plans = new Map<number, readonly PlannedEntry[]>() // by id, oldest first
+  const ll = replying(native, (req) => {
+    if (changing.size > 0 && changing.delete(req)) native.llChange(session!, -1)
+  })
+  /** What C's plans did: the union forgets what they changed; the stats count them. */
+  const readNotes = (): void => {
+    const a = ll.llNotes(session!)
+    for (let i = 0; a && i < a.length; i += 4 + a[i + 1]) {
+      const plan = plans.get(a[i])
+      plans.delete(a[i])
+      if (a[i + 3]) log.fuse('a planned copy-up stopped after %d of %d entries: errno %d', a[i + 2], a[i + 1], a[i + 3])
+      if (plan) fs.plannedDone(plan, a[i + 2], Array.from(a.subarray(i + 4, i + 4 + a[i + 1])))
+    }
+  }
+  /** Plans the copy-up of `path` (node `id`, a lower file without handles) for C, in `epoch`. */
+  const plan = (id: number, path: string, epoch: number): void => {
+    const entries = fs.planWriteNow(path, PLAN_MAX_BYTES)
+    if (!entries) return
+    const [nums, xattrs] = planFields(entries)
+    const planId = ll.llPlan(session!, id, epoch, path, nums, xattrs)
+    if (planId === 0) return
+    plans.set(planId, entries)
+    // C keeps 16; older ones can only be gone there
+    if (plans.size > 64) plans.delete(plans.keys().next().value as number)
+  }
+  /** The epoch a LOOKUP's plan would belong to, after what C did is known here; -1: none. */
+  const planEpoch = (): number => {
+    if (!planning || changing.size > 0) return -1
+    let epoch = ll.llEpoch(session!)
+    if (epoch === -2) {
+      readNotes()
+      epoch = ll.llEpoch(session!)
+    }
+    return epoch
+  }
 
   const fail = (req: number, op: string, err: unknown): void => {
     if (!(err instanceof FsError)) log.fuse('%s: unexpected %s', op, (err as Error)?.stack ?? String(err))
@@ -393,6 +501,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       case OP.LOOKUP: {
         const name = a as string
         if (name.length > 255) return ll.llReplyErr(req, Errno.ENAMETOOLONG)
+        const epoch = planEpoch() // before anything is resolved: a plan C runs meanwhile makes this one stale
         let path: string
         let stat: Stat
         let span: DirectSpan | null
@@ -409,10 +518,20 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         nodes.count(id)
         nodes.remember(id, stat)
         if (span) register(true, id, span)
+        // a lower file: its first write's copy-up, ready for C (a handle of ours would have to follow it)
+        if (epoch >= 0 && (stat.mode & S_IFMT) === S_IFREG && !openFiles.has(id)) {
+          try {
+            plan(id, path, epoch)
+          } catch (err) {
+            log.fuse('lookup %s: no plan: %s', path, (err as Error).message)
+          }
+        }
         fill(attr, 0, stat)
         ll.llReplyEntry(req, id, attr, t, ta(stat))
         return
       }
+      case OP.NOTES:
+        return readNotes()
       case OP.FORGET:
         nodes.forget(ino, a as number)
         if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
@@ -602,6 +721,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         if ((a as string) === 'security.capability') ll.llNoCapsClear(session!)
         return change(req, 'removexattr', renaming(() => fs.removexattr(nodes.path(ino), a as string)))
       case OP.DESTROY:
+        if (planning) readNotes() // a last write's copy-up, for the stats written at unmount
         if (!ended) {
           ended = true
           onEnd()
@@ -612,16 +732,32 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }
   }
 
+  /** dispatch, with each request that may change something a change (llChange) until it is answered. */
+  const planned: Dispatch = (op, req, ino, a, b, c, d) => {
+    if (CHANGES[op] === true) {
+      changing.add(req)
+      if (ll.llChange(session!, 1)) readNotes()
+    }
+    try {
+      dispatch(op, req, ino, a, b, c, d)
+    } catch (err) {
+      // C answers EIO for a dispatch that threw: the change ends here
+      if (changing.delete(req)) ll.llChange(session!, -1)
+      throw err
+    }
+  }
+
   const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${opts.fsname.replace(/[,\\]/g, '_')}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
   if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
   try {
-    session = ll.llMount(mountpoint, options.join(','), dispatch)
+    session = ll.llMount(mountpoint, options.join(','), planning ? planned : dispatch)
   } catch (err) {
     return Promise.reject(err)
   }
+  if (roots) ll.llPlanRoots(session, roots.upper, roots.temp)
   const layers = fs.union.layers.length
   ll.llDirectCounts(session, layers)
   live()

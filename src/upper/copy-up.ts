@@ -30,6 +30,16 @@ export interface CopyUpRecord {
 const CHUNK = 1 << 20
 /** Where a file's bytes lie, in order, in a descriptor (Layer.spanOf, LayerFile.span). */
 type Span = { fd: number; offset: number }
+/** One entry of a planned copy-up (CopyUp.planNow), which native code makes as finishEntry does. */
+export interface PlannedEntry {
+  readonly r: Resolved
+  readonly reason: CopyUpReason
+  /** Where a file's bytes lie (null: a directory). */
+  readonly span: Span | null
+  /** The source's xattrs, by the names they are stored under. */
+  readonly xattrs: ReadonlyArray<readonly [string, Buffer]>
+}
+
 /** Operations that change only metadata: with metacopy, a lower file's data is not copied for them. */
 const METADATA_ONLY: ReadonlySet<CopyUpReason> = new Set(['chmod', 'chown', 'utimens', 'setxattr', 'removexattr'])
 const TYPE_BITS: Partial<Record<EntryKind, number>> = { char: C.S_IFCHR, block: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }
@@ -95,23 +105,61 @@ export class CopyUp {
    * awaits ensure().
    */
   ensureNow(path: string, reason: CopyUpReason, data: boolean): boolean {
-    if (this.inflight.size > 0 || (this.metacopy && METADATA_ONLY.has(reason))) return false
+    const todo = this.todoNow(path, reason, data)
+    if (!todo) return false
+    for (const [r, span] of todo) this.copyNow(r, r.path === path ? reason : 'parent', span)
+    return true
+  }
+
+  /**
+   * What a first write to `path` would copy at once (ensureNow's entries: the ancestors not yet in
+   * the upper, then the file), planned for native code to run when the write's OPEN comes, without
+   * a call into JavaScript (see native/fuse_ll.c plan_open; it builds each in the work dir and
+   * renames it to the upper path, both under UpperDir.planRoots()): each entry's source, xattrs as
+   * stored, and where its bytes lie. Null where ensureNow could not copy it, where nothing is to be
+   * copied, or where the file is larger than `maxBytes`. Nothing is changed here; plannedDone() is
+   * told what ran.
+   */
+  planNow(path: string, maxBytes: number): PlannedEntry[] | null {
+    const todo = this.todoNow(path, 'write', true)
+    if (!todo || todo.length === 0 || !this.dir.fits(path)) return null
+    const file = todo[todo.length - 1][0].top.entry
+    if (file.kind !== 'file' || file.size > maxBytes) return null
+    const plan: PlannedEntry[] = []
+    for (const [r, span] of todo) {
+      const xattrs = this.union.layers[r.top.layer].xattrsNow!(r.top.path, r.top.entry)
+      plan.push({ r, reason: r.path === path ? 'write' : 'parent', span, xattrs: xattrs.length === 0 ? xattrs : xattrs.map(([name, value]) => [storedXattrName(name), value] as const) })
+    }
+    return plan
+  }
+
+  /** A plan's first `done` entries were made, in `ns[i]` nanoseconds each: its records, as if copied here. */
+  plannedDone(plan: readonly PlannedEntry[], done: number, ns: readonly number[]): void {
+    for (let i = 0; i < plan.length; i++) this.union.forget(plan[i].r.path)
+    for (let i = 0; i < done && i < plan.length; i++) {
+      const { r, reason, span } = plan[i]
+      this.copied(r, reason, ns[i] / 1e6, span ? r.top.entry.size : 0, span !== null, false)
+    }
+  }
+
+  /** The entries ensureNow() copies for `path` (the ancestors not yet in the upper, then it), or null where it cannot. */
+  private todoNow(path: string, reason: CopyUpReason, data: boolean): Array<[Resolved, Span | null]> | null {
+    if (this.inflight.size > 0 || (this.metacopy && METADATA_ONLY.has(reason))) return null
     const todo: Array<[Resolved, Span | null]> = []
     const dirs = ancestorsOf(path).reverse()
     for (let i = 1; i <= dirs.length; i++) { // dirs[0] is the root, always in the upper
       const at = i < dirs.length ? dirs[i] : path
       const r = this.union.resolveNow(at)
-      if (!r) return false
+      if (!r) return null
       if (r.top.layer === 0) {
-        if (r.top.entry.metacopy) return false
+        if (r.top.entry.metacopy) return null
         continue
       }
       const span = this.copyableNow(r, at === path && data)
-      if (span === false) return false
+      if (span === false) return null
       todo.push([r, span])
     }
-    for (const [r, span] of todo) this.copyNow(r, r.path === path ? reason : 'parent', span)
-    return true
+    return todo
   }
 
   /**
@@ -143,7 +191,7 @@ export class CopyUp {
     } catch (err) {
       throw this.discard(r, tmp, err)
     }
-    this.copied(r, reason, started, bytes, span !== null, false)
+    this.copied(r, reason, elapsedMs(started), bytes, span !== null, false)
   }
 
   private async copy(r: Resolved, reason: CopyUpReason, withData: boolean, metaOnly = false): Promise<void> {
@@ -172,7 +220,7 @@ export class CopyUp {
     } catch (err) {
       throw this.discard(r, tmp, err)
     }
-    this.copied(r, reason, started, bytes, withData, metaOnly)
+    this.copied(r, reason, elapsedMs(started), bytes, withData, metaOnly)
   }
 
   /** Owner, mode, xattrs and times of the source onto the entry built at `tmp`, then into place. */
@@ -211,9 +259,8 @@ export class CopyUp {
     return err instanceof FsError ? err : new FsError(errnoOf(err), `copy-up failed (${(err as Error).message})`, r.path)
   }
 
-  private copied(r: Resolved, reason: CopyUpReason, started: bigint, bytes: number, withData: boolean, metaOnly: boolean): void {
+  private copied(r: Resolved, reason: CopyUpReason, durationMs: number, bytes: number, withData: boolean, metaOnly: boolean): void {
     this.union.forget(r.path)
-    const durationMs = Number(process.hrtime.bigint() - started) / 1e6
     if (log.union.enabled) log.union('copied up %s (%s, %d bytes, %d ms)', r.path, reason, bytes, durationMs.toFixed(2))
     const { entry, layer } = r.top
     const rec: CopyUpRecord = { path: r.path, layer, source: this.union.layers[layer].source, reason, bytes, durationMs, data: entry.kind === 'file' && withData && !metaOnly, metacopy: metaOnly }
@@ -301,6 +348,10 @@ async function xattrsOf(source: Layer, path: string, entry: Entry): Promise<Arra
     if (value !== null) out.push([name, value])
   }
   return out
+}
+
+function elapsedMs(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e6
 }
 
 export function setTimes(real: Buffer, entry: Pick<Entry, 'atime' | 'mtime'>): void {

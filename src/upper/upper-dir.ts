@@ -107,6 +107,16 @@ export class UpperDir {
     return Buffer.from(this.tempPrefix + ++this.tempCounter)
   }
 
+  /** Where native code builds and puts what a planned copy-up makes (see CopyUp.planNow): the upper dir and temp(). */
+  planRoots(): { upper: Buffer; temp: Buffer } {
+    return { upper: this.upperBytes, temp: Buffer.from(this.tempDir) }
+  }
+
+  /** Whether real(path) is short enough for a planned copy-up (and a descriptor opened by name). */
+  fits(path: string): boolean {
+    return this.upperBytes.length + path.length < 3800
+  }
+
   xattrName(what: 'opaque' | 'redirect' | 'metacopy'): string {
     return `${this.xattrs}.overlay.${what}`
   }

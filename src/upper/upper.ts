@@ -5,7 +5,7 @@ import { Errno, FsError, errnoOf } from '../errors'
 import { baseOf, parentOf } from '../paths'
 import { sys } from '../sys'
 import { storedXattrName } from '../layer/layer'
-import { CopyUp } from './copy-up'
+import { CopyUp, type PlannedEntry } from './copy-up'
 import { UpperDir } from './upper-dir'
 import { PathLocks } from './path-locks'
 import { isShort } from '../long-paths'
@@ -336,6 +336,20 @@ export class Upper {
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot open', path)
     }
+  }
+
+  /**
+   * The copy-up a first write to `path` would make at once (CopyUp.planNow), for native code to
+   * run at the write's OPEN; null where openForWriteNow() could not copy it at once, where there
+   * is nothing to copy, or where the file is larger than `maxBytes`.
+   */
+  planWriteNow(path: string, maxBytes: number): PlannedEntry[] | null {
+    return this.locks.busy ? null : this.copyUp.planNow(path, maxBytes)
+  }
+
+  /** What native code made of a plan (see CopyUp.plannedDone). */
+  plannedDone(plan: readonly PlannedEntry[], done: number, ns: readonly number[]): void {
+    this.copyUp.plannedDone(plan, done, ns)
   }
 
   /** Opens the upper file of an already copied-up path for reading (re-pointing a read handle). */
