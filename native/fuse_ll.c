@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
+#include <sys/stat.h>
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -67,12 +68,13 @@ typedef struct {
   // copy-ups planned by JS at LOOKUP and run by the reader thread at OPEN (see plan_open), and what
   // they did, for JS. Under plock: JS takes it to begin or end a change of its own (llChange).
   pthread_mutex_t plock;
-  uint64_t epoch; // moves on every change, JS's or a plan's: a plan is good only in its own epoch
+  uint64_t epoch; // moves on every change JS begins or ends: a plan is good only in its own epoch
   int busy;       // JS's changes under way: no plan runs meanwhile
   struct Plan *plans; int nplans; uint32_t plan_seq;
   struct Note *notes, *notes_tail;
   char *plan_upper, *plan_temp; size_t plan_upper_len, plan_temp_len; // llPlanRoots
   uint64_t temp_seq; // names of the entries plans build in plan_temp
+  int plan_workfd;   // plan_temp, open
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
@@ -573,10 +575,13 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
 // (src/upper/copy-up.ts planNow: the entries to make, parents first, each with everything
 // finishEntry needs) and run here when the kernel's OPEN for writing comes: the OPEN then needs no
 // call into JavaScript, which on a daemon that has just woken cost more than the syscalls
-// (native-notes/fuse-lowlevel.md "First copy-ups in C"). A plan is good only in the epoch it was
-// made in: every change JS begins or ends, and every plan run, moves the epoch on; none runs while
-// a change of JS's is under way. What a plan did waits in a Note for JS (its caches, the stats),
-// and JS reads the notes before any later request and before it begins a change.
+// (native-notes/fuse-lowlevel.md "First copy-ups run by the reader thread"). A plan is good only
+// in the epoch it was made in: every change JS begins or ends moves the epoch on, and none runs
+// while a change of JS's is under way. Plans do not change what other plans rely on (the lowers,
+// and what JS did): a directory an earlier plan made is there already and is used as it is, and
+// nothing is renamed over an existing name. What a plan did waits in a Note for JS (its caches, the
+// stats); JS reads the notes before any later request, before it begins a change and before it
+// makes a plan.
 typedef struct PlanEntry {
   int dir;                  // a directory, else a regular file
   mode_t mode; uid_t uid; gid_t gid;
@@ -599,7 +604,7 @@ typedef struct Note {
   struct Note *next;
   uint32_t id;
   int n, done, err; // entries planned, entries made, the errno that stopped it (0: none)
-  double ns[];      // each entry's time, made or not
+  double ns[];      // each entry's time; -1: not made here (an earlier plan had made it)
 } Note;
 
 #define PLAN_FIELDS 12 // per entry in llPlan's numbers (see lowlevel.ts planFields)
@@ -626,50 +631,67 @@ static int64_t now_ns(void) {
   return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-// One entry, as CopyUp.finishEntry makes it: built at tmp (the file with its bytes), owner and mode
-// where the work dir gave others, xattrs (those the upper refuses are left out, as JS does), times,
-// then renamed into place and the parent's times put back. 0 or an errno; nothing left at tmp.
-static int plan_entry(const PlanEntry *e) {
-  if (e->dir) {
-    if (mkdir(e->tmp, e->mode & 0777) < 0) return errno;
-  } else {
-    int fd = open(e->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, e->mode & 0777);
-    if (fd < 0) return errno;
-    const char *what = "";
-    int64_t got = e->size > 0 ? copy_range(e->src_fd, e->src_off, fd, 0, e->size, &what) : 0;
-    int err = got < 0 ? errno : got != e->size ? EIO : 0;
-    close(fd);
-    if (err) { unlink(e->tmp); return err; }
-  }
-  int err = 0;
+// One entry, as CopyUp.finishEntry makes it: built in the work dir (the file with its bytes), owner
+// and mode where the work dir gave others, xattrs (those the upper refuses are left out, as JS
+// does), times; then renamed into `dir` (the upper directory it goes in, open) and dir's times put
+// back. Through descriptors: each path-based call walked the whole upper path again (~5 µs a call).
+// 0 (made), -1 (a directory already there: an earlier plan made it), or an errno; nothing is left
+// in the work dir. A directory's descriptor in *made, for the entries below it.
+static int plan_entry(Session *s, const PlanEntry *e, int dir, int *made) {
+  const char *name = strrchr(e->real, '/') + 1;
+  *made = -1;
   struct stat st;
-  int chown_needed = lstat(e->tmp, &st) != 0 || st.st_uid != e->uid || st.st_gid != e->gid;
-  if (chown_needed && lchown(e->tmp, e->uid, e->gid) < 0) err = errno;
+  if (e->dir && fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (!S_ISDIR(st.st_mode)) return EEXIST;
+    *made = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    return *made < 0 ? errno : -1;
+  }
+  int fd;
+  if (e->dir) {
+    if (mkdirat(s->plan_workfd, e->tmp, e->mode & 0777) < 0) return errno;
+    fd = openat(s->plan_workfd, e->tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  } else {
+    fd = openat(s->plan_workfd, e->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, e->mode & 0777);
+  }
+  if (fd < 0) { int err = errno; if (e->dir) unlinkat(s->plan_workfd, e->tmp, AT_REMOVEDIR); return err; }
+  int err = 0;
+  if (!e->dir && e->size > 0) {
+    const char *what = "";
+    int64_t got = copy_range(e->src_fd, e->src_off, fd, 0, e->size, &what);
+    err = got < 0 ? errno : got != e->size ? EIO : 0;
+  }
+  int chown_needed = 0;
+  if (!err) {
+    chown_needed = fstat(fd, &st) != 0 || st.st_uid != e->uid || st.st_gid != e->gid;
+    if (chown_needed && fchown(fd, e->uid, e->gid) < 0) err = errno;
+  }
   // after chown, which clears setuid and setgid
-  if (!err && (chown_needed || (st.st_mode & 07777) != (e->mode & 07777)) && chmod(e->tmp, e->mode & 07777) < 0) err = errno;
+  if (!err && (chown_needed || (st.st_mode & 07777) != (e->mode & 07777)) && fchmod(fd, e->mode & 07777) < 0) err = errno;
   for (size_t at = 0; !err && at < e->xattrs_len;) {
-    const char *name = e->xattrs + at;
-    size_t nlen = strnlen(name, e->xattrs_len - at);
-    if (at + nlen + 1 + 4 > e->xattrs_len) { err = EINVAL; break; }
+    const char *xname = e->xattrs + at;
+    size_t nlen = strnlen(xname, e->xattrs_len - at);
     uint32_t vlen;
-    memcpy(&vlen, name + nlen + 1, 4);
-    const char *value = name + nlen + 5;
+    if (at + nlen + 5 > e->xattrs_len) { err = EINVAL; break; }
+    memcpy(&vlen, xname + nlen + 1, 4);
     if (at + nlen + 5 + vlen > e->xattrs_len) { err = EINVAL; break; }
-    lsetxattr(e->tmp, name, value, vlen, 0); // refused (security.*, trusted.*): usable without it
+    fsetxattr(fd, xname, xname + nlen + 5, vlen, 0); // refused (security.*, trusted.*): usable without it
     at += nlen + 5 + vlen;
   }
-  if (!err && utimensat(AT_FDCWD, e->tmp, e->times, AT_SYMLINK_NOFOLLOW) < 0) err = errno;
+  if (!err && futimens(fd, e->times) < 0) err = errno;
   struct stat ps;
-  int known = !err && lstat(e->parent, &ps) == 0;
-  if (!err && rename(e->tmp, e->real) < 0) err = errno;
+  int known = !err && fstat(dir, &ps) == 0;
+  // never over anything: a file there is not ours to replace
+  if (!err && renameat2(s->plan_workfd, e->tmp, dir, name, RENAME_NOREPLACE) < 0) err = errno;
   if (err) {
-    if (e->dir) rmdir(e->tmp); else unlink(e->tmp);
+    close(fd);
+    unlinkat(s->plan_workfd, e->tmp, e->dir ? AT_REMOVEDIR : 0);
     return err;
   }
   if (known) {
     struct timespec pt[2] = { ps.st_atim, ps.st_mtim };
-    utimensat(AT_FDCWD, e->parent, pt, AT_SYMLINK_NOFOLLOW);
+    futimens(dir, pt);
   }
+  if (e->dir) *made = fd; else close(fd);
   return 0;
 }
 
@@ -678,7 +700,7 @@ static int plan_entry(const PlanEntry *e) {
 // or a step failed: JS then reads the note first, and copies or says why not).
 static int plan_open(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
   int flags = (int)arg->flags;
-  if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC)) return 0;
+  if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC) || s->plan_workfd < 0) return 0;
   pthread_mutex_lock(&s->plock);
   Plan **pp = &s->plans;
   while (*pp && (*pp)->node != in->nodeid) pp = &(*pp)->next;
@@ -687,20 +709,23 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   *pp = p->next;
   s->nplans--;
   Note *note = calloc(1, sizeof *note + p->n * sizeof(double));
-  int err = 0;
   size_t done = 0;
-  for (; done < p->n; done++) {
+  int dir = open(p->e[0].parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int err = dir < 0 ? errno : 0;
+  for (; !err && done < p->n; done++) {
     int64_t t0 = now_ns();
-    err = plan_entry(&p->e[done]);
-    if (note) note->ns[done] = (double)(now_ns() - t0);
-    if (err) break;
+    int made;
+    int r = plan_entry(s, &p->e[done], dir, &made);
+    if (note) note->ns[done] = r == 0 ? (double)(now_ns() - t0) : -1; // -1: not made here
+    if (r > 0) { err = r; break; }
+    if (made >= 0) { close(dir); dir = made; }
   }
   int fd = -1;
   if (!err) {
-    fd = open(p->e[p->n - 1].real, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
+    fd = openat(dir, strrchr(p->e[p->n - 1].real, '/') + 1, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) err = errno;
   }
-  s->epoch++;
+  if (dir >= 0) close(dir);
   if (note) {
     note->id = p->id; note->n = (int)p->n; note->done = (int)done; note->err = err;
     if (s->notes_tail) s->notes_tail->next = note; else s->notes = note;
@@ -871,6 +896,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   for (Plan *p = s->plans, *n; p; p = n) { n = p->next; plan_free(p); }
   for (Note *p = s->notes, *n; p; p = n) { n = p->next; free(p); }
   free(s->plan_upper); free(s->plan_temp);
+  if (s->plan_workfd >= 0) close(s->plan_workfd);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -902,6 +928,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   pthread_rwlock_init(&s->dlock, NULL);
   pthread_mutex_init(&s->qlock, NULL);
   pthread_mutex_init(&s->plock, NULL);
+  s->plan_workfd = -1;
   const char *no_thread = getenv("LAYERFS_FUSE_THREAD");
   s->threaded = !(no_thread && strcmp(no_thread, "0") == 0);
   if (s->threaded) {
@@ -1356,8 +1383,10 @@ static napi_value js_plan_roots(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   if (!s) return NULL;
   free(s->plan_upper); free(s->plan_temp);
+  if (s->plan_workfd >= 0) close(s->plan_workfd);
   s->plan_upper = dup_buffer(env, argv[1], &s->plan_upper_len);
   s->plan_temp = dup_buffer(env, argv[2], &s->plan_temp_len);
+  s->plan_workfd = s->plan_temp ? open(s->plan_temp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
   return NULL;
 }
 
@@ -1407,7 +1436,7 @@ static napi_value js_plan(napi_env env, napi_callback_info info) {
     e->parent = at;
     at += sprintf(at, "%s%.*s", s->plan_upper, (int)pend, path) + 1;
     e->tmp = at;
-    at += sprintf(at, "%s/#%d-n%llu", s->plan_temp, (int)getpid(), (unsigned long long)++s->temp_seq) + 1;
+    at += sprintf(at, "#%d-n%llu", (int)getpid(), (unsigned long long)++s->temp_seq) + 1;
     size_t xl = (size_t)f[11];
     if (xl > xleft) { plan_free(p); return num(env, 0); }
     memcpy(at, x, xl);

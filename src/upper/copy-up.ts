@@ -133,12 +133,15 @@ export class CopyUp {
     return plan
   }
 
-  /** A plan's first `done` entries were made, in `ns[i]` nanoseconds each: its records, as if copied here. */
+  /**
+   * Native code ran a plan's first `done` entries: those it made took `ns[i]` nanoseconds each
+   * (-1: one an earlier plan had made). Their records, as if copied here.
+   */
   plannedDone(plan: readonly PlannedEntry[], done: number, ns: readonly number[]): void {
     for (let i = 0; i < plan.length; i++) this.union.forget(plan[i].r.path)
     for (let i = 0; i < done && i < plan.length; i++) {
       const { r, reason, span } = plan[i]
-      this.copied(r, reason, ns[i] / 1e6, span ? r.top.entry.size : 0, span !== null, false)
+      if (ns[i] >= 0) this.copied(r, reason, ns[i] / 1e6, span ? r.top.entry.size : 0, span !== null, false)
     }
   }
 
