@@ -179,8 +179,25 @@ export class LayerFs {
    * The copy-up a first write to `path` would need, planned for the FUSE binding to run at the
    * write's OPEN (Upper.planWriteNow); null where there is none to plan.
    */
-  planWriteNow(path: string, maxBytes: number): PlannedEntry[] | null {
-    return this.upper?.planWriteNow(path, maxBytes) ?? null
+  planWriteNow(path: string, maxBytes: number, above?: readonly PlannedEntry[]): PlannedEntry[] | null {
+    return this.upper?.planWriteNow(path, maxBytes, above) ?? null
+  }
+
+  /** The part of such plans for the files of directory `dir` that copies the directories above them (Upper.planAboveNow). */
+  planAboveNow(dir: string): PlannedEntry[] | null {
+    return this.upper?.planAboveNow(dir) ?? null
+  }
+
+  /**
+   * The names of the regular files in directory `path`, where it lies in one lower layer only (no
+   * upper directory, nothing merged) that has its listing at hand, with at most `max` entries;
+   * null otherwise. Their answers can then be given ahead of the kernel's LOOKUPs: nothing but a
+   * change made through the mount can change them.
+   */
+  lowerFilesNow(path: string, max: number): string[] | null {
+    const r = this.union.resolveNow(path)
+    if (!r || r.top.entry.kind !== 'dir' || r.parts.length !== 1 || r.top.layer === 0) return null
+    return this.union.layers[r.top.layer].filesNow?.(r.top.path, max) ?? null
   }
 
   /** Where a planned copy-up's entries are built and put (UpperDir.planRoots); null without an upper. */

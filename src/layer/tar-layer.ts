@@ -157,6 +157,16 @@ export class TarLayer implements Layer {
     return { entries, whiteouts }
   }
 
+  filesNow(path: string, max: number): string[] | null {
+    const rec = this.index.find(path)
+    if (rec < 0 || this.index.kindCode(rec) !== KIND_CODES.indexOf('dir')) return null
+    const [first, end] = this.index.children(rec)
+    if (end - first > max) return null
+    const out: string[] = []
+    for (let c = first; c < end; c++) if (this.index.entry(c)?.kind === 'file') out.push(this.index.name(c))
+    return out
+  }
+
   private recordOf(entry: Entry): number {
     return (entry as TarEntry).record
   }

@@ -120,17 +120,37 @@ export class CopyUp {
    * copied, or where the file is larger than `maxBytes`. Nothing is changed here; plannedDone() is
    * told what ran.
    */
-  planNow(path: string, maxBytes: number): PlannedEntry[] | null {
-    const todo = this.todoNow(path, 'write', true)
+  planNow(path: string, maxBytes: number, above?: readonly PlannedEntry[]): PlannedEntry[] | null {
+    let todo: Array<[Resolved, Span | null]> | null
+    if (above) { // the directories above it, planned already (planAboveNow): only the file's own entry
+      const r = this.union.resolveNow(path)
+      const span = r && r.top.layer !== 0 && this.inflight.size === 0 ? this.copyableNow(r, true) : false
+      todo = span === false ? null : [[r!, span]]
+    } else {
+      todo = this.todoNow(path, 'write', true)
+    }
     if (!todo || todo.length === 0 || !this.dir.fits(path)) return null
     const file = todo[todo.length - 1][0].top.entry
     if (file.kind !== 'file' || file.size > maxBytes) return null
-    const plan: PlannedEntry[] = []
-    for (const [r, span] of todo) {
-      const xattrs = this.union.layers[r.top.layer].xattrsNow!(r.top.path, r.top.entry)
-      plan.push({ r, reason: r.path === path ? 'write' : 'parent', span, xattrs: xattrs.length === 0 ? xattrs : xattrs.map(([name, value]) => [storedXattrName(name), value] as const) })
-    }
+    const plan: PlannedEntry[] = above ? [...above] : []
+    for (const [r, span] of todo) plan.push(this.planned(r, r.path === path ? 'write' : 'parent', span))
     return plan
+  }
+
+  /**
+   * The entries a first write to any file in directory `dir` would copy before the file's own (the
+   * directories not yet in the upper, `dir` last): for planNow's `above`, when several are planned
+   * at once. Null where ensureNow could not copy them, or where `dir` is in the upper already.
+   */
+  planAboveNow(dir: string): PlannedEntry[] | null {
+    const todo = this.todoNow(dir, 'parent', false)
+    if (!todo || todo.length === 0) return null
+    return todo.map(([r, span]) => this.planned(r, 'parent', span))
+  }
+
+  private planned(r: Resolved, reason: CopyUpReason, span: Span | null): PlannedEntry {
+    const xattrs = this.union.layers[r.top.layer].xattrsNow!(r.top.path, r.top.entry)
+    return { r, reason, span, xattrs: xattrs.length === 0 ? xattrs : xattrs.map(([name, value]) => [storedXattrName(name), value] as const) }
   }
 
   /**

@@ -343,8 +343,13 @@ export class Upper {
    * run at the write's OPEN; null where openForWriteNow() could not copy it at once, where there
    * is nothing to copy, or where the file is larger than `maxBytes`.
    */
-  planWriteNow(path: string, maxBytes: number): PlannedEntry[] | null {
-    return this.locks.busy ? null : this.copyUp.planNow(path, maxBytes)
+  planWriteNow(path: string, maxBytes: number, above?: readonly PlannedEntry[]): PlannedEntry[] | null {
+    return this.locks.busy ? null : this.copyUp.planNow(path, maxBytes, above)
+  }
+
+  /** What a first write to any file in `dir` would copy before the file itself (CopyUp.planAboveNow). */
+  planAboveNow(dir: string): PlannedEntry[] | null {
+    return this.locks.busy ? null : this.copyUp.planAboveNow(dir)
   }
 
   /** What native code made of a plan (see CopyUp.plannedDone). */

@@ -135,6 +135,28 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^f 2 8 b'lower\\nx\\n'$/m)
   })
 
+  it("a directory's files answered ahead (LOOKUP and first write without JavaScript): true after changes and forgetting", async () => {
+    // layerfs pushes the answers to the LOOKUPs of a lower directory's files to its native side
+    // when the directory is looked up, with their copy-ups planned: each must be given at most
+    // once, never after a change, and the kernel's lookups it gives must be counted
+    const dir = await tempDir('ahead')
+    const lower = join(dir, 'lower')
+    for (const d of 'defgh') {
+      await mkdir(join(lower, d), { recursive: true })
+      for (const f of 'ab') await writeFile(join(lower, d, f), `${d}${f}`)
+    }
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', AHEAD, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^read after a change da 2 100644 1$/m)
+    assert.match(outputs[0], /^unlinked ENOENT 2 100644 1$/m)
+    assert.match(outputs[0], /^renamed ENOENT 2 100644 1 fa$/m)
+    assert.match(outputs[0], /^written gax gbx 3 100644 1$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -154,6 +176,43 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^short ok$/m)
   })
 })
+
+const AHEAD = String.raw`
+import errno, os, sys
+os.chdir(sys.argv[1])
+def forget():
+    with open('/proc/sys/vm/drop_caches', 'w') as f: f.write('2')
+def st(p):
+    try:
+        s = os.stat(p); return '%d %o %d' % (s.st_size, s.st_mode, s.st_nlink)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def read(p):
+    try:
+        with open(p) as f: return f.read()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+# the directories stay open: forget() then drops their entries' dentries, not theirs
+held = [os.open(d, os.O_RDONLY) for d in 'defgh']
+print('looked up', st('d/a'))
+os.mkdir('x')  # a change: answers given ahead and not used are dropped; a used one must stay known
+print('read after a change', read('d/a'), st('d/b'))
+forget()
+print('again', st('d/a'), read('d/a'))
+os.unlink('e/a')
+forget()
+print('unlinked', st('e/a'), st('e/b'))
+os.rename('f/a', 'f/c')
+forget()
+print('renamed', st('f/a'), st('f/c'), read('f/c'))
+for n in 'ab':
+    with open('g/' + n, 'a') as w: w.write('x')
+forget()
+print('written', read('g/a'), read('g/b'), st('g/a'))
+with open('h/new', 'w') as w: w.write('n')
+forget()
+print('created', st('h/new'), read('h/new'), sorted(os.listdir('h')))
+`
 
 const MOVES = String.raw`
 import errno, os, sys
