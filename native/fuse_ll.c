@@ -789,20 +789,25 @@ static void pushed_clear(Session *s) {
   memset(s->pushed, 0, PUSHED_BUCKETS * sizeof *s->pushed);
 }
 
+// The pushed answer for LOOKUP(parent, name), taken out of the table (under plock); NULL if none.
+static Pushed *pushed_take(Session *s, uint64_t parent, const char *name) {
+  if (!s->pushed) return NULL;
+  for (Pushed **q = &s->pushed[pushed_slot(parent, name)]; *q; q = &(*q)->next) {
+    if ((*q)->parent == parent && strcmp((*q)->name, name) == 0) { Pushed *p = *q; *q = p->next; return p; }
+  }
+  return NULL;
+}
+
+static void pushed_remove(Session *s, uint64_t parent, const char *name) { free(pushed_take(s, parent, name)); }
+
 // LOOKUP of a name JS pushed: answered from it. 1 if answered; 0 to leave it to JS.
 static int lookup_pushed(Session *s, const struct kernel_in_header *in, const char *name, size_t len) {
   if (!s->pushed || len == 0 || name[len - 1] != 0) return 0;
   Note *note = calloc(1, sizeof *note);
   if (!note) return 0;
   pthread_mutex_lock(&s->plock);
-  Pushed **pp = NULL, *p = NULL;
-  if (s->busy == 0 && s->push_epoch == s->epoch) {
-    for (pp = &s->pushed[pushed_slot(in->nodeid, name)]; *pp; pp = &(*pp)->next) {
-      if ((*pp)->parent == in->nodeid && strcmp((*pp)->name, name) == 0) { p = *pp; break; }
-    }
-  }
+  Pushed *p = s->busy == 0 && s->push_epoch == s->epoch ? pushed_take(s, in->nodeid, name) : NULL;
   if (!p) { pthread_mutex_unlock(&s->plock); free(note); return 0; }
-  *pp = p->next;
   note->id = p->entry.nodeid; note->n = -1;
   note_add(s, note);
   pthread_mutex_unlock(&s->plock);
@@ -1609,10 +1614,8 @@ static napi_value js_push(napi_env env, napi_callback_info info) {
   if (!s->pushed) s->pushed = calloc(PUSHED_BUCKETS, sizeof *s->pushed);
   if (!s->pushed) { pthread_mutex_unlock(&s->plock); free(p); return no; }
   if (s->push_epoch != epoch) { pushed_clear(s); s->push_epoch = epoch; } // all of a past epoch
+  pushed_remove(s, p->parent, p->name);
   size_t b = pushed_slot(p->parent, p->name);
-  for (Pushed **q = &s->pushed[b]; *q; q = &(*q)->next) {
-    if ((*q)->parent == p->parent && strcmp((*q)->name, p->name) == 0) { Pushed *d = *q; *q = d->next; free(d); break; }
-  }
   p->next = s->pushed[b];
   s->pushed[b] = p;
   pthread_mutex_unlock(&s->plock);
@@ -1629,11 +1632,7 @@ static napi_value js_unpush(napi_env env, napi_callback_info info) {
   if (!s || napi_get_value_string_latin1(env, argv[2], name, sizeof name, &nlen) != napi_ok) return NULL;
   uint64_t parent = (uint64_t)dbl(env, argv[1]);
   pthread_mutex_lock(&s->plock);
-  if (s->pushed) {
-    for (Pushed **q = &s->pushed[pushed_slot(parent, name)]; *q; q = &(*q)->next) {
-      if ((*q)->parent == parent && strcmp((*q)->name, name) == 0) { Pushed *d = *q; *q = d->next; free(d); break; }
-    }
-  }
+  pushed_remove(s, parent, name);
   pthread_mutex_unlock(&s->plock);
   return NULL;
 }

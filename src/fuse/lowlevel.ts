@@ -372,7 +372,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       const cid = nodes.idOf(p)
       if ((st.mode & S_IFMT) !== S_IFREG || nodes.lookupsOf(cid) > 0 || openFiles.has(cid)) continue
       fill(pushAttr, 0, st)
-      if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) return
+      if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) return nodes.dropIfUnused(cid)
       pushed.set(cid, { parent: id, name, stat: st })
       if (above) plan(cid, p, epoch, above)
     }
