@@ -68,7 +68,7 @@ typedef struct {
   // copy-ups planned by JS at LOOKUP and run by the reader thread at OPEN (see plan_open), and what
   // they did, for JS. Under plock: JS takes it to begin or end a change of its own (llChange).
   pthread_mutex_t plock;
-  uint64_t epoch; // moves on every change JS begins or ends: a plan is good only in its own epoch
+  uint64_t epoch; // moves on the changes JS begins or ends that stale plans (llChange): a plan is good only in its own epoch
   int busy;       // JS's changes under way: no plan runs meanwhile
   struct Plan *plans; int nplans; uint32_t plan_seq;
   struct Note *notes, *notes_tail;
@@ -1537,17 +1537,24 @@ static napi_value js_plan(napi_env env, napi_callback_info info) {
   return num(env, id);
 }
 
-// llChange(session, delta: 1 | -1) -> whether notes wait: JS begins (1) or ends (-1) a change of
-// its own. Beginning waits for a plan being run; no plan runs until the change ends, and no plan
-// made before it ever runs.
+// llChange(session, delta: 1 | -1, moves) -> whether notes wait: JS begins (1) or ends (-1) a change
+// of its own. Beginning waits for a plan being run; no plan runs, and no pushed LOOKUP is answered,
+// until the change ends. A change that `moves` the epoch (one that renames, removes or links a name,
+// or opens a handle a copy-up would have to re-point) makes every plan and push made before it stale.
+// The others (attributes, xattrs, new names, writes) change nothing a plan or a push relies on: a
+// push is for a name the kernel does not hold yet, so a change of that name comes after its
+// LOOKUP has taken the push; a plan's entries that such a change copied up are there when it runs
+// (a directory is used as it is; a file stops the plan).
 static napi_value js_change(napi_env env, napi_callback_info info) {
-  ARGS(2);
+  ARGS(3);
   Session *s = session_arg(env, argv[0]);
   if (!s) return NULL;
   int delta = (int)dbl(env, argv[1]);
+  bool moves = false;
+  napi_get_value_bool(env, argv[2], &moves);
   pthread_mutex_lock(&s->plock);
   s->busy += delta;
-  s->epoch++;
+  if (moves) s->epoch++;
   bool notes = s->notes != NULL;
   pthread_mutex_unlock(&s->plock);
   napi_value r;

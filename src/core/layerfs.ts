@@ -189,15 +189,15 @@ export class LayerFs {
   }
 
   /**
-   * The names of the regular files in directory `path`, where it lies in one lower layer only (no
-   * upper directory, nothing merged) that has its listing at hand, with at most `max` entries;
-   * null otherwise. Their answers can then be given ahead of the kernel's LOOKUPs: nothing but a
-   * change made through the mount can change them.
+   * The names of the regular files and directories in directory `path`, where it lies in one lower
+   * layer only (no upper directory, nothing merged) that has its listing at hand, with at most
+   * `max` entries; null otherwise. Their answers can then be given ahead of the kernel's LOOKUPs:
+   * nothing but a change made through the mount can change them.
    */
-  lowerFilesNow(path: string, max: number): string[] | null {
+  lowerChildrenNow(path: string, max: number): { files: string[]; dirs: string[] } | null {
     const r = this.union.resolveNow(path)
     if (!r || r.top.entry.kind !== 'dir' || r.parts.length !== 1 || r.top.layer === 0) return null
-    return this.union.layers[r.top.layer].filesNow?.(r.top.path, max) ?? null
+    return this.union.layers[r.top.layer].childrenNow?.(r.top.path, max) ?? null
   }
 
   /** Where a planned copy-up's entries are built and put (UpperDir.planRoots); null without an upper. */

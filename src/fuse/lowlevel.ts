@@ -68,8 +68,8 @@ interface LowLevel {
    * last entries of `path` (its ancestors, then it), as planFields lays them out. Its id, or 0 if stale already.
    */
   llPlan(s: Session, id: number, epoch: number, path: string, numbers: Float64Array, xattrs: Buffer | null): number
-  /** JS begins (1) or ends (-1) a change: no plan runs meanwhile, none made before runs. Whether notes wait. */
-  llChange(s: Session, delta: 1 | -1): boolean
+  /** JS begins (1) or ends (-1) a change: no plan runs meanwhile; if it `moves` the epoch, none made before runs. Whether notes wait. */
+  llChange(s: Session, delta: 1 | -1, moves: boolean): boolean
   /**
    * What C did since the last call: per plan it ran [id, entries, entries done, errno, then each
    * entry's ns (-1: not made there)]; per LOOKUP it answered from a push [node, -1, 0, 0].
@@ -90,10 +90,15 @@ const OP = {
   SETATTR: 16, MKNOD: 17, MKDIR: 18, SYMLINK: 19, LINK: 20, UNLINK: 21, RMDIR: 22, RENAME: 23, CREATE: 24,
   WRITE: 25, FLUSH: 26, FSYNC: 27, SETXATTR: 28, REMOVEXATTR: 29, NOTES: 30,
 } as const
-/** Requests that may change the tree, the upper or what a plan assumed (an OPEN makes a handle a copy-up would re-point). */
-const CHANGES: readonly boolean[] = (() => {
-  const a: boolean[] = []
-  for (const op of [OP.OPEN, OP.SETATTR, OP.MKNOD, OP.MKDIR, OP.SYMLINK, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME, OP.CREATE, OP.WRITE, OP.FSYNC, OP.SETXATTR, OP.REMOVEXATTR]) a[op] = true
+/**
+ * Requests that may change the tree or the upper: 1, and 2 for those that also make plans and
+ * pushes made before them stale (they rename, remove or link a name, or an OPEN makes a handle a
+ * copy-up would have to re-point; see fuse_ll.c js_change).
+ */
+const CHANGES: readonly number[] = (() => {
+  const a: number[] = []
+  for (const op of [OP.SETATTR, OP.MKNOD, OP.MKDIR, OP.SYMLINK, OP.CREATE, OP.WRITE, OP.FSYNC, OP.SETXATTR, OP.REMOVEXATTR]) a[op] = 1
+  for (const op of [OP.OPEN, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME]) a[op] = 2
   return a
 })()
 /** The largest file whose first write's copy-up C runs from a plan: the reader thread serves nothing else meanwhile (1 MiB: ~0.3 ms). */
@@ -107,8 +112,10 @@ const PUSH_MAX_ENTRIES = 16
  */
 const PUSH_CREDIT_MAX = 512
 const PUSH_CREDIT_PER_USE = 4
-/** Pushed answers not yet used, at most (their nodes wait in the table until the next change). */
+/** Pushed answers not yet used, at most (their nodes wait in the table until the epoch moves). */
 const PUSHED_MAX = 4096
+/** Files pushed for one directory's LOOKUP at most, its own and its subdirectories'. */
+const PUSH_BUDGET = 32
 /** Numbers per planned entry (fuse_ll.c PLAN_FIELDS). */
 const PLAN_FIELDS = 12
 
@@ -310,13 +317,21 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   // Every request that may change something is a change from dispatch to answer (llChange).
   const roots = ro || process.env.LAYERFS_NATIVE_COPYUP === '0' ? null : fs.planRoots()
   const planning = roots !== null
-  const changing = new Set<number>()
+  const changing = new Map<number, boolean>() // request -> whether it moves the epoch
   const plans = new Map<number, readonly PlannedEntry[]>() // by id, oldest first
   const ll = replying(native, (req) => {
-    if (changing.size > 0 && changing.delete(req)) native.llChange(session!, -1)
+    if (changing.size > 0) endChange(req)
   })
+  const endChange = (req: number): void => {
+    const moves = changing.get(req)
+    if (moves === undefined) return
+    changing.delete(req)
+    native.llChange(session!, -1, moves)
+  }
   // LOOKUP answers pushed to C ahead of the kernel's asking (see pushFiles), by node, until used
   const pushed = new Map<number, { parent: number; name: string; stat: Stat }>()
+  const pushedDirs = new Map<number, number>() // directory node -> the epoch its files were pushed in
+  const pushedNodes = new Set<number>() // subdirectories' nodes made for pushes
   let pushCredit = PUSH_CREDIT_MAX
   const pushAttr = new Float64Array(A_COUNT)
   /** What C did: the lookups it gave out are counted; the union forgets what its plans changed; the stats count them. */
@@ -350,16 +365,33 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }
   /**
    * Directory `path` (node `id`) was looked up: the answers to the LOOKUPs of the regular files in
-   * it, with their copy-ups planned, go to C ahead (where it lies in one lower layer, with few
-   * entries): a first write to one of them then makes no call into JavaScript. Their nodes are
-   * made now, without a lookup: unused ones go at the next change (dropPushed).
+   * it, and in its subdirectories, with their copy-ups planned, go to C ahead (where each lies in
+   * one lower layer, with few entries): a first write to one of them then makes no call into
+   * JavaScript, or only the subdirectory's LOOKUP. Their nodes (and the subdirectories') are made
+   * now, without a lookup: unused ones go when the epoch moves (dropPushed).
    */
   const pushFiles = (id: number, path: string, epoch: number): void => {
     pushCredit = Math.min(PUSH_CREDIT_MAX, pushCredit + 1)
-    if (pushed.size >= PUSHED_MAX) return
-    const names = fs.lowerFilesNow(path, PUSH_MAX_ENTRIES)
-    if (!names || names.length === 0 || names.length > pushCredit) return
+    if (pushedDirs.get(id) === epoch) return // from its parent's LOOKUP
+    const kids = fs.lowerChildrenNow(path, PUSH_MAX_ENTRIES)
+    if (!kids) return
+    let budget = PUSH_BUDGET
+    budget -= pushDir(id, path, kids.files, epoch, budget)
+    for (const name of kids.dirs) {
+      if (budget <= 0) break
+      const sub = joinPath(path, name)
+      const files = fs.lowerChildrenNow(sub, PUSH_MAX_ENTRIES)?.files
+      if (!files || files.length === 0 || files.length > budget) continue
+      const sid = nodes.idOf(sub)
+      if (nodes.lookupsOf(sid) === 0) pushedNodes.add(sid)
+      budget -= pushDir(sid, sub, files, epoch, budget)
+    }
+  }
+  /** Pushes the answers for `names`, regular files in directory `path` (node `id`): how many, at most `budget`. */
+  const pushDir = (id: number, path: string, names: readonly string[], epoch: number, budget: number): number => {
+    if (names.length === 0 || names.length > budget || names.length > pushCredit || pushed.size >= PUSHED_MAX) return 0
     pushCredit -= names.length
+    pushedDirs.set(id, epoch)
     const above = fs.planAboveNow(path) // shared by the files' plans
     for (const name of names) {
       const p = joinPath(path, name)
@@ -372,15 +404,22 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       const cid = nodes.idOf(p)
       if ((st.mode & S_IFMT) !== S_IFREG || nodes.lookupsOf(cid) > 0 || openFiles.has(cid)) continue
       fill(pushAttr, 0, st)
-      if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) return nodes.dropIfUnused(cid)
+      if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) {
+        nodes.dropIfUnused(cid)
+        break
+      }
       pushed.set(cid, { parent: id, name, stat: st })
       if (above) plan(cid, p, epoch, above)
     }
+    return names.length
   }
-  /** A change begins: the pushed answers C can no longer give; their nodes, unused, go. */
+  /** The epoch moves: the pushed answers C can no longer give; the nodes made for them, unused, go. */
   const dropPushed = (): void => {
     for (const id of pushed.keys()) nodes.dropIfUnused(id)
+    for (const id of pushedNodes) nodes.dropIfUnused(id)
     pushed.clear()
+    pushedNodes.clear()
+    pushedDirs.clear()
   }
   /** The kernel holds one more lookup on node `id`, given by JS: C is not to give it again from a push. */
   const counted = (id: number): void => {
@@ -813,16 +852,17 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
 
   /** dispatch, with each request that may change something a change (llChange) until it is answered. */
   const planned: Dispatch = (op, req, ino, a, b, c, d) => {
-    if (CHANGES[op] === true) {
-      changing.add(req)
-      if (ll.llChange(session!, 1)) readNotes()
-      if (pushed.size > 0) dropPushed()
+    const change = CHANGES[op]
+    if (change !== undefined) {
+      const moves = change === 2
+      changing.set(req, moves)
+      if (ll.llChange(session!, 1, moves)) readNotes()
+      if (moves) dropPushed()
     }
     try {
       dispatch(op, req, ino, a, b, c, d)
     } catch (err) {
-      // C answers EIO for a dispatch that threw: the change ends here
-      if (changing.delete(req)) ll.llChange(session!, -1)
+      endChange(req) // C answers EIO for a dispatch that threw: the change ends here
       throw err
     }
   }

@@ -97,10 +97,11 @@ export interface Layer {
    */
   xattrsNow?(path: string, entry: Entry): Array<[string, Buffer]>
   /**
-   * The names of the regular files in a directory of this layer, where the layer has its listing
-   * in memory (a tar's index) and it holds no more than `max` entries; null otherwise.
+   * The names of the regular files and of the directories in a directory of this layer, where the
+   * layer has its listing in memory (a tar's index) and it holds no more than `max` entries; null
+   * otherwise.
    */
-  filesNow?(path: string, max: number): string[] | null
+  childrenNow?(path: string, max: number): { files: string[]; dirs: string[] } | null
   /** Releases file descriptors. */
   close(): Promise<void>
 }

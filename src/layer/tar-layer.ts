@@ -157,14 +157,19 @@ export class TarLayer implements Layer {
     return { entries, whiteouts }
   }
 
-  filesNow(path: string, max: number): string[] | null {
+  childrenNow(path: string, max: number): { files: string[]; dirs: string[] } | null {
     const rec = this.index.find(path)
     if (rec < 0 || this.index.kindCode(rec) !== KIND_CODES.indexOf('dir')) return null
     const [first, end] = this.index.children(rec)
     if (end - first > max) return null
-    const out: string[] = []
-    for (let c = first; c < end; c++) if (this.index.entry(c)?.kind === 'file') out.push(this.index.name(c))
-    return out
+    const files: string[] = []
+    const dirs: string[] = []
+    for (let c = first; c < end; c++) {
+      const kind = this.index.entry(c)?.kind
+      if (kind === 'file') files.push(this.index.name(c))
+      else if (kind === 'dir') dirs.push(this.index.name(c))
+    }
+    return { files, dirs }
   }
 
   private recordOf(entry: Entry): number {
