@@ -530,6 +530,19 @@ static void reply_status(Session *s, uint64_t unique, int32_t error) {
   while (write(fuse_session_fd(s->se), &out, sizeof out) < 0 && errno == EINTR) {}
 }
 
+// A reply with `len` bytes of `arg` (fuse_open_out, fuse_entry_out...), written from the reader thread.
+static void reply_arg(Session *s, uint64_t unique, const void *arg, size_t len) {
+  struct kernel_out_header out = { sizeof out + (uint32_t)len, 0, unique };
+  struct iovec iov[2] = { { &out, sizeof out }, { (void *)arg, len } };
+  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+}
+
+// Whether the file open at fd has no security.capability (the kernel's check before each write can
+// then be answered here: see KEY_NO_CAPS).
+static int without_caps(int fd) {
+  return fgetxattr(fd, "security.capability", NULL, 0) < 0 && errno == ENODATA;
+}
+
 // A handle C opened itself for node `node` (under dlock, written): its READs and WRITEs served here.
 static uint64_t native_fh_set(Session *s, uint64_t node, int fd, int writable, int no_caps) {
   uint64_t fh;
@@ -541,10 +554,8 @@ static uint64_t native_fh_set(Session *s, uint64_t node, int fd, int writable, i
 
 // OPEN's answer: no FOPEN_KEEP_CACHE, as JS answers on a writable mount.
 static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh) {
-  struct kernel_out_header out = { sizeof out + sizeof(struct kernel_open_out), 0, unique };
   struct kernel_open_out oo = { fh, 0, 0 };
-  struct iovec iov[2] = { { &out, sizeof out }, { &oo, sizeof oo } };
-  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+  reply_arg(s, unique, &oo, sizeof oo);
 }
 
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
@@ -561,7 +572,7 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   if (fd < 0) { free(path); return 0; }
   int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
   // as llNoCaps: the kernel asks for security.capability before each write(2)
-  int no_caps = writable && fgetxattr(fd, "security.capability", NULL, 0) < 0 && errno == ENODATA;
+  int no_caps = writable && without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
   o = direct_find(s, in->nodeid | KEY_OPENABLE);
   if (!o || strcmp(o->path, path) != 0) { // a name changed meanwhile: JS opens it
@@ -747,7 +758,7 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   pthread_mutex_unlock(&s->plock);
   queue_push(s, "N", 1); // ahead of every later request (and of this OPEN, if JS answers it)
   if (fd < 0) { plan_free(p); return 0; }
-  int no_caps = fgetxattr(fd, "security.capability", NULL, 0) < 0 && errno == ENODATA;
+  int no_caps = without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
   uint64_t fh = native_fh_set(s, in->nodeid, fd, 1, no_caps);
   // its next OPENs as a file in the upper (as JS's openable() would say after its own copy-up)
@@ -812,9 +823,7 @@ static int lookup_pushed(Session *s, const struct kernel_in_header *in, const ch
   note_add(s, note);
   pthread_mutex_unlock(&s->plock);
   queue_push(s, "N", 1); // JS counts the lookup before any later request (a FORGET of it among them)
-  struct kernel_out_header out = { sizeof out + sizeof p->entry, 0, in->unique };
-  struct iovec iov[2] = { { &out, sizeof out }, { &p->entry, sizeof p->entry } };
-  while (writev(fuse_session_fd(s->se), iov, 2) < 0 && errno == EINTR) {}
+  reply_arg(s, in->unique, &p->entry, sizeof p->entry);
   free(p);
   return 1;
 }
@@ -1075,6 +1084,17 @@ static fuse_req_t req_arg(napi_env env, napi_value v) {
 }
 static double dbl(napi_env env, napi_value v) { double d = 0; napi_get_value_double(env, v, &d); return d; }
 
+// A Buffer argument's bytes as a NUL-terminated string (malloc'd; its length in *len); NULL if not a Buffer.
+static char *dup_buffer(napi_env env, napi_value v, size_t *len) {
+  void *data; size_t n;
+  if (napi_get_buffer_info(env, v, &data, &n) != napi_ok) return NULL;
+  char *out = malloc(n + 1);
+  if (!out) return NULL;
+  memcpy(out, data, n); out[n] = 0;
+  *len = n;
+  return out;
+}
+
 static double *attr_arg(napi_env env, napi_value v, size_t count) {
   napi_typedarray_type type; size_t length; void *data; napi_value ab; size_t off;
   if (napi_get_typedarray_info(env, v, &type, &length, &data, &ab, &off) != napi_ok || type != napi_float64_array || length < count) return NULL;
@@ -1281,7 +1301,7 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
 static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
-  if (s && fgetxattr((int)dbl(env, argv[2]), "security.capability", NULL, 0) < 0 && errno == ENODATA) {
+  if (s && without_caps((int)dbl(env, argv[2]))) {
     direct_set_locked(s, (uint64_t)dbl(env, argv[1]) | KEY_NO_CAPS, -1, 0, 0, -1, 0);
   }
   return NULL;
@@ -1314,12 +1334,9 @@ static napi_value js_openable(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   if (!s) return NULL;
   uint64_t key = (uint64_t)dbl(env, argv[1]) | KEY_OPENABLE;
-  void *data; size_t len;
-  if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) { direct_drop_locked(s, key); return NULL; }
-  char *path = malloc(len + 1);
-  if (!path) return NULL;
-  memcpy(path, data, len);
-  path[len] = 0;
+  size_t len;
+  char *path = dup_buffer(env, argv[2], &len);
+  if (!path) { direct_drop_locked(s, key); return NULL; }
   pthread_rwlock_wrlock(&s->dlock);
   direct_set(s, key, -1, 0, 0, -1, 0)->path = path;
   pthread_rwlock_unlock(&s->dlock);
@@ -1443,16 +1460,6 @@ static napi_value js_epoch(napi_env env, napi_callback_info info) {
 
 // llPlanRoots(session, upper: Buffer, temp: Buffer): where plans put their entries (upper + merged
 // path) and build them first (temp/#PID-nSEQ: JS's own names there have no "n").
-static char *dup_buffer(napi_env env, napi_value v, size_t *len) {
-  void *data; size_t n;
-  if (napi_get_buffer_info(env, v, &data, &n) != napi_ok) return NULL;
-  char *out = malloc(n + 1);
-  if (!out) return NULL;
-  memcpy(out, data, n); out[n] = 0;
-  *len = n;
-  return out;
-}
-
 static napi_value js_plan_roots(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);

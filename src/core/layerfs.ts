@@ -225,8 +225,8 @@ export class LayerFs {
    * null without an upper, or where the path is too long to open as one (see long-paths.ts).
    */
   upperFilePath(path: string): Buffer | null {
-    const real = this.upper?.dir.real(path) ?? null
-    return real && real.length < 3800 ? real : null
+    const dir = this.upper?.dir
+    return dir?.fits(path) ? dir.real(path) : null
   }
 
   /** Where handle `fh`'s bytes lie in a local descriptor, if they do (valid until it changes or is released). */

@@ -647,7 +647,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         }
         fill(attr, 0, stat)
         ll.llReplyEntry(req, id, attr, t, ta(stat))
-        return      }
+        return
+      }
       case OP.NOTES:
         return readNotes()
       case OP.FORGET:

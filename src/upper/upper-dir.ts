@@ -112,7 +112,7 @@ export class UpperDir {
     return { upper: this.upperBytes, temp: Buffer.from(this.tempDir) }
   }
 
-  /** Whether real(path) is short enough for a planned copy-up (and a descriptor opened by name). */
+  /** Whether real(path) is short enough for native code to use by name (a planned copy-up, an upper file it opens). */
   fits(path: string): boolean {
     return this.upperBytes.length + path.length < 3800
   }
