@@ -160,7 +160,10 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
   }
   const union = fs.union
-  const stats = new Stats(fs, mountpoint, () => fuse.directReads?.() ?? null)
+  const stats = new Stats(fs, mountpoint, () => {
+    fuse.catchUp?.()
+    return fuse.directReads?.() ?? null
+  })
   let control: Awaited<ReturnType<typeof listen>> | null = null
   let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
   let stopping = false
@@ -168,6 +171,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   const setUpControl = async (): Promise<void> => {
     const server = await listen(mountpoint, async (creq) => {
       if (creq.op === 'which') {
+        fuse.catchUp?.() // copy-ups the binding ran: the union knows of them
         const layers = await Promise.all(creq.paths.map(async (p) => {
           const r = await union.resolve(p)
           return r ? { layer: r.top.layer, source: union.layers[r.top.layer].source, merged: r.parts.map((x) => x.layer) } : null

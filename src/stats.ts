@@ -36,7 +36,10 @@ export class Stats {
   /** As recorded: turned into entries only for a report (a copy-up's own cost stays small). */
   private readonly copyUps: CopyUpRecord[] = []
 
-  /** `servedElsewhere`: reads the FUSE binding answered without LayerFs, per layer position. */
+  /**
+   * `servedElsewhere`: reads the FUSE binding answered without LayerFs, per layer position; asked
+   * first in each report, it also brings in the copy-ups the binding ran itself.
+   */
   constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
     private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null) {
     fs.upper?.copyUp.listen((rec: CopyUpRecord) => this.copyUps.push(rec))

@@ -136,6 +136,8 @@ export interface FuseMount {
   unmount(): Promise<void>
   /** Reads answered by the binding itself, per layer position (they never reach LayerFs). */
   directReads?(): { reads: number[]; bytes: number[] }
+  /** What the binding did on its own thread (copy-ups), made known to LayerFs and its stats now. */
+  catchUp?(): void
 }
 
 /** Mounts `fs` at `mountpoint`; resolves once the kernel has sent INIT (the mount is live). */

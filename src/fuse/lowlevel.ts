@@ -106,7 +106,7 @@ const PLAN_MAX_BYTES = 8 << 20
 /** Directories with more entries than this get no LOOKUP answers pushed ahead (see pushFiles). */
 const PUSH_MAX_ENTRIES = 16
 /**
- * Pushing a file's answer costs ~10 µs of a warm daemon; each one C gives saves a call into
+ * Pushing an answer costs ~10 µs of a warm daemon; each one C gives saves a call into
  * JavaScript (30-170 µs). Pushes spend credit, answers given earn it back, and each directory
  * looked up adds a little: a walk whose pushes go unused soon pushes about one file a directory.
  */
@@ -114,7 +114,7 @@ const PUSH_CREDIT_MAX = 512
 const PUSH_CREDIT_PER_USE = 4
 /** Pushed answers not yet used, at most (their nodes wait in the table until the epoch moves). */
 const PUSHED_MAX = 4096
-/** Files pushed for one directory's LOOKUP at most, its own and its subdirectories'. */
+/** Answers pushed for one directory's LOOKUP at most: its files, its subdirectories and theirs. */
 const PUSH_BUDGET = 32
 /** Numbers per planned entry (fuse_ll.c PLAN_FIELDS). */
 const PLAN_FIELDS = 12
@@ -330,8 +330,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }
   // LOOKUP answers pushed to C ahead of the kernel's asking (see pushFiles), by node, until used
   const pushed = new Map<number, { parent: number; name: string; stat: Stat }>()
-  const pushedDirs = new Map<number, number>() // directory node -> the epoch its files were pushed in
+  const pushedFiles = new Map<number, number>() // directory node -> the epoch its files were pushed in
+  const pushedDirs = new Map<number, number>() // directory node -> the epoch its subdirectories were pushed in
   const pushedNodes = new Set<number>() // subdirectories' nodes made for pushes
+  const takenDirs: number[] = [] // pushed directories C has answered, still to push below
   let pushCredit = PUSH_CREDIT_MAX
   const pushAttr = new Float64Array(A_COUNT)
   /** What C did: the lookups it gave out are counted; the union forgets what its plans changed; the stats count them. */
@@ -344,6 +346,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         pushCredit = Math.min(PUSH_CREDIT_MAX, pushCredit + PUSH_CREDIT_PER_USE)
         nodes.count(a[i])
         if (p) nodes.remember(a[i], p.stat)
+        if (p && (p.stat.mode & S_IFMT) === S_IFDIR) takenDirs.push(a[i])
         continue
       }
       const plan = plans.get(a[i])
@@ -365,53 +368,76 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   }
   /**
    * Directory `path` (node `id`) was looked up: the answers to the LOOKUPs of the regular files in
-   * it, and in its subdirectories, with their copy-ups planned, go to C ahead (where each lies in
-   * one lower layer, with few entries): a first write to one of them then makes no call into
-   * JavaScript, or only the subdirectory's LOOKUP. Their nodes (and the subdirectories') are made
-   * now, without a lookup: unused ones go when the epoch moves (dropPushed).
+   * it, of its subdirectories and of the regular files in those, with the files' copy-ups planned,
+   * go to C ahead (where each lies in one lower layer, with few entries): a first write to one of
+   * them then makes no call into JavaScript. Their nodes are made now, without a lookup: unused
+   * ones go when the epoch moves (dropPushed). A subdirectory's answer holds until the epoch moves:
+   * nothing can change it before the kernel has looked it up, but a rename or removal of it.
    */
   const pushFiles = (id: number, path: string, epoch: number): void => {
     pushCredit = Math.min(PUSH_CREDIT_MAX, pushCredit + 1)
-    if (pushedDirs.get(id) === epoch) return // from its parent's LOOKUP
+    if (pushedDirs.get(id) === epoch) return
     const kids = fs.lowerChildrenNow(path, PUSH_MAX_ENTRIES)
     if (!kids) return
+    pushedDirs.set(id, epoch)
     let budget = PUSH_BUDGET
-    budget -= pushDir(id, path, kids.files, epoch, budget)
+    // its files: unless pushed at its parent's LOOKUP
+    const files = pushedFiles.get(id) === epoch ? [] : kids.files
+    pushedFiles.set(id, epoch)
+    const above = files.length > 0 ? fs.planAboveNow(path) : null // shared by the files' plans
+    for (const name of files) {
+      if (budget <= 0 || !pushOne(id, path, name, S_IFREG, epoch, above)) return
+      budget--
+    }
     for (const name of kids.dirs) {
-      if (budget <= 0) break
+      if (budget <= 0) return
       const sub = joinPath(path, name)
-      const files = fs.lowerChildrenNow(sub, PUSH_MAX_ENTRIES)?.files
-      if (!files || files.length === 0 || files.length > budget) continue
+      const subFiles = fs.lowerChildrenNow(sub, PUSH_MAX_ENTRIES)?.files
+      // the subdirectory's own answer, and its files' where they all fit
+      if (!pushOne(id, path, name, S_IFDIR, epoch, null)) return
+      budget--
+      if (!subFiles || subFiles.length > budget || subFiles.length > pushCredit) continue
       const sid = nodes.idOf(sub)
       if (nodes.lookupsOf(sid) === 0) pushedNodes.add(sid)
-      budget -= pushDir(sid, sub, files, epoch, budget)
+      if (pushedFiles.get(sid) === epoch) continue
+      pushedFiles.set(sid, epoch)
+      const subAbove = subFiles.length > 0 ? fs.planAboveNow(sub) : null
+      for (const f of subFiles) {
+        if (!pushOne(sid, sub, f, S_IFREG, epoch, subAbove)) return
+        budget--
+      }
     }
   }
-  /** Pushes the answers for `names`, regular files in directory `path` (node `id`): how many, at most `budget`. */
-  const pushDir = (id: number, path: string, names: readonly string[], epoch: number, budget: number): number => {
-    if (names.length === 0 || names.length > budget || names.length > pushCredit || pushed.size >= PUSHED_MAX) return 0
-    pushCredit -= names.length
-    pushedDirs.set(id, epoch)
-    const above = fs.planAboveNow(path) // shared by the files' plans
-    for (const name of names) {
-      const p = joinPath(path, name)
-      let st: Stat
-      try {
-        st = fs.getattrNow(p)
-      } catch {
-        continue
-      }
-      const cid = nodes.idOf(p)
-      if ((st.mode & S_IFMT) !== S_IFREG || nodes.lookupsOf(cid) > 0 || openFiles.has(cid)) continue
-      fill(pushAttr, 0, st)
-      if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) {
-        nodes.dropIfUnused(cid)
-        break
-      }
-      pushed.set(cid, { parent: id, name, stat: st })
-      if (above) plan(cid, p, epoch, above)
+  /**
+   * Pushes the answer for `name` in directory `path` (node `id`) if it is of `kind` and the kernel
+   * holds no lookup of it; a file's copy-up is planned (`above`: its directories' entries). False
+   * when no more can be pushed now.
+   */
+  const pushOne = (id: number, path: string, name: string, kind: number, epoch: number, above: readonly PlannedEntry[] | null): boolean => {
+    if (pushCredit <= 0 || pushed.size >= PUSHED_MAX) return false
+    const p = joinPath(path, name)
+    let st: Stat
+    try {
+      st = fs.getattrNow(p)
+    } catch {
+      return true
     }
-    return names.length
+    const cid = nodes.idOf(p)
+    if (pushed.has(cid)) return true
+    if ((st.mode & S_IFMT) !== kind || nodes.lookupsOf(cid) > 0 || openFiles.has(cid)) {
+      if (!pushedNodes.has(cid)) nodes.dropIfUnused(cid)
+      return true
+    }
+    fill(pushAttr, 0, st)
+    if (!ll.llPush(session!, id, epoch, name, cid, pushAttr, t, ta(st))) {
+      nodes.dropIfUnused(cid)
+      return false
+    }
+    pushCredit--
+    pushed.set(cid, { parent: id, name, stat: st })
+    if (kind === S_IFDIR) pushedNodes.add(cid)
+    else if (above) plan(cid, p, epoch, above)
+    return true
   }
   /** The epoch moves: the pushed answers C can no longer give; the nodes made for them, unused, go. */
   const dropPushed = (): void => {
@@ -419,6 +445,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     for (const id of pushedNodes) nodes.dropIfUnused(id)
     pushed.clear()
     pushedNodes.clear()
+    pushedFiles.clear()
     pushedDirs.clear()
   }
   /** The kernel holds one more lookup on node `id`, given by JS: C is not to give it again from a push. */
@@ -649,8 +676,15 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
         ll.llReplyEntry(req, id, attr, t, ta(stat))
         return
       }
-      case OP.NOTES:
-        return readNotes()
+      case OP.NOTES: {
+        readNotes()
+        if (takenDirs.length === 0) return
+        // directories whose LOOKUPs C answered: what JS's own answer would have pushed (the
+        // kernel's next LOOKUP in one may come first: JS then answers it)
+        const epoch = planEpoch()
+        for (const id of takenDirs.splice(0)) if (epoch >= 0 && nodes.has(id)) pushFiles(id, nodes.path(id), epoch)
+        return
+      }
       case OP.FORGET:
         nodes.forget(ino, a as number)
         if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
@@ -885,6 +919,9 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   return isLive.then(() => ({
     unmount: async () => {
       if (session && !ended) ll.llUnmount(session)
+    },
+    catchUp: () => {
+      if (planning && session && !ended) readNotes()
     },
     directReads: () => {
       const c = ll.llDirectCounts(session!, layers)

@@ -157,6 +157,26 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^written gax gbx 3 100644 1$/m)
   })
 
+  it("a directory's subdirectories answered ahead, and theirs once the kernel holds them: true after changes", async () => {
+    // a lower directory's LOOKUP also pushes its subdirectories' answers (and their files'), and a
+    // pushed directory the kernel takes gets its own subdirectories pushed when JS catches up: each
+    // must be given at most once, hold what the directory is, and give way to changes
+    const dir = await tempDir('ahead-dirs')
+    const lower = join(dir, 'lower')
+    for (const d of ['p/q/r/t', 'p/s', 'p/u', 'p/v', 'p/w/y']) await mkdir(join(lower, d), { recursive: true })
+    for (const f of ['p/f', 'p/q/a', 'p/q/b', 'p/q/r/c', 'p/q/r/t/g', 'p/s/d', 'p/v/e', 'p/w/y/h']) await writeFile(join(lower, f), f)
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', AHEAD_DIRS, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^deep 40755 3 p\/q\/r\/c p\/q\/r\/t\/g$/m)
+    assert.match(outputs[0], /^rmdir ENOENT 1$/m)
+    assert.match(outputs[0], /^written p\/q\/r\/cx 40755 1$/m)
+    assert.match(outputs[0], /^mkdir 40755 1 \['a', 'b', 'n', 'r'\]$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -177,14 +197,15 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
   })
 })
 
-const AHEAD = String.raw`
+/** Python helpers of the scripts below: st(p) shows what `stat_fields` picks, or the errno's name. */
+const AHEAD_HELPERS = (statFields: string): string => String.raw`
 import errno, os, sys
 os.chdir(sys.argv[1])
 def forget():
     with open('/proc/sys/vm/drop_caches', 'w') as f: f.write('2')
 def st(p):
     try:
-        s = os.stat(p); return '%d %o %d' % (s.st_size, s.st_mode, s.st_nlink)
+        s = os.stat(p); return ${statFields}
     except OSError as e:
         return errno.errorcode[e.errno]
 def read(p):
@@ -192,6 +213,9 @@ def read(p):
         with open(p) as f: return f.read()
     except OSError as e:
         return errno.errorcode[e.errno]
+`
+
+const AHEAD = AHEAD_HELPERS("'%d %o %d' % (s.st_size, s.st_mode, s.st_nlink)") + String.raw`
 # the directories stay open: forget() then drops their entries' dentries, not theirs
 held = [os.open(d, os.O_RDONLY) for d in 'defgh']
 print('looked up', st('d/a'))
@@ -212,6 +236,28 @@ print('written', read('g/a'), read('g/b'), st('g/a'))
 with open('h/new', 'w') as w: w.write('n')
 forget()
 print('created', st('h/new'), read('h/new'), sorted(os.listdir('h')))
+`
+
+const AHEAD_DIRS = AHEAD_HELPERS("'%o %d' % (s.st_mode, s.st_nlink)") + String.raw`
+held = os.open('p', os.O_RDONLY)  # p looked up: q, s, u, v, w answered ahead, and their files
+print('q', st('p/q'), sorted(os.listdir('p/q')), read('p/q/a'))
+print('deep', st('p/q/r'), read('p/q/r/c'), read('p/q/r/t/g'))
+os.chmod('p/s', 0o700)
+print('chmod', st('p/s'))
+forget()
+print('chmod again', st('p/s'), read('p/s/d'))
+os.rmdir('p/u')
+print('rmdir', st('p/u'), os.stat('p').st_nlink)
+os.rename('p/f', 'p/g')  # moves the epoch: v and w, pushed and not taken, are answered by JS
+forget()
+print('renamed', st('p/f'), read('p/g'), st('p/v'), read('p/v/e'), st('p/w'), read('p/w/y/h'))
+with open('p/q/r/c', 'a') as w: w.write('x')
+forget()
+print('written', read('p/q/r/c'), st('p/q/r'))
+os.mkdir('p/q/n')
+forget()
+print('mkdir', st('p/q'), sorted(os.listdir('p/q')))
+os.close(held)
 `
 
 const MOVES = String.raw`
