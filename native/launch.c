@@ -10,11 +10,12 @@
 // Request: u32 length, then NUL-terminated fields: magic, the boot script it would run, cwd, umask
 // (octal), stderr terminal columns (0: not a terminal), argc, args, envc, env. Answers: frames of a type byte and a u32
 // length: 'e' bytes for stderr, 'x' the exit code (decimal), 'f' declined (run Node instead), 'n'
-// the command line of the next standby, which this launcher starts (detached, at low priority)
-// once the mount is live: a fork from this small process costs nothing, where the daemon's own
-// would stall the mount's first requests.
+// the command line of the next standby, which a child of this launcher starts (detached, at low
+// priority) a second after the mount is live: a fork from this small process costs nothing, where
+// the daemon's own would stall the mount's first requests.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,26 +102,46 @@ static int read_all(int fd, char *p, size_t n) {
   return 1;
 }
 
-// Starts the next standby: its own session, no terminal, stdio on /dev/null, no other descriptor.
-// One fork, not waited for: this launcher exits at once (the mount is ready) and the child, orphaned,
-// is init's; a double fork waited on cost the mount ~0.3 ms.
-static void start_standby(char *cmdline, uint32_t n) {
-  char *args[64];
-  int k = 0;
-  for (char *p = cmdline; p < cmdline + n && k < 63; p += strlen(p) + 1) args[k++] = p;
-  args[k] = NULL;
-  if (k == 0) return;
-  if (fork() != 0) return;
+// The next standby's starter, forked while the standby works on the request (the ~2 ms this
+// launcher would only wait; forked after the answer, the fork and the child's first steps were on
+// the mount's path: ~0.4 ms, and the child's page faults took CPU from what ran next). Its own
+// session, no terminal, stdio on /dev/null, no other descriptor but the pipe's read end (fd 3),
+// on which this launcher writes the next standby's command line once the mount is live (EOF: none
+// is to start: the mount failed, or Node serves it). The write end returned (-1: none forked).
+static int fork_standby_starter(void) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return -1;
+  pid_t pid = fork();
+  if (pid != 0) {
+    close(p[0]);
+    if (pid < 0) { close(p[1]); return -1; }
+    return p[1];
+  }
+  close(p[1]);
   setsid();
   int nul = open("/dev/null", O_RDWR);
-  if (nul < 0) _exit(1);
+  if (nul < 0 || dup2(p[0], 3) != 3) _exit(1);
   dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
-  syscall(SYS_close_range, 3U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
+  syscall(SYS_close_range, 4U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
   if (chdir("/") != 0) _exit(1);
   // a second later, and only if none waits then: a mount that ends soon gives its daemon back as
   // the standby, and a new one would start for nothing, competing with the mount's first reads
   struct timespec delay = { .tv_sec = 1, .tv_nsec = 0 };
   while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {}
+  static char cmdline[65536];
+  size_t n = 0;
+  for (ssize_t r; n < sizeof cmdline - 1 && (r = read(3, cmdline + n, sizeof cmdline - 1 - n)) != 0; ) {
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) _exit(1);
+    n += (size_t)r;
+  }
+  close(3);
+  if (n == 0) _exit(0);
+  cmdline[n] = 0;
+  char *args[64];
+  int k = 0;
+  for (char *q = cmdline; q < cmdline + n && k < 63; q += strlen(q) + 1) args[k++] = q;
+  args[k] = NULL;
   int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un sa;
   socklen_t salen = standby_address(&sa);
@@ -208,6 +229,7 @@ int main(int argc, char **argv) {
   socklen_t clen = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
   if (write_all(fd, req.p, req.len) != 0) run_node();
+  int starter = fork_standby_starter();
 
   int said = 0; // whether anything reached the user: after that, declining is no longer possible
   char *next = NULL;
@@ -233,8 +255,11 @@ int main(int argc, char **argv) {
     if (head[0] == 'n') { next = body; next_len = n; continue; }
     if (head[0] == 'x') {
       int code = atoi(body);
-      if (code == 0 && next) start_standby(next, next_len);
-      return code;
+      if (code == 0 && next && starter >= 0) {
+        signal(SIGPIPE, SIG_IGN); // a starter gone: no standby, and still this mount's exit code
+        write_all(starter, next, next_len);
+      }
+      return code; // the starter's pipe closes with this process
     }
     free(body);
   }
