@@ -77,6 +77,7 @@ interface LowLevel {
   llNotes(s: Session): Float64Array | null
   /** C answers LOOKUP(parent, name) with node `id` and these attributes, once, if nothing changes before (`epoch`). Whether kept. */
   llPush(s: Session, parent: number, epoch: number, name: string, id: number, attr: Float64Array, entryTimeout: number, attrTimeout: number): boolean
+  llRootAttr(s: Session, attr: Float64Array, attrTimeout: number): void
   /** C forgets what it was to answer for LOOKUP(parent, name). */
   llUnpush(s: Session, parent: number, name: string): void
 }
@@ -916,6 +917,21 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const layers = fs.union.layers.length
   ll.llDirectCounts(session, layers)
   live()
+  // the root's attributes for C, which then answers the kernel's first GETATTR of it (a fresh
+  // mount's first path walk asks it): once the launcher has its answer, and only where every change
+  // JS begins is an llChange, which drops them
+  if (ro || planning) {
+    setImmediate(() => {
+      try {
+        const st = fs.getattrNow('/')
+        const a = new Float64Array(A_COUNT)
+        fill(a, 0, st)
+        if (session && !ended) ll.llRootAttr(session, a, ta(st))
+      } catch (err) {
+        log.fuse('root attributes: %s', (err as Error).message)
+      }
+    })
+  }
   return isLive.then(() => ({
     unmount: async () => {
       if (session && !ended) ll.llUnmount(session)

@@ -1,6 +1,6 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
@@ -177,6 +177,36 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^mkdir 40755 1 \['a', 'b', 'n', 'r'\]$/m)
   })
 
+  it("the mount root's attributes at a fresh mount's first stat, and after changes to it", async () => {
+    // layerfs's native side answers the kernel's first GETATTR of the root from what JS gave it at
+    // mount, and must stop once a change has begun
+    const dir = await tempDir('root-attr')
+    const lower = join(dir, 'lower')
+    await mkdir(join(lower, 'd'), { recursive: true })
+    await chmod(lower, 0o751)
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', ROOT_ATTR, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^first 40755 0 0$/m) // the upper dir's, as kernel overlayfs shows
+    assert.match(outputs[0], /^chmod 40705 0 0$/m)
+    // read-only: the lower root's
+    const firstStat = async (m: { path: string; unmount(): Promise<void> }): Promise<string> => {
+      try {
+        return (await run('stat', ['-c', '%f %h %u %g', m.path])).stdout
+      } finally {
+        await m.unmount()
+      }
+    }
+    const empty = join(dir, 'empty')
+    await mkdir(empty)
+    const kernel = await firstStat(await mountKernelOverlay([lower, empty]))
+    assert.equal(await firstStat(await mountLayerfs([join(dir, 'lower.tar'), empty])), kernel)
+    assert.match(kernel, /^41e9 1 0 0$/m) // a merged directory's nlink is 1
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -258,6 +288,17 @@ os.mkdir('p/q/n')
 forget()
 print('mkdir', st('p/q'), sorted(os.listdir('p/q')))
 os.close(held)
+`
+
+const ROOT_ATTR = String.raw`
+import os, sys
+def st(p):
+    s = os.stat(p); return '%o %d %d' % (s.st_mode, s.st_uid, s.st_gid)
+print('first', st(sys.argv[1]))
+os.mkdir(os.path.join(sys.argv[1], 'new'))
+print('mkdir', st(sys.argv[1]), sorted(os.listdir(sys.argv[1])))
+os.chmod(sys.argv[1], 0o705)
+print('chmod', st(sys.argv[1]))
 `
 
 const MOVES = String.raw`
