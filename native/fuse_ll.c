@@ -1131,6 +1131,17 @@ static double *attr_arg(napi_env env, napi_value v, size_t count) {
   return data;
 }
 
+// Attributes as JS lays them out (lowlevel.ts fill), in the kernel's form (pushed answers, the root's).
+static struct kernel_attr kernel_attr_of(const double *a) {
+  return (struct kernel_attr){
+    .ino = (uint64_t)a[A_INO], .size = (uint64_t)a[A_SIZE], .blocks = (uint64_t)a[A_BLOCKS],
+    .atime = (uint64_t)a[A_ATIME], .mtime = (uint64_t)a[A_MTIME], .ctime = (uint64_t)a[A_CTIME],
+    .atimensec = (uint32_t)a[A_ATIMENS], .mtimensec = (uint32_t)a[A_MTIMENS], .ctimensec = (uint32_t)a[A_CTIMENS],
+    .mode = (uint32_t)a[A_MODE], .nlink = (uint32_t)a[A_NLINK], .uid = (uint32_t)a[A_UID], .gid = (uint32_t)a[A_GID],
+    .rdev = (uint32_t)a[A_RDEV], .blksize = (uint32_t)a[A_BLKSIZE],
+  };
+}
+
 #define ARGS(n) size_t argc = n; napi_value argv[n]; CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
 
 static napi_value js_reply_err(napi_env env, napi_callback_info info) {
@@ -1611,13 +1622,7 @@ static napi_value js_root_attr(napi_env env, napi_callback_info info) {
   struct kernel_attr_out *out = calloc(1, sizeof *out);
   if (!out) return NULL;
   out->attr_valid = (uint64_t)dbl(env, argv[2]);
-  out->attr = (struct kernel_attr){
-    .ino = (uint64_t)a[A_INO], .size = (uint64_t)a[A_SIZE], .blocks = (uint64_t)a[A_BLOCKS],
-    .atime = (uint64_t)a[A_ATIME], .mtime = (uint64_t)a[A_MTIME], .ctime = (uint64_t)a[A_CTIME],
-    .atimensec = (uint32_t)a[A_ATIMENS], .mtimensec = (uint32_t)a[A_MTIMENS], .ctimensec = (uint32_t)a[A_CTIMENS],
-    .mode = (uint32_t)a[A_MODE], .nlink = (uint32_t)a[A_NLINK], .uid = (uint32_t)a[A_UID], .gid = (uint32_t)a[A_GID],
-    .rdev = (uint32_t)a[A_RDEV], .blksize = (uint32_t)a[A_BLKSIZE],
-  };
+  out->attr = kernel_attr_of(a);
   pthread_mutex_lock(&s->plock);
   free(s->root_attr);
   s->root_attr = NULL;
@@ -1672,13 +1677,7 @@ static napi_value js_push(napi_env env, napi_callback_info info) {
   p->entry = (struct kernel_entry_out){
     .nodeid = (uint64_t)dbl(env, argv[4]), .generation = 1, // as js_reply_entry
     .entry_valid = (uint64_t)et, .attr_valid = (uint64_t)at,
-    .attr = {
-      .ino = (uint64_t)a[A_INO], .size = (uint64_t)a[A_SIZE], .blocks = (uint64_t)a[A_BLOCKS],
-      .atime = (uint64_t)a[A_ATIME], .mtime = (uint64_t)a[A_MTIME], .ctime = (uint64_t)a[A_CTIME],
-      .atimensec = (uint32_t)a[A_ATIMENS], .mtimensec = (uint32_t)a[A_MTIMENS], .ctimensec = (uint32_t)a[A_CTIMENS],
-      .mode = (uint32_t)a[A_MODE], .nlink = (uint32_t)a[A_NLINK], .uid = (uint32_t)a[A_UID], .gid = (uint32_t)a[A_GID],
-      .rdev = (uint32_t)a[A_RDEV], .blksize = (uint32_t)a[A_BLKSIZE],
-    },
+    .attr = kernel_attr_of(a),
   };
   uint64_t epoch = (uint64_t)dbl(env, argv[2]);
   pthread_mutex_lock(&s->plock);

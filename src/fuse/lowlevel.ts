@@ -381,15 +381,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     const kids = fs.lowerChildrenNow(path, PUSH_MAX_ENTRIES)
     if (!kids) return
     pushedDirs.set(id, epoch)
-    let budget = PUSH_BUDGET
-    // its files: unless pushed at its parent's LOOKUP
-    const files = pushedFiles.get(id) === epoch ? [] : kids.files
-    pushedFiles.set(id, epoch)
-    const above = files.length > 0 ? fs.planAboveNow(path) : null // shared by the files' plans
-    for (const name of files) {
-      if (budget <= 0 || !pushOne(id, path, name, S_IFREG, epoch, above)) return
-      budget--
-    }
+    let budget = pushDirFiles(id, path, kids.files, epoch, PUSH_BUDGET) // unless pushed at its parent's LOOKUP
     for (const name of kids.dirs) {
       if (budget <= 0) return
       const sub = joinPath(path, name)
@@ -400,14 +392,23 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       if (!subFiles || subFiles.length > budget || subFiles.length > pushCredit) continue
       const sid = nodes.idOf(sub)
       if (nodes.lookupsOf(sid) === 0) pushedNodes.add(sid)
-      if (pushedFiles.get(sid) === epoch) continue
-      pushedFiles.set(sid, epoch)
-      const subAbove = subFiles.length > 0 ? fs.planAboveNow(sub) : null
-      for (const f of subFiles) {
-        if (!pushOne(sid, sub, f, S_IFREG, epoch, subAbove)) return
-        budget--
-      }
+      budget = pushDirFiles(sid, sub, subFiles, epoch, budget)
     }
+  }
+  /**
+   * Pushes the answers for `names`, regular files in directory `path` (node `id`), once an epoch,
+   * their plans sharing the part that copies the directories above. The budget left; 0 once no
+   * more can be pushed now.
+   */
+  const pushDirFiles = (id: number, path: string, names: readonly string[], epoch: number, budget: number): number => {
+    if (pushedFiles.get(id) === epoch || names.length === 0) return budget
+    pushedFiles.set(id, epoch)
+    const above = fs.planAboveNow(path)
+    for (const name of names) {
+      if (budget <= 0 || !pushOne(id, path, name, S_IFREG, epoch, above)) return 0
+      budget--
+    }
+    return budget
   }
   /**
    * Pushes the answer for `name` in directory `path` (node `id`) if it is of `kind` and the kernel
