@@ -79,13 +79,15 @@ typedef struct {
   struct Pushed **pushed; uint64_t push_epoch;
   // the root's attributes, for the kernel's first GETATTR of it (see root_getattr); under plock
   struct kernel_attr_out *root_attr;
+  // the root's listing, for the kernel's READDIRPLUS of it (see root_readdir); under plock
+  struct RootList *root_list;
 } Session;
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_STATX = 52 };
+enum { KERNEL_FUSE_READDIRPLUS = 44, KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_STATX = 52 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -99,6 +101,7 @@ struct kernel_attr {
 };
 struct kernel_entry_out { uint64_t nodeid, generation, entry_valid, attr_valid; uint32_t entry_valid_nsec, attr_valid_nsec; struct kernel_attr attr; };
 struct kernel_attr_out { uint64_t attr_valid; uint32_t attr_valid_nsec, dummy; struct kernel_attr attr; };
+struct kernel_dirent { uint64_t ino, off; uint32_t namelen, type; };
 
 // A file whose bytes lie in order in a local descriptor (a plain tar member, a directory layer's
 // file, an upper file): its READs are answered here with pread, without a call into JS. JS sets
@@ -625,7 +628,8 @@ typedef struct Note {
   struct Note *next;
   uint64_t id;
   int n, done, err; // entries planned, entries made, the errno that stopped it (0: none); n -1: a
-                    // LOOKUP answered here (lookup_pushed) for node `id`
+                    // LOOKUP answered here (lookup_pushed) for node `id`; n -2: node `id` went out
+                    // in the root's listing (root_readdir)
   double ns[];      // each entry's time; -1: not made here (an earlier plan had made it)
 } Note;
 
@@ -857,6 +861,50 @@ static int root_getattr(Session *s, const struct kernel_in_header *in) {
   return 1;
 }
 
+// The root's listing, given by JS at mount (llRootList) as READDIRPLUS records: the first `ls` of a
+// fresh read-only mount is then answered without Node's thread, which, woken for it, took ~400-700
+// µs to answer where the reader thread takes ~10. Each entry goes out once (its node's lookup, which
+// the kernel then holds, reaches JS in a note), in order from the first: a READDIRPLUS of the root
+// at any other place goes to JS and ends it, since JS's own answer may drop the nodes of entries it
+// has no room for. Once all went out, the end of the listing is answered here as often as asked:
+// only where nothing changes (read-only, no OPENDIR).
+typedef struct RootList {
+  uint32_t n, next; // entries; the next to go out (the offset the kernel continues at)
+  int ended;        // all went out: only the end is answered
+  uint64_t *ids;    // each entry's node (0: "." and "..")
+  size_t *at;       // each entry's record in buf, and the end (n + 1)
+  char *buf;
+} RootList;
+
+static void root_list_free(RootList *l) { if (l) { free(l->ids); free(l->at); free(l->buf); free(l); } }
+
+static int root_readdir(Session *s, const struct kernel_in_header *in, const struct kernel_rw_in *arg) {
+  if (!atomic_load(&s->enosys_opendir)) return 0;
+  pthread_mutex_lock(&s->plock);
+  RootList *l = s->busy == 0 ? s->root_list : NULL;
+  if (!l || arg->offset != l->next || (l->ended ? 0 : arg->size < l->at[l->next + 1] - l->at[l->next])) {
+    if (l && !l->ended) { root_list_free(l); s->root_list = NULL; } // to JS from here on
+    pthread_mutex_unlock(&s->plock);
+    return 0;
+  }
+  uint32_t first = l->next, end = first;
+  while (!l->ended && end < l->n && l->at[end + 1] - l->at[first] <= arg->size) {
+    if (l->ids[end]) {
+      Note *note = calloc(1, sizeof *note);
+      if (!note) break;
+      note->id = l->ids[end]; note->n = -2;
+      note_add(s, note);
+    }
+    end++;
+  }
+  l->next = end;
+  if (end == l->n) l->ended = 1;
+  reply_arg(s, in->unique, l->buf + l->at[first], l->at[end] - l->at[first]); // under plock: JS may drop the list
+  pthread_mutex_unlock(&s->plock);
+  if (end > first) queue_note(s); // JS counts the lookups before any later request
+  return 1;
+}
+
 // A direct READ or WRITE answered on the reader thread, straight from the request bytes: pread or
 // pwrite, then the reply written to /dev/fuse (libfuse is not involved: no request object). 1 if
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
@@ -874,6 +922,9 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   }
   if (in->opcode == KERNEL_FUSE_LOOKUP && len > sizeof *in) return lookup_pushed(s, in, msg + sizeof *in, len - sizeof *in);
   if (in->opcode == KERNEL_FUSE_GETATTR && in->nodeid == 1 && s->root_attr) return root_getattr(s, in);
+  if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)) {
+    return root_readdir(s, in, (const void *)(msg + sizeof *in));
+  }
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
     const struct kernel_open_in *arg = (const void *)(msg + sizeof *in);
     return open_native(s, in, arg) || plan_open(s, in, arg);
@@ -1010,7 +1061,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   for (Note *p = s->notes, *n; p; p = n) { n = p->next; free(p); }
   free(s->plan_upper); free(s->plan_temp);
   if (s->plan_workfd >= 0) close(s->plan_workfd);
-  pushed_clear(s); free(s->pushed); free(s->root_attr);
+  pushed_clear(s); free(s->pushed); free(s->root_attr); root_list_free(s->root_list);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -1632,6 +1683,59 @@ static napi_value js_root_attr(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// The root's listing C answers from becomes `l` (NULL: none).
+static void root_list_set(Session *s, RootList *l) {
+  pthread_mutex_lock(&s->plock);
+  RootList *old = s->root_list;
+  s->root_list = l;
+  pthread_mutex_unlock(&s->plock);
+  root_list_free(old);
+}
+
+// llRootList(session, names[], nodeids: Float64Array, attrs: Float64Array (A_COUNT each), timeout):
+// the root's whole listing, for C to answer the kernel's READDIRPLUS of it (see root_readdir); JS
+// gives it right after the mount, on read-only mounts, and takes it back (no names) when it answers
+// a listing of the root itself. Entry i's offset is i + 1, as llReplyDir's.
+static napi_value js_root_list(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  Session *s = session_arg(env, argv[0]);
+  uint32_t n = 0;
+  if (!s || napi_get_array_length(env, argv[1], &n) != napi_ok) return NULL;
+  if (n == 0) { root_list_set(s, NULL); return NULL; }
+  double *ids = attr_arg(env, argv[2], n);
+  double *attrs = attr_arg(env, argv[3], (size_t)n * A_COUNT);
+  uint64_t timeout = (uint64_t)dbl(env, argv[4]);
+  RootList *l = calloc(1, sizeof *l);
+  if (!ids || !attrs || !l) { free(l); return NULL; }
+  l->n = n;
+  l->ids = calloc(n, sizeof *l->ids);
+  l->at = calloc((size_t)n + 1, sizeof *l->at);
+  size_t cap = (size_t)n * (sizeof(struct kernel_entry_out) + sizeof(struct kernel_dirent) + 264);
+  l->buf = malloc(cap);
+  if (!l->ids || !l->at || !l->buf) { root_list_free(l); return NULL; }
+  size_t used = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    char name[256]; size_t len = 0;
+    napi_value v;
+    if (napi_get_element(env, argv[1], i, &v) != napi_ok || napi_get_value_string_latin1(env, v, name, sizeof name, &len) != napi_ok
+        || len == 0 || len >= sizeof name - 1) { root_list_free(l); return NULL; }
+    l->at[i] = used;
+    l->ids[i] = (uint64_t)ids[i];
+    struct kernel_entry_out e = { .nodeid = l->ids[i], .generation = 1, .entry_valid = timeout, .attr_valid = timeout,
+                                  .attr = kernel_attr_of(attrs + (size_t)i * A_COUNT) };
+    struct kernel_dirent d = { .ino = e.attr.ino, .off = i + 1, .namelen = (uint32_t)len, .type = (e.attr.mode & 0170000) >> 12 };
+    size_t rec = (sizeof e + sizeof d + len + 7) & ~(size_t)7;
+    memset(l->buf + used, 0, rec);
+    memcpy(l->buf + used, &e, sizeof e);
+    memcpy(l->buf + used + sizeof e, &d, sizeof d);
+    memcpy(l->buf + used + sizeof e + sizeof d, name, len);
+    used += rec;
+  }
+  l->at[n] = used;
+  root_list_set(s, l);
+  return NULL;
+}
+
 // llNotes(session) -> what the plans run since the last call did, or null: per plan [id, n, done,
 // errno, then n times in ns].
 static napi_value js_notes(napi_env env, napi_callback_info info) {
@@ -1742,6 +1846,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llNotes", NULL, js_notes, NULL, NULL, NULL, napi_default, NULL },
     { "llPush", NULL, js_push, NULL, NULL, NULL, napi_default, NULL },
     { "llRootAttr", NULL, js_root_attr, NULL, NULL, NULL, napi_default, NULL },
+    { "llRootList", NULL, js_root_list, NULL, NULL, NULL, napi_default, NULL },
     { "llUnpush", NULL, js_unpush, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

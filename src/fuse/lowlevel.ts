@@ -78,6 +78,8 @@ interface LowLevel {
   /** C answers LOOKUP(parent, name) with node `id` and these attributes, once, if nothing changes before (`epoch`). Whether kept. */
   llPush(s: Session, parent: number, epoch: number, name: string, id: number, attr: Float64Array, entryTimeout: number, attrTimeout: number): boolean
   llRootAttr(s: Session, attr: Float64Array, attrTimeout: number): void
+  /** The root's listing for C to answer READDIRPLUS of it from (read-only mounts); no names: take it back. */
+  llRootList(s: Session, names: string[], nodeids: Float64Array, attrs: Float64Array, timeout: number): void
   /** C forgets what it was to answer for LOOKUP(parent, name). */
   llUnpush(s: Session, parent: number, name: string): void
 }
@@ -341,6 +343,10 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const readNotes = (): void => {
     const a = ll.llNotes(session!)
     for (let i = 0; a && i < a.length; i += 4 + Math.max(0, a[i + 1])) {
+      if (a[i + 1] === -2) { // an entry of the root's listing C gave out (see giveRootList)
+        nodes.count(a[i])
+        continue
+      }
       if (a[i + 1] < 0) { // a LOOKUP C answered from a push
         const p = pushed.get(a[i])
         pushed.delete(a[i])
@@ -614,11 +620,8 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     })
     return { names: list.map((e) => e.name), paths, stats }
   }
-  /** Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing. */
-  const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number): void => {
-    const plus = sizeArg > 0
-    const size = Math.abs(sizeArg)
-    const end = Math.min(d.names.length, first + DIR_CHUNK)
+  /** Entries first..end of a listing as llReplyDir takes them; nodes made (not counted) when `plus`. */
+  const dirFields = (d: DirHandle, first: number, end: number, plus: boolean) => {
     const names = d.names.slice(first, end)
     const ids = new Float64Array(names.length)
     const attrs = new Float64Array(names.length * A_COUNT)
@@ -629,7 +632,33 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       fill(attrs, (i - first) * A_COUNT, d.stats[i])
       if (ta(d.stats[i]) === 0) cacheable = false
     }
-    const added = ll.llReplyDir(req, size, plus, names, ids, attrs, first, cacheable ? t : 0)
+    return { names, ids, attrs, timeout: cacheable ? t : 0 }
+  }
+  // The root's listing, given to C once the mount is live (read-only): a fresh mount's first `ls`
+  // then makes no call into Node. Taken back before JS answers a listing of the root itself, since
+  // that may drop nodes of entries C would give out (readdirReply).
+  let rootList: Float64Array | null = null // its nodes, while C may hold it
+  let rootListedHere = false // JS answered a listing of the root: C is given none
+  const giveRootList = (d: DirHandle): void => {
+    if (rootListedHere || ended || d.names.length > DIR_CHUNK) return
+    const { names, ids, attrs, timeout } = dirFields(d, 0, d.names.length, true)
+    rootList = ids
+    ll.llRootList(session!, names, ids, attrs, timeout)
+  }
+  const takeRootList = (): void => {
+    rootListedHere = true
+    const ids = rootList
+    if (!ids) return
+    rootList = null
+    ll.llRootList(session!, [], new Float64Array(0), new Float64Array(0), 0)
+    readNotes() // entries C gave out meanwhile are counted before the unused nodes go
+    for (const id of ids) if (id !== 0) nodes.dropIfUnused(id)
+  }
+  /** Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing. */
+  const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number): void => {
+    const plus = sizeArg > 0
+    const { names, ids, attrs, timeout } = dirFields(d, first, Math.min(d.names.length, first + DIR_CHUNK), plus)
+    const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout)
     if (plus) {
       // each entry that went out is a lookup the kernel now holds; the others are not
       for (let i = 0; i < names.length; i++) {
@@ -766,6 +795,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
           ll.llReplyOpen(req, fh, ro, ro)
         })
       case OP.READDIR: {
+        if (ino === 1) takeRootList()
         if (skipOpendir) {
           // no handle: the listing of the node, kept while the kernel reads it in pieces
           const first = c as number
@@ -931,6 +961,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       } catch (err) {
         log.fuse('root attributes: %s', (err as Error).message)
       }
+      if (ro) listing('/').then(giveRootList).catch((err: Error) => log.fuse('root listing: %s', err.message))
     })
   }
   return isLive.then(() => ({
@@ -938,7 +969,7 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
       if (session && !ended) ll.llUnmount(session)
     },
     catchUp: () => {
-      if (planning && session && !ended) readNotes()
+      if (session && !ended) readNotes()
     },
     directReads: () => {
       const c = ll.llDirectCounts(session!, layers)

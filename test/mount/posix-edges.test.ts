@@ -1,6 +1,6 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { chmod, mkdir, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
@@ -207,6 +207,41 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(kernel, /^41e9 1 0 0$/m) // a merged directory's nlink is 1
   })
 
+  it("a fresh read-only mount's first listings of its root (layerfs answers them from C), then the entries' use", async () => {
+    // the first READDIRPLUS of the root is answered by layerfs's native side from a listing JS gave
+    // it at mount, in pieces where it is long; the nodes it gave out must be counted in JS, or JS's
+    // own next listing of the root drops them while the kernel still uses them
+    const dir = await tempDir('root-list')
+    const [top, base] = [join(dir, 'top'), join(dir, 'base')]
+    for (const d of [join(top, 'both'), join(base, 'both'), join(base, 'sub')]) await mkdir(d, { recursive: true })
+    await writeFile(join(base, 'both', 'b'), 'base b')
+    await writeFile(join(top, 'both', 't'), 'top t')
+    await writeFile(join(base, 'shadowed'), 'base')
+    await writeFile(join(top, 'shadowed'), 'top!')
+    await symlink('shadowed', join(top, 'link'))
+    // ~70 entries: longer than one READDIRPLUS reply (4 KiB)
+    for (let i = 0; i < 70; i++) await writeFile(join(i % 2 ? top : base, `file-${String(i).padStart(2, '0')}-${'n'.repeat(i)}`), `content ${i}`)
+    const tars = [top, base].map((d) => d + '.tar')
+    for (const [i, d] of [top, base].entries()) await must('tar', ['-C', d, '-cf', tars[i], '.'])
+    const show = async (m: { path: string; unmount(): Promise<void> }): Promise<string> => {
+      try {
+        const r = await run('python3', ['-c', ROOT_LISTINGS, m.path])
+        assert.equal(r.code, 0, r.stderr)
+        return r.stdout
+      } finally {
+        await m.unmount()
+      }
+    }
+    const kernel = await show(await mountKernelOverlay([top, base]))
+    const layerfs = await show(await mountLayerfs(tars))
+    assert.equal(layerfs, kernel)
+    assert.match(kernel, /^listing 1: 74 entries, d_ino = st_ino: True$/m)
+    assert.match(kernel, /^listing 2: 74 entries, d_ino = st_ino: True True$/m)
+    assert.match(kernel, /^file-69-n+ content 69$/m)
+    assert.match(kernel, /^shadowed top!$/m)
+    assert.match(kernel, /^after forget: file-69-n+ content 69$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -385,3 +420,33 @@ show('t', 't'); show('p', 'p')
 print(sorted(os.listdir('.')))
 `
 
+// Lists a fresh mount's root (name, type, mode, size, nlink, and whether each entry's d_ino is its
+// st_ino), opens every file in it, drops the page cache (the kernel's copy of the listing with it),
+// lists it again (layerfs's JS answers), reads the files open since the first listing, and reads
+// them once more by name after the kernel forgot its dentries.
+const ROOT_LISTINGS = AHEAD_HELPERS("'%o %d %d' % (s.st_mode, s.st_size, s.st_nlink)") + String.raw`
+def listing():
+    out = []
+    for e in sorted(os.scandir('.'), key=lambda e: e.name):
+        kind = 'l' if e.is_symlink() else 'd' if e.is_dir(follow_symlinks=False) else 'f'
+        s = e.stat(follow_symlinks=False)
+        out.append((e.name, kind, '%o %d %d' % (s.st_mode, s.st_size if kind != 'd' else 0, s.st_nlink), e.inode() == s.st_ino))
+    return out
+def pread(fd):
+    try:
+        return os.pread(fd, 100, 0).decode()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+first = listing()
+print('listing 1: %d entries, d_ino = st_ino: %s' % (len(first), all(x[3] for x in first)))
+for x in first: print(*x[:3])
+held = [(x[0], os.open(x[0], os.O_RDONLY)) for x in first if x[1] == 'f']
+with open('/proc/sys/vm/drop_caches', 'w') as f: f.write('1')
+l = listing()
+print('listing 2: %d entries, d_ino = st_ino: %s' % (len(l), all(x[3] for x in l)), l == first)
+for name, fd in held: print(name, pread(fd))
+print('link ->', os.readlink('link'), st('both/t'), st('both/b'))
+forget()
+for name in sorted(os.listdir('.')):
+    if os.path.isfile(name): print('after forget:', name, read(name))
+`
