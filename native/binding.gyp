@@ -7,14 +7,14 @@
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
   }, {
     "target_name": "layerfs_fuse",
-    "sources": ["fuse_ll.c", "copy_range.c"],
+    "sources": ["fuse_ll.c", "standby_gate.c", "fd_io.c", "copy_range.c"],
     "include_dirs": ["/usr/include/fuse3"],
     "libraries": ["-lfuse3", "-lpthread"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
   }, {
     "target_name": "layerfs-launch",
     "type": "executable",
-    "sources": ["launch.c"],
+    "sources": ["launch.c", "fd_io.c"],
     "cflags": ["-O2", "-Wall", "-Wextra"],
     "conditions": [["static_launcher==1", { "ldflags": ["-static"] }]]
   }]

@@ -22,6 +22,10 @@
 #include <sys/uio.h>
 #include <sys/xattr.h>
 #include <sys/stat.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include "fuse_ll.h"
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -33,7 +37,7 @@ enum {
   OP_NOTES, // not a request: copy-ups the reader thread ran (see plan_open) wait in llNotes
 };
 
-typedef struct {
+struct Session {
   napi_env env;
   struct fuse_session *se;
   uv_poll_t poll;
@@ -81,7 +85,12 @@ typedef struct {
   struct kernel_attr_out *root_attr;
   // the root's listing, for the kernel's READDIRPLUS of it (see root_readdir); under plock
   struct RootList *root_list;
-} Session;
+  // a session made ahead of its mount (llPrepare): /dev/fuse open, the reader parked until
+  // session_go mounts it (the standby's gate, standby_gate.c); the mount it made, unmounted here
+  int prepared, dev_fd, went;
+  pthread_mutex_t golock; pthread_cond_t gocond;
+  char *own_mnt;
+};
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
@@ -974,6 +983,19 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   return 1;
 }
 
+// A prepared session's reader waits for its mount (session_go); 0 if the session was given up.
+static int reader_wait_go(Session *s) {
+  pthread_mutex_lock(&s->golock);
+  while (!s->went && !atomic_load(&s->stopping)) pthread_cond_wait(&s->gocond, &s->golock);
+  int went = s->went;
+  pthread_mutex_unlock(&s->golock);
+  if (went) { // it serves at normal priority (a standby's threads wait at low)
+    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (2 << 13) | 4);
+    if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 0);
+  }
+  return went;
+}
+
 static void *reader_main(void *arg) {
   Session *s = arg;
   // signals for the process go to Node's threads; this one takes only the wake-up of stop_reader
@@ -981,6 +1003,10 @@ static void *reader_main(void *arg) {
   sigfillset(&mask);
   sigdelset(&mask, SIGRTMIN + 2);
   pthread_sigmask(SIG_SETMASK, &mask, NULL);
+  if (s->prepared && !reader_wait_go(s)) {
+    atomic_store(&s->reader_done, 1);
+    return NULL;
+  }
   struct fuse_buf buf;
   memset(&buf, 0, sizeof buf);
   while (!atomic_load(&s->stopping)) {
@@ -1040,6 +1066,9 @@ static void wake_reader(int sig) { (void)sig; } // only to interrupt its read(2)
 // Stops the reader: it is blocked in read(2) on /dev/fuse until a request comes or a signal lands.
 static int stop_reader(Session *s) {
   atomic_store(&s->stopping, 1);
+  pthread_mutex_lock(&s->golock); // a prepared session's reader waits for its mount
+  pthread_cond_broadcast(&s->gocond);
+  pthread_mutex_unlock(&s->golock);
   for (int i = 0; i < 400 && !atomic_load(&s->reader_done); i++) {
     pthread_kill(s->reader, SIGRTMIN + 2);
     usleep(2500);
@@ -1049,12 +1078,23 @@ static int stop_reader(Session *s) {
   return 1;
 }
 
+// Unmounts what the session mounted: libfuse's mount, or session_go's (libfuse knows no mountpoint
+// for it); a prepared session never mounted closes its /dev/fuse descriptor.
+static void unmount_session(Session *s) {
+  fuse_session_unmount(s->se);
+  if (s->own_mnt) { umount2(s->own_mnt, MNT_DETACH); free(s->own_mnt); s->own_mnt = NULL; }
+  pthread_mutex_lock(&s->golock);
+  if (s->prepared && !s->went && s->dev_fd >= 0) { close(s->dev_fd); s->dev_fd = -1; }
+  pthread_mutex_unlock(&s->golock);
+}
+
 static void finalize_session(napi_env env, void *data, void *hint) {
   Session *s = data;
   if (s->se) {
-    fuse_session_unmount(s->se);
+    unmount_session(s);
     if (!s->threaded || stop_reader(s)) fuse_session_destroy(s->se);
   }
+  free(s->own_mnt);
   free(s->buf.mem);
   direct_free_all(s);
   for (Plan *p = s->plans, *n; p; p = n) { n = p->next; plan_free(p); }
@@ -1067,35 +1107,40 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   free(s);
 }
 
-// llMount(mountpoint, options: string (-o list), dispatch) -> session. Throws when the mount fails.
-static napi_value js_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 3; napi_value argv[3], this_arg;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, &this_arg, NULL));
-  char mnt[4096], opts[4096];
-  size_t len;
-  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof mnt, &len));
-  CHECK(napi_get_value_string_utf8(env, argv[1], opts, sizeof opts, &len));
+// A session: mounted at `mnt` now (libfuse mounts it), or, with mnt NULL, prepared for session_go:
+// /dev/fuse opened and the reader parked. Throws when that fails.
+static napi_value start_session(napi_env env, const char *mnt, const char *opts, napi_value dispatch) {
+  const char *no_thread = getenv("LAYERFS_FUSE_THREAD");
+  int threaded = !(no_thread && strcmp(no_thread, "0") == 0);
+  if (!mnt && !threaded) { napi_throw_error(env, NULL, "a prepared session needs the reader thread"); return NULL; }
   Session *s = calloc(1, sizeof *s);
   s->env = env;
-  char *fargv[] = { "layerfs", "-o", opts, NULL };
+  s->dev_fd = -1;
+  char *fargv[] = { "layerfs", "-o", (char *)opts, NULL };
   s->read_only = strncmp(opts, "ro,", 3) == 0; // lowlevel.ts puts ro or rw first
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
   s->se = fuse_session_new(&args, &ops, sizeof ops, s);
   if (!s->se) { free(s); napi_throw_error(env, NULL, "fuse_session_new failed (bad options?)"); return NULL; }
-  if (fuse_session_mount(s->se, mnt) != 0) {
+  if (mnt && fuse_session_mount(s->se, mnt) != 0) {
     fuse_session_destroy(s->se); free(s);
     napi_throw_error(env, NULL, "mounting failed (see the line libfuse printed)");
     return NULL;
   }
-  int fd = fuse_session_fd(s->se);
+  if (!mnt && (s->dev_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)) < 0) {
+    fuse_session_destroy(s->se); free(s);
+    napi_throw_error(env, NULL, "cannot open /dev/fuse");
+    return NULL;
+  }
+  s->prepared = !mnt;
   uv_loop_t *loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
   pthread_rwlock_init(&s->dlock, NULL);
   pthread_mutex_init(&s->qlock, NULL);
   pthread_mutex_init(&s->plock, NULL);
+  pthread_mutex_init(&s->golock, NULL);
+  pthread_cond_init(&s->gocond, NULL);
   s->plan_workfd = -1;
-  const char *no_thread = getenv("LAYERFS_FUSE_THREAD");
-  s->threaded = !(no_thread && strcmp(no_thread, "0") == 0);
+  s->threaded = threaded;
   if (s->threaded) {
     static int handler_set = 0;
     if (!handler_set) {
@@ -1110,9 +1155,15 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
       uv_close((uv_handle_t *)&s->async, NULL);
       s->threaded = 0;
+      if (s->prepared) { // nothing mounted yet: given up
+        close(s->dev_fd); fuse_session_destroy(s->se); free(s);
+        napi_throw_error(env, NULL, "cannot start the reader thread");
+        return NULL;
+      }
     }
   }
   if (!s->threaded) {
+    int fd = fuse_session_fd(s->se);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     uv_poll_init(loop, &s->poll, fd);
     s->poll.data = s;
@@ -1121,11 +1172,58 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   napi_value ext, name;
   CHECK(napi_create_external(env, s, finalize_session, NULL, &ext));
-  CHECK(napi_create_reference(env, argv[2], 1, &s->dispatch));
+  CHECK(napi_create_reference(env, dispatch, 1, &s->dispatch));
   CHECK(napi_create_reference(env, ext, 1, &s->self));
   CHECK(napi_create_string_utf8(env, "layerfs:fuse", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_async_init(env, ext, name, &s->actx));
   return ext;
+}
+
+// llMount(mountpoint, options: string (-o list), dispatch) -> session. Throws when the mount fails.
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char mnt[4096], opts[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof mnt, &len));
+  CHECK(napi_get_value_string_utf8(env, argv[1], opts, sizeof opts, &len));
+  return start_session(env, mnt, opts, argv[2]);
+}
+
+// llPrepare(options, dispatch) -> session, not mounted: the standby's gate mounts it (session_go),
+// or llUnmount gives it up.
+static napi_value js_prepare(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char opts[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], opts, sizeof opts, &len));
+  return start_session(env, NULL, opts, argv[1]);
+}
+
+int session_go(Session *s, const char *fsname, const char *mnt, unsigned long flags, const char *options) {
+  if (!s->prepared || s->went || atomic_load(&s->stopping)) return EINVAL;
+  struct stat st;
+  if (stat(mnt, &st) != 0) return errno;
+  char data[4096];
+  int n = snprintf(data, sizeof data, "%sfd=%d,rootmode=%o,user_id=%u,group_id=%u", options, s->dev_fd,
+                   (unsigned)(st.st_mode & S_IFMT), (unsigned)getuid(), (unsigned)getgid());
+  if (n < 0 || (size_t)n >= sizeof data) return E2BIG;
+  if (mount(fsname, mnt, "fuse.layerfs", flags, data) != 0) return errno;
+  char fdpath[32];
+  snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", s->dev_fd);
+  s->own_mnt = strdup(mnt);
+  if (!s->own_mnt || fuse_session_mount(s->se, fdpath) != 0) { umount2(mnt, MNT_DETACH); free(s->own_mnt); s->own_mnt = NULL; return EIO; }
+  pthread_mutex_lock(&s->golock);
+  s->went = 1; // the session owns the descriptor now
+  pthread_cond_broadcast(&s->gocond);
+  pthread_mutex_unlock(&s->golock);
+  return 0;
+}
+
+Session *session_of(napi_env env, napi_value v) {
+  void *p = NULL;
+  return napi_get_value_external(env, v, &p) == napi_ok ? p : NULL;
 }
 
 static Session *session_arg(napi_env env, napi_value v) {
@@ -1141,7 +1239,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   if (!s || !s->se) return NULL;
   atomic_store(&s->stopping, 1);
-  fuse_session_unmount(s->se);
+  unmount_session(s);
   session_end(s);
   // stop the reads for good, and drop what the references keep alive (a reader that will not stop
   // keeps the session: the process is ending anyway)
@@ -1816,6 +1914,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "llMount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
     { "llUnmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL },
+    { "llPrepare", NULL, js_prepare, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyEntry", NULL, js_reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "llReplyNegative", NULL, js_reply_negative, NULL, NULL, NULL, napi_default, NULL },
@@ -1850,6 +1949,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llUnpush", NULL, js_unpush, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  standby_gate_init(env, exports);
   return exports;
 }
 

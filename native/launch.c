@@ -10,7 +10,7 @@
 // Request: u32 length, then NUL-terminated fields: magic, the boot script it would run, cwd, umask
 // (octal), stderr terminal columns (0: not a terminal), argc, args, envc, env. Answers: frames of a type byte and a u32
 // length: 'e' bytes for stderr, 'x' the exit code (decimal), 'f' declined (run Node instead), 'n'
-// the command line of the next standby, which a child of this launcher starts (detached, at low
+// the command line of the next standby (with the mount it is to prepare: src/standby.ts), which a child of this launcher starts (detached, at low
 // priority) a second after the mount is live: a fork from this small process costs nothing, where
 // the daemon's own would stall the mount's first requests.
 #define _GNU_SOURCE
@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "fd_io.h"
 
 #define MAGIC "layerfs-standby-2"
 
@@ -79,27 +80,6 @@ static void put_num(struct buf *b, long v, int octal) {
   char s[32];
   int n = snprintf(s, sizeof s, octal ? "%lo" : "%ld", v);
   put(b, s, (size_t)n);
-}
-
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) { if (errno == EINTR) continue; return -1; }
-    p += w; n -= (size_t)w;
-  }
-  return 0;
-}
-
-// 1: got n bytes; 0: end of stream before any byte; -1: error or a short read
-static int read_all(int fd, char *p, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(fd, p + got, n - got);
-    if (r < 0) { if (errno == EINTR) continue; return -1; }
-    if (r == 0) return got == 0 ? 0 : -1;
-    got += (size_t)r;
-  }
-  return 1;
 }
 
 // The next standby's starter, forked while the standby works on the request (the ~2 ms this

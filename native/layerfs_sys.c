@@ -275,19 +275,6 @@ static napi_value js_lstat_entry(napi_env env, napi_callback_info info) {
   return r;
 }
 
-// peerUid(fd): the uid of the process at the other end of a unix socket (SO_PEERCRED), or -1.
-static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
-  size_t argc = 1; napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t fd;
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  struct ucred cred;
-  socklen_t len = sizeof cred;
-  napi_value r;
-  napi_create_int64(env, getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? (int64_t)cred.uid : -1, &r);
-  return r;
-}
-
 // mountRoot(path: Buffer): 1 if a mount's root is at path (statx STATX_ATTR_MOUNT_ROOT, Linux 5.8),
 // 0 if not, -1 if the kernel does not say (the caller reads the mount table). One call, where
 // reading and parsing /proc/self/mountinfo cost a mount ~0.2 ms.
@@ -354,7 +341,6 @@ static napi_value init(napi_env env, napi_value exports) {
     { "copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_default, NULL },
     { "utimens", NULL, js_utimens, NULL, NULL, NULL, napi_default, NULL },
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
-    { "peerUid", NULL, js_peer_uid, NULL, NULL, NULL, napi_default, NULL },
     { "standbyPriority", NULL, js_standby_priority, NULL, NULL, NULL, napi_default, NULL },
     { "mountRoot", NULL, js_mount_root, NULL, NULL, NULL, napi_default, NULL },
   };

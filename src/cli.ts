@@ -12,7 +12,8 @@ import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
-import { BOOT_JS, STANDBY_ARG, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby, type StandbyRequest } from './standby'
+import { BOOT_JS, STANDBY_ARG, decodeExpected, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby,
+  type ExpectedRequest, type PreparedOffer, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
 
@@ -177,14 +178,39 @@ function logTo(logFile: string | null): void {
   } else redirectLog(() => undefined)
 }
 
+/** The background mount an expected request asks for (with this process's environment), or null. */
+function mountRequestOf(r: ExpectedRequest): MountRequest | null {
+  try {
+    const cmd = parseArgs(r.args, r.cwd, process.env)
+    return cmd.kind === 'mount' && !cmd.request.foreground ? cmd.request : null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Which argument of `r` names the mountpoint of `req` (its parse): the one that, changed, changes
+ * nothing else. -1 if none does.
+ */
+function mountpointArg(r: ExpectedRequest, req: MountRequest): number {
+  const other = '/nonexistent/layerfs-mountpoint'
+  const rest = (m: MountRequest): string => JSON.stringify({ ...m, mountpoint: '' })
+  for (let i = r.args.length - 1; i >= 0; i--) {
+    if (r.args[i].startsWith('-')) continue
+    const moved = mountRequestOf({ ...r, args: r.args.map((a, j) => (j === i ? other : a)) })
+    if (moved && moved.mountpoint === other && rest(moved) === rest(req)) return i
+  }
+  return -1
+}
+
 /**
  * A standby (src/standby.ts): waits for a launcher's mount, serves it as runDaemon would, and
  * declines what a fresh daemon would do differently. When its mount ends it waits again, unless
  * another standby already does: the next mount after an unmount then finds one at once.
  */
-async function runStandbyDaemon(): Promise<void> {
+async function runStandbyDaemon(expectedArg: string | undefined): Promise<void> {
   process.stderr.on('error', () => undefined)
-  const { serve } = await import('./serve')
+  const { serve, prepareServe } = await import('./serve')
   const { warmUp } = await import('./warm-up')
   // its command line, shown again when a mount it served ends (`pgrep -f __layerfs_standby` finds it)
   const standbyTitle = [process.execPath, ...process.execArgv, ...process.argv.slice(1)].join(' ')
@@ -204,8 +230,28 @@ async function runStandbyDaemon(): Promise<void> {
     busy = false
     if (asked) process.exit(0)
   }
+  // the mount it expects next: the last one made (the launcher that started it says which)
+  let expected = decodeExpected(expectedArg)
   for (let round = 0; ; round++) {
     let served: Served | null = null
+    /** The expected mount, made ready for the gate; null if it cannot be (see serve.ts prepareServe). */
+    const prepare = async (): Promise<PreparedOffer | null> => {
+      const want = expected
+      const req = want ? mountRequestOf(want) : null
+      const mntArg = want && req ? mountpointArg(want, req) : -1
+      const p = req && mntArg >= 0 ? await prepareServe(req) : null
+      if (!want || !req || !p) return null
+      return {
+        session: p.session, expected: want, mntArg, checks: p.checks,
+        reply: Buffer.concat([frame('n', standbyCommand(DAEMON_V8_FLAGS, want).join('\0')), frame('x', '0')]),
+        adopt: async (mountpoint) => {
+          served = await p.adopt(hooksFor(false, true, 80), mountpoint)
+          process.title = `layerfs daemon ${mountpoint}`
+          logTo(req.logFile)
+        },
+        discard: () => p.discard(),
+      }
+    }
     await runStandby(round === 0 ? warm : () => Promise.resolve(), async (sreq: StandbyRequest, out) => {
       if (sreq.args[0] === 'standby' && sreq.args[1] === 'stop') {
         await out.end(frame('x', '0'))
@@ -230,8 +276,9 @@ async function runStandbyDaemon(): Promise<void> {
       busy = true
       const hooks = hooksFor(sreq.columns > 0, req.quiet, sreq.columns, (s) => out.write(frame('e', s)))
       // the launcher returns as soon as the mount is live (it also starts the next standby)
+      expected = { bootJs: sreq.bootJs, cwd: sreq.cwd, umask: sreq.umask, columns: sreq.columns, args: sreq.args }
       hooks.mounted = () => {
-        const next = standbyEnabled() ? frame('n', standbyCommand(DAEMON_V8_FLAGS).join('\0')) : Buffer.alloc(0)
+        const next = standbyEnabled() ? frame('n', standbyCommand(DAEMON_V8_FLAGS, expected ?? undefined).join('\0')) : Buffer.alloc(0)
         return out.end(Buffer.concat([next, frame('x', '0')]))
       }
       try {
@@ -244,7 +291,7 @@ async function runStandbyDaemon(): Promise<void> {
       process.title = `layerfs daemon ${req.mountpoint}`
       logTo(req.logFile)
       return 'served'
-    })
+    }, prepare)
     const mount = served as Served | null
     if (!mount) process.exit(1)
     live = mount
@@ -318,7 +365,7 @@ async function stats(mountpoint: string, json: boolean): Promise<void> {
   }
   const t = st.totals
   const out = [
-    `mountpoint  ${st.mountpoint} (daemon pid ${st.pid})`,
+    `mountpoint  ${st.mountpoint} (daemon pid ${st.pid}${st.mountedBy === 'prepared' ? ', mounted from a prepared standby' : ''})`,
     `copy-ups    ${t.copyUps}, ${t.copyUpBytes} bytes, ${t.copyUpMs} ms`,
     `lookups     ${t.lookups} (${t.cacheHits} from the cache)`,
     `reads       ${t.reads}, ${t.bytesRead} bytes`,
@@ -411,7 +458,7 @@ async function unmount(mountpoint: string): Promise<void> {
 export async function main(argv: string[]): Promise<void> {
   try {
     if (argv[0] === DAEMON_ARG) return await runDaemon(argv[1])
-    if (argv[0] === STANDBY_ARG) return await runStandbyDaemon()
+    if (argv[0] === STANDBY_ARG) return await runStandbyDaemon(argv[1])
     if (argv[0] === 'standby') {
       if (argv[1] !== 'stop' || argv.length > 2) throw new UserError('usage: layerfs standby stop')
       process.stdout.write((await stopStandby()) ? 'the standby daemon ended\n' : 'no standby daemon was waiting\n')

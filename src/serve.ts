@@ -7,14 +7,14 @@ import { UpperDir } from './upper/upper-dir'
 import { TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
-import type { FuseMount } from './fuse/adapter'
-import { lowLevelWanted, mountLowLevel } from './fuse/lowlevel'
+import type { FuseMount, FuseMountOptions } from './fuse/adapter'
+import { lowLevelWanted, mountLowLevel, prepareLowLevel, type PreparedSession } from './fuse/lowlevel'
 import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
 import { mountAtNow, mounts, mountsNow, pruneDeadRecords, removeRecord, writeRecord } from './runtime'
 import { listen, socketPath, type WhichAnswer } from './control'
-import { Stats } from './stats'
+import { Stats, type MountedBy } from './stats'
 import { log } from './log'
 import { imageLayers } from './image/image'
 import { describeRef } from './image/reference'
@@ -119,11 +119,8 @@ export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'p
   }
 }
 
-/** Opens the layers, mounts, and keeps serving until unmounted. */
-export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Served> {
-  const mountpoint = preflight(req)
-  const lowers = await openLayers(req, hooks)
-  let fs: LayerFs
+/** The mount's filesystem: the lowers, and the upper over them when writable. Closes the lowers if it fails. */
+async function openFs(req: MountRequest, lowers: Layer[]): Promise<LayerFs> {
   try {
     if (req.upper !== null && req.work !== null) {
       // the upper dir is the topmost layer of the union, in kernel-overlay form
@@ -133,37 +130,128 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
       }
       // kernel form only: a `.wh.` file made through the mount is an ordinary file, as on kernel overlayfs
       const union = new Union([await DirLayer.open(req.upper, { ociMarkers: false }), ...lowers])
-      fs = new LayerFs(union, new Upper(upperDir, union, { metacopy: req.metacopy }))
-    } else {
-      fs = new LayerFs(new Union(lowers))
+      return new LayerFs(union, new Upper(upperDir, union, { metacopy: req.metacopy }))
     }
+    return new LayerFs(new Union(lowers))
   } catch (err) {
     await Promise.all(lowers.map((l) => l.close().catch(() => undefined)))
     throw err
   }
+}
+
+/**
+ * Names and attributes: cached a day (fuse-overlayfs: 10^9 s). Lower layers never change, and the
+ * kernel itself drops what a change made through the mount touches; the exceptions (files with
+ * several names, open files whose name is gone) are uncached in mountLowLevel. fuse-native's
+ * adapter (libfuse 2) keeps its second.
+ */
+function fuseOptions(req: MountRequest, fs: LayerFs, lowLevel: boolean): FuseMountOptions {
   const readOnly = fs.upper === null
-  let fuse: FuseMount
-  let sessionEnded = (): void => undefined // set below, once there is something to clean up
+  return { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, debug: req.debug }
+}
+
+/** Opens the layers, mounts, and keeps serving until unmounted. */
+export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Served> {
+  const mountpoint = preflight(req)
+  const fs = await openFs(req, await openLayers(req, hooks))
   const lowLevel = lowLevelWanted()
+  const end = new SessionEnd()
+  let fuse: FuseMount
   try {
-    // Names and attributes: cached a day (fuse-overlayfs: 10^9 s). Lower layers never change, and
-    // the kernel itself drops what a change made through the mount touches; the exceptions (files
-    // with several names, open files whose name is gone) are uncached in mountLowLevel. fuse-native's
-    // adapter (libfuse 2) keeps its second.
-    const fuseOpts = { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, debug: req.debug }
+    const opts = fuseOptions(req, fs, lowLevel)
     // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
     fuse = lowLevel
-      ? await mountLowLevel(fs, mountpoint, fuseOpts, () => sessionEnded())
-      : await (await import('./fuse/adapter')).mountFuse(fs, mountpoint, fuseOpts) // loaded only when asked for
+      ? await mountLowLevel(fs, mountpoint, opts, () => end.ended())
+      : await (await import('./fuse/adapter')).mountFuse(fs, mountpoint, opts) // loaded only when asked for
   } catch (err) {
     await fs.close()
     throw new UserError(`mount ${mountpoint}: ${(err as Error).message}`)
   }
+  return served(req, hooks, fs, fuse, mountpoint, lowLevel, end, 'mount')
+}
+
+/** The FUSE session's end, told before there is anything to clean up: acted on once there is. */
+class SessionEnd {
+  private handler: (() => void) | null = null
+  private early = false
+  ended(): void {
+    if (this.handler) this.handler()
+    else this.early = true
+  }
+  onEnd(handler: () => void): void {
+    this.handler = handler
+    if (this.early) handler()
+  }
+}
+
+/**
+ * A read-only mount made ready ahead of its request: its layers open and its FUSE session made, for
+ * a standby's gate to mount at once (standby.ts). What it was made from is listed in `checks`: the
+ * gate mounts it only while each is as it was.
+ */
+export interface PreparedServe {
+  readonly session: PreparedSession
+  /** Paths, and whether only which file or directory they are counts (a directory layer is read live). */
+  readonly checks: ReadonlyArray<{ path: string; identityOnly: boolean }>
+  /** The gate mounted it at `mountpoint` (resolved): serving from now on, as serve's would be. */
+  adopt(hooks: ServeHooks, mountpoint: string): Promise<Served>
+  /** Never mounted: its layers closed, its session given up. */
+  discard(): Promise<void>
+}
+
+/**
+ * Prepares `req` (see PreparedServe), whatever its mountpoint: the gate mounts it where the request
+ * it takes says. Null where that cannot be done (writable, an image, not root...).
+ */
+export async function prepareServe(req: MountRequest): Promise<PreparedServe | null> {
+  if (req.upper !== null || req.image !== null || req.debug || req.foreground || !lowLevelWanted()) return null
+  const quiet: ServeHooks = { progress: () => ({ update: () => undefined, finish: () => undefined }) }
+  const lowers = await openLayers(req, quiet)
+  const fs = await openFs(req, lowers)
+  const checks: Array<{ path: string; identityOnly: boolean }> = []
+  for (const [i, layer] of lowers.entries()) {
+    if (layer instanceof TarLayer && layer.fromCache) checks.push({ path: req.lowers[i], identityOnly: false }, { path: layer.indexFile, identityOnly: false })
+    else if (layer instanceof DirLayer) checks.push({ path: req.lowers[i], identityOnly: true })
+    else {
+      await fs.close() // an index still being saved: nothing stable to check yet
+      return null
+    }
+  }
+  const end = new SessionEnd()
+  let session: PreparedSession | null
+  try {
+    session = prepareLowLevel(fs, fuseOptions(req, fs, true), () => end.ended())
+  } catch (err) {
+    log.mount('cannot prepare a mount: %s', (err as Error).message)
+    session = null
+  }
+  if (!session) {
+    await fs.close()
+    return null
+  }
+  const prepared = session
+  return {
+    session: prepared,
+    checks,
+    adopt: (hooks, mountpoint) => served({ ...req, mountpoint }, { ...hooks, mounted: undefined }, fs, prepared.mounted(), mountpoint, true, end, 'prepared'),
+    discard: async () => {
+      prepared.discard()
+      await fs.close()
+    },
+  }
+}
+
+/**
+ * Serving a live mount: the stats, the control files (`layerfs stats|tree|umount` find the daemon by
+ * them), the cleanup when the session ends. `how` the mount was made, for the stats.
+ */
+async function served(req: MountRequest, hooks: ServeHooks, fs: LayerFs, fuse: FuseMount, mountpoint: string,
+  lowLevel: boolean, end: SessionEnd, how: MountedBy): Promise<Served> {
   const union = fs.union
   const stats = new Stats(fs, mountpoint, () => {
     fuse.catchUp?.()
     return fuse.directReads?.() ?? null
-  })
+  }, how)
   let control: Awaited<ReturnType<typeof listen>> | null = null
   let mine: Awaited<ReturnType<typeof mounts>>[number] | undefined
   let stopping = false
@@ -192,13 +280,13 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
     log.mount('%s: control socket and record set up', mountpoint)
   }
   log.mount('mounted %s over %d layers%s', mountpoint, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
-  if (hooks.mounted) {
-    // told at once; the control files a little later, once the first requests are likely served:
+  if (hooks.mounted || how === 'prepared') {
+    // told at once (the gate told a prepared mount's launcher itself); the control files a little later, once the first requests are likely served:
     // they are files in the runtime dir, 0.5 ms of this thread, ~2 ms after a cold cache (/run may
     // be on disk), and every request waits meanwhile. Their clients start Node first (~40 ms) and
     // wait for them a while (control.ts ask, cli.ts umount). Past this point serve() does not fail:
     // a control file that cannot be made is logged, and the mount stays served.
-    await hooks.mounted()
+    await hooks.mounted?.()
     setTimeout(() => {
       if (!stopping) setUpControl().catch((err: Error) => log.mount('%s: cannot set up the control files: %s', mountpoint, err.message))
     }, CONTROL_DELAY_MS)
@@ -230,12 +318,12 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   // `umount MNT` (lazy too, once the last user lets go): our binding sees the session end at once.
   // fuse-native's does not, so for it the mount table is read every 250 ms; that poll cost ~0.2 ms
   // of the daemon's thread each time (4 thread-pool calls and a parse), for nothing with ours.
-  sessionEnded = () => {
+  end.onEnd(() => {
     if (stopping) return
     stopping = true
     log.mount('%s: the FUSE session ended', mountpoint)
     void cleanUp()
-  }
+  })
   const watch = lowLevel ? undefined : setInterval(() => {
     mounts().then((all) => {
       const id = mine?.id

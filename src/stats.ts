@@ -15,9 +15,13 @@ export interface CopyUpEntry {
   readonly data: boolean
 }
 
+export type MountedBy = 'mount' | 'prepared'
+
 export interface StatsReport {
   readonly mountpoint: string
   readonly pid: number
+  /** How it was mounted: 'mount' (when asked), 'prepared' (a standby had it ready; its gate mounted it). */
+  readonly mountedBy: MountedBy
   readonly copyUps: readonly CopyUpEntry[]
   readonly totals: {
     readonly copyUps: number
@@ -41,7 +45,8 @@ export class Stats {
    * first in each report, it also brings in the copy-ups the binding ran itself.
    */
   constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
-    private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null) {
+    private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null,
+    private readonly mountedBy: MountedBy = 'mount') {
     fs.upper?.copyUp.listen((rec: CopyUpRecord) => this.copyUps.push(rec))
   }
 
@@ -61,6 +66,7 @@ export class Stats {
     return {
       mountpoint: this.mountpoint,
       pid: process.pid,
+      mountedBy: this.mountedBy,
       copyUps,
       totals: {
         copyUps: copyUps.length,

@@ -20,8 +20,6 @@ interface LayerfsSys {
   renameat2(from: Buffer, to: Buffer, flags: number): void
   /** Copies `length` bytes between descriptors in the kernel (copy_file_range, else pread/pwrite); returns the bytes copied. */
   copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number
-  /** The uid of the process at the other end of unix socket `fd` (SO_PEERCRED), or -1. */
-  peerUid(fd: number): number
   /** Every thread, or only the calling one, to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
   standbyPriority(low: boolean, thisThreadOnly?: boolean): void
   /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { LayerFs, Stat } from '../core/layerfs'
 import type { DirectSpan } from '../core/handles'
@@ -17,8 +18,18 @@ import type { FuseMount, FuseMountOptions } from './adapter'
 type Session = { readonly __session: unique symbol }
 type Dispatch = (op: number, req: number, ino: number, a: unknown, b: unknown, c: unknown, d: unknown) => void
 
+/** The standby's gate (native/standby_gate.c). */
+export type Gate = { readonly __gate: unique symbol }
+
 interface LowLevel {
   llMount(mountpoint: string, options: string, dispatch: Dispatch): Session
+  /** A session made ahead of its mount, which the standby's gate makes; llUnmount gives it up. */
+  llPrepare(options: string, dispatch: Dispatch): Session
+  llGateOpen(address: Buffer, onRequest: (fd: number, uid: number, body: Buffer) => void, onMounted: (mountpoint: string) => void): Gate
+  llGatePrepare(g: Gate, s: Session, canon: Buffer, mntArg: number, fsname: string, flags: number, options: string,
+    checkPaths: string[], checkNums: BigUint64Array, reply: Buffer): void
+  llGateUnprepare(g: Gate): boolean
+  llGateClose(g: Gate): void
   llUnmount(s: Session): void
   llReplyErr(req: number, errno: number): void
   llReplyEntry(req: number, nodeid: number, attr: Float64Array, entryTimeout: number, attrTimeout: number): void
@@ -290,6 +301,48 @@ interface DirHandle {
 
 /** Mounts `fs`; resolves once the mount is live. */
 export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOptions, onEnd: () => void): Promise<FuseMount> {
+  try {
+    return Promise.resolve(lowLevelSession(fs, opts, onEnd, (options, dispatch) => native.llMount(mountpoint, options, dispatch)).mounted())
+  } catch (err) {
+    return Promise.reject(err)
+  }
+}
+
+/** A read-only mount of `fs` made ready for the standby's gate to mount (see standby.ts). */
+export interface PreparedSession {
+  readonly session: Session
+  /** What the gate's mount(2) takes, as libfuse would mount it. */
+  readonly fsname: string
+  readonly flags: number
+  readonly options: string
+  /** The gate mounted it: the mount is live. */
+  mounted(): FuseMount
+  /** Never mounted: given up. */
+  discard(): void
+}
+
+/**
+ * Prepares a read-only mount of `fs` (as root: the gate calls mount(2) itself); null where it cannot
+ * be prepared (not root, writable, no reader thread).
+ */
+export function prepareLowLevel(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void): PreparedSession | null {
+  if (!opts.readOnly || process.getuid?.() !== 0 || !opts.allowOther || opts.debug) return null
+  const { session, mounted } = lowLevelSession(fs, opts, onEnd, (options, dispatch) => native.llPrepare(options, dispatch))
+  return {
+    session,
+    // ro, and as root dev and suid: MS_RDONLY alone; default_permissions and allow_other as libfuse orders them
+    fsname: fsnameOf(opts),
+    flags: 1,
+    options: 'default_permissions,allow_other,',
+    mounted,
+    discard: () => native.llUnmount(session),
+  }
+}
+
+const fsnameOf = (opts: FuseMountOptions): string => opts.fsname.replace(/[,\\]/g, '_')
+
+/** A session for `fs`, started by `start` (mounted, or prepared); `mounted` once the mount is live. */
+function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void, start: (options: string, dispatch: Dispatch) => Session): { session: Session; mounted: () => FuseMount } {
   const ro = opts.readOnly
   // Names and attributes cached for opts.cacheSeconds. Writable mounts rely on the kernel dropping
   // what a change made through the mount touches (its own inode, the parent dirs), except for other
@@ -312,8 +365,6 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
   const attr = new Float64Array(A_COUNT)
   let session: Session | null = null
   let ended = false
-  let live!: () => void
-  const isLive = new Promise<void>((resolve) => (live = resolve))
 
   // First writes' copy-ups run by C (see CopyUp.planNow, fuse_ll.c plan_open): a plan is made when
   // a LOOKUP finds a lower file, and runs at its OPEN for writing if nothing changed in between.
@@ -934,49 +985,86 @@ export function mountLowLevel(fs: LayerFs, mountpoint: string, opts: FuseMountOp
     }
   }
 
-  const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${opts.fsname.replace(/[,\\]/g, '_')}`, 'subtype=layerfs']
+  const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${fsnameOf(opts)}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
   if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
-  try {
-    session = ll.llMount(mountpoint, options.join(','), planning ? planned : dispatch)
-  } catch (err) {
-    return Promise.reject(err)
-  }
-  if (roots) ll.llPlanRoots(session, roots.upper, roots.temp)
+  const started = start(options.join(','), planning ? planned : dispatch)
+  session = started
+  if (roots) ll.llPlanRoots(started, roots.upper, roots.temp)
   const layers = fs.union.layers.length
-  ll.llDirectCounts(session, layers)
-  live()
-  // the root's attributes for C, which then answers the kernel's first GETATTR of it (a fresh
-  // mount's first path walk asks it): once the launcher has its answer, and only where every change
-  // JS begins is an llChange, which drops them
-  if (ro || planning) {
-    setImmediate(() => {
-      try {
-        const st = fs.getattrNow('/')
-        const a = new Float64Array(A_COUNT)
-        fill(a, 0, st)
-        if (session && !ended) ll.llRootAttr(session, a, ta(st))
-      } catch (err) {
-        log.fuse('root attributes: %s', (err as Error).message)
-      }
-      if (ro) listing('/').then(giveRootList).catch((err: Error) => log.fuse('root listing: %s', err.message))
-    })
+  ll.llDirectCounts(started, layers)
+  const mounted = (): FuseMount => {
+    // the root's attributes for C, which then answers the kernel's first GETATTR of it (a fresh
+    // mount's first path walk asks it): once the launcher has its answer, and only where every change
+    // JS begins is an llChange, which drops them
+    if (ro || planning) {
+      setImmediate(() => {
+        try {
+          const st = fs.getattrNow('/')
+          const a = new Float64Array(A_COUNT)
+          fill(a, 0, st)
+          if (session && !ended) ll.llRootAttr(session, a, ta(st))
+        } catch (err) {
+          log.fuse('root attributes: %s', (err as Error).message)
+        }
+        if (ro) listing('/').then(giveRootList).catch((err: Error) => log.fuse('root listing: %s', err.message))
+      })
+    }
+    return {
+      unmount: async () => {
+        if (session && !ended) ll.llUnmount(session)
+      },
+      catchUp: () => {
+        if (session && !ended) readNotes()
+      },
+      directReads: () => {
+        const c = ll.llDirectCounts(started, layers)
+        return { reads: fs.union.layers.map((_, i) => c[2 * i]), bytes: fs.union.layers.map((_, i) => c[2 * i + 1]) }
+      },
+    }
   }
-  return isLive.then(() => ({
-    unmount: async () => {
-      if (session && !ended) ll.llUnmount(session)
-    },
-    catchUp: () => {
-      if (session && !ended) readNotes()
-    },
-    directReads: () => {
-      const c = ll.llDirectCounts(session!, layers)
-      return { reads: fs.union.layers.map((_, i) => c[2 * i]), bytes: fs.union.layers.map((_, i) => c[2 * i + 1]) }
-    },
-  }))
+  return { session: started, mounted }
 }
+
+/** The standby's gate (native/standby_gate.c): the thread that takes the launchers' requests. */
+export interface StandbyGate {
+  /**
+   * The gate mounts `p` itself for a request whose canonical form is `canon` (standby.ts
+   * canonicalRequest), wherever its argument `mntArg` says, while every path in `checks` is as it
+   * is now (a directory's: the same directory), and sends the launcher `reply`. Throws if a check's
+   * path cannot be looked at.
+   */
+  prepare(p: PreparedSession, canon: Buffer, mntArg: number, checks: ReadonlyArray<{ path: string; identityOnly: boolean }>, reply: Buffer): void
+  /** No prepared mount is taken from now on; false if one was taken already (onMounted is due). */
+  unprepare(): boolean
+  /** No more requests; the name is free. */
+  close(): void
+}
+
+/**
+ * Listens on the standby's abstract socket `address` (a NUL first). Each request the gate does not
+ * answer itself goes to `onRequest` (the connection's descriptor, the peer's uid checked, the
+ * request's bytes); `onMounted` once it mounted the prepared mount (where, resolved). Throws (code EADDRINUSE) when
+ * another standby listens.
+ */
+export function openGate(address: string, onRequest: (fd: number, body: Buffer) => void, onMounted: (mountpoint: string) => void): StandbyGate {
+  const gate = native.llGateOpen(Buffer.from(address, 'utf8'), (fd, _uid, body) => onRequest(fd, body), onMounted)
+  return {
+    prepare: (p, canon, mntArg, checks, reply) => {
+      const nums = new BigUint64Array(checks.length * 8)
+      checks.forEach((c, i) => {
+        const st = statSync(c.path, { bigint: true })
+        nums.set([c.identityOnly ? 1n : 0n, st.dev, st.ino, st.size, st.mtimeNs / NS, st.mtimeNs % NS, st.ctimeNs / NS, st.ctimeNs % NS], i * 8)
+      })
+      native.llGatePrepare(gate, p.session, canon, mntArg, p.fsname, p.flags, p.options, checks.map((c) => c.path), nums, reply)
+    },
+    unprepare: () => native.llGateUnprepare(gate),
+    close: () => native.llGateClose(gate),
+  }
+}
+const NS = 1_000_000_000n
 
 /** Whether mounts use this binding ($LAYERFS_ADAPTER=fuse-native picks the old path, to compare). */
 export function lowLevelWanted(): boolean {

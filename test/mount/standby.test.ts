@@ -1,9 +1,10 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LAYERFS, REPO, must, removeTemps, run, tempDir } from '../support/run'
-import { testCache, unmountAll } from '../support/mounts'
+import { mountKernelOverlay, testCache, unmountAll } from '../support/mounts'
+import { diffTrees, snapshotTree } from '../support/tree'
 import { freshMountpoint, mountedAt, waitFor } from '../support/cli'
 import { isRunning } from '../../src/runtime'
 
@@ -52,6 +53,36 @@ async function mount(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessE
 
 async function umount(mnt: string): Promise<void> {
   await must(LAYERFS, ['umount', mnt], { env })
+}
+
+/** How the daemon serving `mnt` mounted it: 'prepared' when a standby's gate did (src/standby.ts). */
+async function mountedBy(mnt: string): Promise<string> {
+  return (JSON.parse(await must(LAYERFS, ['stats', mnt, '--json'], { env })) as { mountedBy: string }).mountedBy
+}
+
+/** A standby that expects `args` again (the last mount it was handed), once it had time to prepare it. */
+async function preparedStandby(args: string[], mnt: string): Promise<number> {
+  assert.equal((await mount([...args, mnt])).code, 0)
+  mounted.push(mnt)
+  await umount(mnt)
+  const pid = await waitingStandby()
+  assert.ok(pid)
+  await new Promise((r) => setTimeout(r, 1500)) // it prepares once it listens
+  return pid
+}
+
+/** Every mtime under `root` (itself too) cut to whole seconds. */
+async function wholeSeconds(root: string): Promise<void> {
+  for (const name of await readdir(root, { withFileTypes: true })) {
+    if (name.isDirectory()) await wholeSeconds(join(root, name.name))
+    else if (!name.isSymbolicLink()) await cut(join(root, name.name))
+  }
+  await cut(root)
+}
+
+async function cut(path: string): Promise<void> {
+  const st = await stat(path)
+  await utimes(path, st.atime, Math.floor(st.mtimeMs / 1000))
 }
 
 async function stopStandby(): Promise<void> {
@@ -195,4 +226,72 @@ describe('the standby daemon', () => {
     assert.ok(idle)
     assert.ok(await waitFor(async () => !(await isRunning(idle!)), 8000), 'an idle standby ends by itself')
   })
+
+  it('mounts the last mount made again at once, at any mountpoint (a prepared mount), as kernel overlayfs shows it', async () => {
+    const args = ['mount', '-q', '-o', `lowerdir=${tar}`]
+    await preparedStandby(args, await freshMountpoint()) // handed to a standby: the next one expects it
+    const standby = await preparedStandby(args, await freshMountpoint())
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount([...args, mnt])).code, 0)
+    assert.equal(await daemonPid(mnt), standby)
+    assert.equal(await mountedBy(mnt), 'prepared', "the standby's gate mounted it")
+    await wholeSeconds(join(dir, 'src')) // as the tar holds them
+    const kernel = await mountKernelOverlay([join(dir, 'src')])
+    try {
+      const diff = diffTrees(await snapshotTree(kernel.path), await snapshotTree(mnt), {
+        ignore: (path, field) => path === '/' && (field === 'mtimeNs' || field === 'mode' || field === 'nlink'), // the root: tar's '.' vs the kernel's merged dir
+      })
+      assert.deepEqual(diff, [])
+    } finally {
+      await kernel.unmount()
+    }
+    assert.ok(await waitingStandby(), 'a standby waits again')
+    await umount(mnt)
+    assert.ok(await waitFor(async () => !(await isRunning(standby))), 'the daemon it became ends with its mount')
+  })
+
+  it('does not use a prepared mount once a layer changed, nor where something is mounted already', async () => {
+    const layer = join(dir, 'changing.tar')
+    await must('cp', [tar, layer])
+    const args = ['mount', '-q', '-o', `lowerdir=${layer}`]
+    await preparedStandby(args, await freshMountpoint())
+    await preparedStandby(args, await freshMountpoint())
+    // the archive rewritten: a file more
+    await writeFile(join(dir, 'src/etc/added'), 'added\n')
+    await must('tar', ['-C', join(dir, 'src'), '-cf', layer, '.'])
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount([...args, mnt])).code, 0)
+    assert.equal(await mountedBy(mnt), 'mount', 'served the long way')
+    assert.equal(await readFile(join(mnt, 'etc/added'), 'utf8'), 'added\n')
+    // prepared again (for the archive as it is now) while that mount stands; asked to mount there
+    assert.ok(await waitingStandby())
+    await new Promise((r) => setTimeout(r, 1500))
+    const again = await mount([...args, mnt])
+    const fresh = await mount([...args, mnt], { env: { ...env, LAYERFS_STANDBY: '0' } })
+    assert.notEqual(again.code, 0)
+    assert.match(again.stderr, /^layerfs: mountpoint .*: busy \(something is already mounted there\)\n$/)
+    assert.equal(again.stderr, fresh.stderr)
+    await umount(mnt)
+  })
+
+  it('serves a prepared mount of a directory layer as the directory is when mounted', async () => {
+    const layer = join(dir, 'dirlayer')
+    await mkdir(join(layer, 'sub'), { recursive: true })
+    await writeFile(join(layer, 'sub/a'), 'a\n')
+    const args = ['mount', '-q', '-o', `lowerdir=${layer}:${tar}`]
+    await preparedStandby(args, await freshMountpoint())
+    await preparedStandby(args, await freshMountpoint())
+    await writeFile(join(layer, 'sub/b'), 'b\n') // after it was prepared
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount([...args, mnt])).code, 0)
+    assert.equal(await mountedBy(mnt), 'prepared')
+    assert.deepEqual((await readdir(join(mnt, 'sub'))).sort(), ['a', 'b'])
+    assert.equal(await readFile(join(mnt, 'sub/b'), 'utf8'), 'b\n')
+    assert.equal(await readFile(join(mnt, 'etc/hello'), 'utf8'), 'hello\n')
+    await umount(mnt)
+  })
 })
+
