@@ -12,7 +12,7 @@ import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
-import { BOOT_JS, STANDBY_ARG, decodeExpected, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby,
+import { BOOT_JS, STANDBY_ARG, decodeExpected, encodeExpected, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby,
   type ExpectedRequest, type PreparedOffer, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
@@ -102,9 +102,12 @@ async function runForeground(req: MountRequest): Promise<void> {
 }
 
 /** Starts the daemon and waits for its word on fd 3: ready, or one error line. */
-function runBackground(req: MountRequest): Promise<void> {
+function runBackground(req: MountRequest, argv: readonly string[]): Promise<void> {
+  // the request as a launcher sends it (its script is this one: bin/layerfs ran `node SCRIPT ARGS`),
+  // for the daemon's standby to prepare
+  const expected: ExpectedRequest = { bootJs: process.argv[1], cwd: process.cwd(), umask: currentUmask(), columns: process.stderr.isTTY ? process.stderr.columns || 80 : 0, args: [...argv] }
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...DAEMON_V8_FLAGS, BOOT_JS, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64')], {
+    const child = spawn(process.execPath, [...DAEMON_V8_FLAGS, BOOT_JS, DAEMON_ARG, Buffer.from(JSON.stringify(req)).toString('base64'), encodeExpected(expected)], {
       detached: true, // its own session: it outlives this shell and its terminal
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       cwd: '/',
@@ -140,7 +143,7 @@ function runBackground(req: MountRequest): Promise<void> {
 }
 
 /** The detached daemon: serves, and reports readiness or the error on fd 3. */
-async function runDaemon(encoded: string): Promise<void> {
+async function runDaemon(encoded: string, expected: string | undefined): Promise<void> {
   const req = JSON.parse(Buffer.from(encoded, 'base64').toString('utf8')) as MountRequest
   const tell = (msg: object): void => {
     try {
@@ -164,7 +167,7 @@ async function runDaemon(encoded: string): Promise<void> {
   }
   logTo(req.logFile)
   onServed(served)
-  startStandby(DAEMON_V8_FLAGS)
+  startStandby(DAEMON_V8_FLAGS, decodeExpected(expected) ?? undefined)
   await served.ended
   saveCodeCache() // what this daemon ran, compiled, for the next one
   process.exit(0)
@@ -457,7 +460,7 @@ async function unmount(mountpoint: string): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   try {
-    if (argv[0] === DAEMON_ARG) return await runDaemon(argv[1])
+    if (argv[0] === DAEMON_ARG) return await runDaemon(argv[1], argv[2])
     if (argv[0] === STANDBY_ARG) return await runStandbyDaemon(argv[1])
     if (argv[0] === 'standby') {
       if (argv[1] !== 'stop' || argv.length > 2) throw new UserError('usage: layerfs standby stop')
@@ -482,7 +485,7 @@ export async function main(argv: string[]): Promise<void> {
         return await cache(cmd.action, cmd.all, cmd.unusedDays)
       case 'mount':
         if (cmd.request.foreground) return await runForeground(cmd.request)
-        return await runBackground(cmd.request)
+        return await runBackground(cmd.request, argv)
     }
   } catch (err) {
     fail(err)
@@ -490,3 +493,10 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 if (require.main === module) void main(process.argv.slice(2))
+
+/** The process's umask (process.umask() without an argument is deprecated: it races with threads setting it). */
+function currentUmask(): number {
+  const mask = process.umask(0o022)
+  process.umask(mask)
+  return mask
+}

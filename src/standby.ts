@@ -209,14 +209,14 @@ export function standbyCommand(v8Flags: readonly string[], expected?: ExpectedRe
  * code is loaded (runStandby). A fresh daemon does this once its mount is live; a standby's
  * launcher starts the next one (the 'n' frame).
  */
-export function startStandby(v8Flags: readonly string[]): void {
+export function startStandby(v8Flags: readonly string[], expected?: ExpectedRequest): void {
   // a debug log must reach a terminal: a standby would only decline
   if (!standbyEnabled() || process.env.DEBUG) return
   try {
     const env = { ...process.env }
     delete env.LAYERFS_PROGRESS
     delete env.NODE_EXTRA_CA_CERTS
-    const [node, ...args] = standbyCommand(v8Flags)
+    const [node, ...args] = standbyCommand(v8Flags, expected)
     const child = spawn(node, args, { detached: true, stdio: 'ignore', cwd: '/', env })
     child.on('error', (err) => log.cli('standby: %s', err.message))
     child.unref()

@@ -196,7 +196,7 @@ export class LayerFs {
    */
   lowerChildrenNow(path: string, max: number): { files: string[]; dirs: string[] } | null {
     const r = this.union.resolveNow(path)
-    if (!r || r.top.entry.kind !== 'dir' || r.parts.length !== 1 || r.top.layer === 0) return null
+    if (!r || r.top.entry.kind !== 'dir' || r.parts.length !== 1 || (this.upper && r.top.layer === 0)) return null
     return this.union.layers[r.top.layer].childrenNow?.(r.top.path, max) ?? null
   }
 

@@ -496,7 +496,29 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     pushed.set(cid, { parent: id, name, stat: st })
     if (kind === S_IFDIR) pushedNodes.add(cid)
     else if (above) plan(cid, p, epoch, above)
+    else if (skipOpen) {
+      // read-only without OPEN: a plain tar member's READs go to C from the first, as after JS's LOOKUP
+      try {
+        register(true, cid, fs.directOf(p))
+      } catch { /* read by JS then */ }
+    }
     return true
+  }
+  /**
+   * The root's children pushed once the mount is live and INIT told whether OPEN comes (see
+   * pushFiles): a fresh mount's first path walk, two levels down, makes no call into JavaScript.
+   * Read-only mounts push nowhere else (a walk's LOOKUPs come with READDIRPLUS anyway): their epoch
+   * never moves.
+   */
+  let rootPush = 0 // 1 mounted, 2 INIT seen too: pushed
+  const pushRoot = (): void => {
+    if (++rootPush !== 2 || ended || !(ro || planning)) return
+    try {
+      const epoch = ro ? 0 : planEpoch()
+      if (epoch >= 0) pushFiles(1, '/', epoch)
+    } catch (err) {
+      log.fuse('root pushes: %s', (err as Error).message)
+    }
   }
   /** The epoch moves: the pushed answers C can no longer give; the nodes made for them, unused, go. */
   const dropPushed = (): void => {
@@ -836,6 +858,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.INIT:
         skipOpendir = ro && (a as number) === 1
         skipOpen = ro && (b as number) === 1
+        pushRoot()
         return
       case OP.OPENDIR:
         if (skipOpendir) return ll.llReplyErr(req, Errno.ENOSYS)
@@ -1010,6 +1033,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           log.fuse('root attributes: %s', (err as Error).message)
         }
         if (ro) listing('/').then(giveRootList).catch((err: Error) => log.fuse('root listing: %s', err.message))
+        pushRoot()
       })
     }
     return {

@@ -242,6 +242,36 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(kernel, /^after forget: file-69-n+ content 69$/m)
   })
 
+  it("a fresh read-only mount's first path walks (layerfs answers them from C, pushed at mount)", async () => {
+    // the LOOKUPs of the root's children and of the files in its subdirectories are answered by the
+    // native side from answers JS pushed once the mount is live, a file's reads too (by node)
+    const dir = await tempDir('root-push')
+    // one layer: a directory merged from several is answered by JS
+    const lower = join(dir, 'lower')
+    for (const d of [join(lower, 'd/sub'), join(lower, 'e')]) await mkdir(d, { recursive: true })
+    await writeFile(join(lower, 'f'), 'top f')
+    await writeFile(join(lower, 'd/g'), 'top g')
+    await writeFile(join(lower, 'd/b'), 'base b')
+    await writeFile(join(lower, 'e/x'), 'x'.repeat(5000))
+    await writeFile(join(lower, 'd/sub/h'), 'h')
+    await chmod(join(lower, 'e/x'), 0o640)
+    const tar = join(dir, 'lower.tar')
+    await must('tar', ['-C', lower, '-cf', tar, '.'])
+    const walk = async (m: { path: string; unmount(): Promise<void> }): Promise<string> => {
+      try {
+        const r = await run('python3', ['-c', FIRST_WALKS, m.path])
+        assert.equal(r.code, 0, r.stderr)
+        return r.stdout
+      } finally {
+        await m.unmount()
+      }
+    }
+    const kernel = await walk(await mountKernelOverlay([lower]))
+    assert.equal(await walk(await mountLayerfs([tar])), kernel)
+    assert.match(kernel, /^e\/x 5000 100640 1 x{5000}$/m)
+    assert.match(kernel, /^f 5 100644 1 top f$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -449,4 +479,15 @@ print('link ->', os.readlink('link'), st('both/t'), st('both/b'))
 forget()
 for name in sorted(os.listdir('.')):
     if os.path.isfile(name): print('after forget:', name, read(name))
+`
+
+
+// Stats and reads paths of a fresh mount without listing anything first, then again once the kernel
+// forgot its dentries.
+const FIRST_WALKS = AHEAD_HELPERS("'%d %o %d' % (s.st_size, s.st_mode, s.st_nlink)") + String.raw`
+paths = ['f', 'e/x', 'd/g', 'd/b', 'd/sub', 'd/sub/h', 'nope', 'd/nope', 'e']
+for round in (1, 2):
+    for p in paths:
+        print(p, st(p), read(p) if os.path.isfile(p) else '')
+    forget()
 `
