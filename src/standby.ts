@@ -310,6 +310,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
         if (what === 'declined') {
           busy = false
           sys.standbyPriority(true)
+          offerPrepared() // given up to serve it
           return
         }
         if (what === 'stop') process.exit(0)
@@ -345,8 +346,13 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
       }
       rearm()
       // one request to itself, declined: the first launcher's is then not the first this code runs
-      void askStandby(['standby', 'ping'], ownEnvironment()).then(() => (busy ? null : prepare())).then((o) => {
-        if (!o || busy || !gate) {
+      void askStandby(['standby', 'ping'], ownEnvironment()).then(offerPrepared)
+    })
+    /** Prepares the expected mount and gives it to the gate, unless a request is being served. */
+    const offerPrepared = (): void => {
+      if (busy || offer) return
+      prepare().then((o) => {
+        if (!o || busy || offer || !gate) {
           void o?.discard()
           return
         }
@@ -359,7 +365,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
         offer = null
         void o?.discard()
       })
-    })
+    }
   })
 }
 
