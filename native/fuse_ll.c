@@ -23,9 +23,8 @@
 #include <sys/xattr.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include "fuse_ll.h"
+#include "priority.h"
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 
@@ -989,10 +988,7 @@ static int reader_wait_go(Session *s) {
   while (!s->went && !atomic_load(&s->stopping)) pthread_cond_wait(&s->gocond, &s->golock);
   int went = s->went;
   pthread_mutex_unlock(&s->golock);
-  if (went) { // it serves at normal priority (a standby's threads wait at low)
-    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (2 << 13) | 4);
-    if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 0);
-  }
+  if (went) set_thread_priority(0, 0); // it serves at normal priority (a standby's threads wait at low)
   return went;
 }
 

@@ -31,6 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include "fd_io.h"
+#include "priority.h"
 
 #define MAGIC "layerfs-standby-2"
 
@@ -130,8 +131,7 @@ static int fork_standby_starter(void) {
   // low priority while it starts (it must not slow the mount just made), given up when it takes
   // a mount (src/standby.ts): idle I/O class, and nice 10 for root only (raising one's priority
   // again needs CAP_SYS_NICE)
-  syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 3 << 13 /* IOPRIO_CLASS_IDLE */);
-  if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 10);
+  set_thread_priority(0, 1);
   execv(args[0], args);
   _exit(127);
 }

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <node_api.h>
 #include "copy_range.h"
+#include "priority.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -301,12 +302,6 @@ static napi_value js_mount_root(napi_env env, napi_callback_info info) {
 // idle, and nice 10 for root — or back to the defaults (raising nice again needs root). A standby
 // starts low and serves at normal priority: its own thread at once (two calls), the rest (a dozen
 // threads, listed from /proc: ~50 us) once the mount is live.
-static void set_thread_priority(pid_t tid, bool low) {
-  // IOPRIO_PRIO_VALUE(class, data) = class << 13 | data; class 2 = best effort, 3 = idle
-  syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, low ? (3 << 13) : (2 << 13) | 4);
-  if (geteuid() == 0) setpriority(PRIO_PROCESS, (id_t)tid, low ? 10 : 0);
-}
-
 static napi_value js_standby_priority(napi_env env, napi_callback_info info) {
   size_t argc = 2; napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));

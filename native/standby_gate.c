@@ -15,15 +15,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 #include "fd_io.h"
 #include "fuse_ll.h"
+#include "priority.h"
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
 #define MAX_REQUEST (1 << 20)
@@ -158,11 +157,7 @@ static int take_prepared(Gate *g, int conn, const char *body, size_t len) {
   char *canon = p ? canonical(body, len, p->mnt_arg, &clen, &cwd, &mnt) : NULL;
   int ok = canon && clen == p->canon_len && memcmp(canon, p->canon, clen) == 0;
   free(canon);
-  if (ok) {
-    // it serves this mount now: at normal priority (a standby waits at low)
-    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (2 << 13) | 4);
-    if (geteuid() == 0) setpriority(PRIO_PROCESS, 0, 0);
-  }
+  if (ok) set_thread_priority(0, 0); // it serves this mount now: at normal priority (a standby waits at low)
   for (size_t i = 0; ok && i < p->nchecks; i++) ok = unchanged(&p->checks[i]);
   ok = ok && mountpoint_free(cwd, mnt, g->mounted_at) && session_go(p->session, p->fsname, g->mounted_at, p->flags, p->options) == 0;
   if (!ok) { pthread_mutex_unlock(&g->lock); return 0; }
