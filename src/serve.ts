@@ -8,7 +8,7 @@ import { TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
 import type { FuseMount, FuseMountOptions } from './fuse/adapter'
-import { lowLevelWanted, mountLowLevel, prepareLowLevel, type PreparedSession } from './fuse/lowlevel'
+import { lowLevelWanted, mountLowLevel, preparable, prepareLowLevel, type PreparedSession } from './fuse/lowlevel'
 import { UserError, isErrno } from './errors'
 import type { MountRequest } from './options'
 import type { Progress } from './progress'
@@ -145,8 +145,7 @@ async function openFs(req: MountRequest, lowers: Layer[]): Promise<LayerFs> {
  * several names, open files whose name is gone) are uncached in mountLowLevel. fuse-native's
  * adapter (libfuse 2) keeps its second.
  */
-function fuseOptions(req: MountRequest, fs: LayerFs, lowLevel: boolean): FuseMountOptions {
-  const readOnly = fs.upper === null
+function fuseOptions(req: MountRequest, readOnly: boolean, lowLevel: boolean): FuseMountOptions {
   return { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, debug: req.debug }
 }
 
@@ -158,7 +157,7 @@ export async function serve(req: MountRequest, hooks: ServeHooks): Promise<Serve
   const end = new SessionEnd()
   let fuse: FuseMount
   try {
-    const opts = fuseOptions(req, fs, lowLevel)
+    const opts = fuseOptions(req, fs.upper === null, lowLevel)
     // our own low-level binding; fuse-native (libfuse 2, high-level) when asked for
     fuse = lowLevel
       ? await mountLowLevel(fs, mountpoint, opts, () => end.ended())
@@ -204,7 +203,8 @@ export interface PreparedServe {
  * it takes says. Null where that cannot be done (writable, an image, not root...).
  */
 export async function prepareServe(req: MountRequest): Promise<PreparedServe | null> {
-  if (req.upper !== null || req.image !== null || req.debug || req.foreground || !lowLevelWanted()) return null
+  const opts = fuseOptions(req, true, true)
+  if (req.upper !== null || req.image !== null || req.foreground || !lowLevelWanted() || !preparable(opts)) return null
   const quiet: ServeHooks = { progress: () => ({ update: () => undefined, finish: () => undefined }) }
   const lowers = await openLayers(req, quiet)
   const fs = await openFs(req, lowers)
@@ -220,7 +220,7 @@ export async function prepareServe(req: MountRequest): Promise<PreparedServe | n
   const end = new SessionEnd()
   let session: PreparedSession | null
   try {
-    session = prepareLowLevel(fs, fuseOptions(req, fs, true), () => end.ended())
+    session = prepareLowLevel(fs, opts, () => end.ended())
   } catch (err) {
     log.mount('cannot prepare a mount: %s', (err as Error).message)
     session = null
@@ -233,7 +233,8 @@ export async function prepareServe(req: MountRequest): Promise<PreparedServe | n
   return {
     session: prepared,
     checks,
-    adopt: (hooks, mountpoint) => served({ ...req, mountpoint }, { ...hooks, mounted: undefined }, fs, prepared.mounted(), mountpoint, true, end, 'prepared'),
+    // the gate told the launcher itself
+    adopt: (hooks, mountpoint) => served({ ...req, mountpoint }, { ...hooks, mounted: () => Promise.resolve() }, fs, prepared.mounted(), mountpoint, true, end, 'prepared'),
     discard: async () => {
       prepared.discard()
       await fs.close()
@@ -280,13 +281,13 @@ async function served(req: MountRequest, hooks: ServeHooks, fs: LayerFs, fuse: F
     log.mount('%s: control socket and record set up', mountpoint)
   }
   log.mount('mounted %s over %d layers%s', mountpoint, union.layers.length, fs.upper ? `, overlay xattrs ${fs.upper.dir.xattrs}.overlay.*` : '')
-  if (hooks.mounted || how === 'prepared') {
-    // told at once (the gate told a prepared mount's launcher itself); the control files a little later, once the first requests are likely served:
+  if (hooks.mounted) {
+    // told at once; the control files a little later, once the first requests are likely served:
     // they are files in the runtime dir, 0.5 ms of this thread, ~2 ms after a cold cache (/run may
     // be on disk), and every request waits meanwhile. Their clients start Node first (~40 ms) and
     // wait for them a while (control.ts ask, cli.ts umount). Past this point serve() does not fail:
     // a control file that cannot be made is logged, and the mount stays served.
-    await hooks.mounted?.()
+    await hooks.mounted()
     setTimeout(() => {
       if (!stopping) setUpControl().catch((err: Error) => log.mount('%s: cannot set up the control files: %s', mountpoint, err.message))
     }, CONTROL_DELAY_MS)

@@ -326,7 +326,7 @@ export interface PreparedSession {
  * be prepared (not root, writable, no reader thread).
  */
 export function prepareLowLevel(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void): PreparedSession | null {
-  if (!opts.readOnly || process.getuid?.() !== 0 || !opts.allowOther || opts.debug) return null
+  if (!preparable(opts)) return null
   const { session, mounted } = lowLevelSession(fs, opts, onEnd, (options, dispatch) => native.llPrepare(options, dispatch))
   return {
     session,
@@ -337,6 +337,11 @@ export function prepareLowLevel(fs: LayerFs, opts: FuseMountOptions, onEnd: () =
     mounted,
     discard: () => native.llUnmount(session),
   }
+}
+
+/** Whether a mount with these options can be prepared (prepareLowLevel). */
+export function preparable(opts: FuseMountOptions): boolean {
+  return opts.readOnly && process.getuid?.() === 0 && opts.allowOther && !opts.debug
 }
 
 const fsnameOf = (opts: FuseMountOptions): string => opts.fsname.replace(/[,\\]/g, '_')
