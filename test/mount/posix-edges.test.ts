@@ -2,7 +2,7 @@ import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { chmod, mkdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
+import { mountKernelOverlay, mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
 
 // Corners a POSIX conformance suite (pjdfstest) found, checked against kernel overlayfs: one time
@@ -223,15 +223,7 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     for (let i = 0; i < 70; i++) await writeFile(join(i % 2 ? top : base, `file-${String(i).padStart(2, '0')}-${'n'.repeat(i)}`), `content ${i}`)
     const tars = [top, base].map((d) => d + '.tar')
     for (const [i, d] of [top, base].entries()) await must('tar', ['-C', d, '-cf', tars[i], '.'])
-    const show = async (m: { path: string; unmount(): Promise<void> }): Promise<string> => {
-      try {
-        const r = await run('python3', ['-c', ROOT_LISTINGS, m.path])
-        assert.equal(r.code, 0, r.stderr)
-        return r.stdout
-      } finally {
-        await m.unmount()
-      }
-    }
+    const show = (m: Mounted): Promise<string> => scriptOnce(m, ROOT_LISTINGS)
     const kernel = await show(await mountKernelOverlay([top, base]))
     const layerfs = await show(await mountLayerfs(tars))
     assert.equal(layerfs, kernel)
@@ -257,15 +249,7 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     await chmod(join(lower, 'e/x'), 0o640)
     const tar = join(dir, 'lower.tar')
     await must('tar', ['-C', lower, '-cf', tar, '.'])
-    const walk = async (m: { path: string; unmount(): Promise<void> }): Promise<string> => {
-      try {
-        const r = await run('python3', ['-c', FIRST_WALKS, m.path])
-        assert.equal(r.code, 0, r.stderr)
-        return r.stdout
-      } finally {
-        await m.unmount()
-      }
-    }
+    const walk = (m: Mounted): Promise<string> => scriptOnce(m, FIRST_WALKS)
     const kernel = await walk(await mountKernelOverlay([lower]))
     assert.equal(await walk(await mountLayerfs([tar])), kernel)
     assert.match(kernel, /^e\/x 5000 100640 1 x{5000}$/m)
@@ -291,6 +275,17 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^short ok$/m)
   })
 })
+
+/** Runs a Python script on a fresh mount (its path the script's argument), then unmounts it; its output. */
+async function scriptOnce(m: Mounted, script: string): Promise<string> {
+  try {
+    const r = await run('python3', ['-c', script, m.path])
+    assert.equal(r.code, 0, r.stderr)
+    return r.stdout
+  } finally {
+    await m.unmount()
+  }
+}
 
 /** Python helpers of the scripts below: st(p) shows what `stat_fields` picks, or the errno's name. */
 const AHEAD_HELPERS = (statFields: string): string => String.raw`
