@@ -237,12 +237,13 @@ async function runStandbyDaemon(expectedArg: string | undefined): Promise<void> 
   let expected = decodeExpected(expectedArg)
   for (let round = 0; ; round++) {
     let served: Served | null = null
-    /** The expected mount, made ready for the gate; null if it cannot be (see serve.ts prepareServe). */
-    const prepare = async (): Promise<PreparedOffer | null> => {
+    /** The expected mount, made ready for the gate; null if it cannot be, 'later' if not yet (see serve.ts prepareServe). */
+    const prepare = async (): Promise<PreparedOffer | 'later' | null> => {
       const want = expected
       const req = want ? mountRequestOf(want) : null
       const mntArg = want && req ? mountpointArg(want, req) : -1
       const p = req && mntArg >= 0 ? await prepareServe(req) : null
+      if (p === 'later') return p
       if (!want || !req || !p) return null
       return {
         session: p.session, expected: want, mntArg, checks: p.checks,

@@ -4,7 +4,7 @@ import type { Layer } from './layer/layer'
 import { DirLayer } from './layer/dir-layer'
 import { Upper } from './upper/upper'
 import { UpperDir } from './upper/upper-dir'
-import { TarLayer } from './layer/tar-layer'
+import { IndexNotCached, TarLayer } from './layer/tar-layer'
 import { Union } from './union/union'
 import { LayerFs } from './core/layerfs'
 import type { FuseMount, FuseMountOptions } from './fuse/adapter'
@@ -66,7 +66,7 @@ export function preflight(req: MountRequest): string {
 
 
 /** Opens one lower: a directory, or a tar file (plain or gzip). */
-export async function openLayer(path: string, hooks: ServeHooks, persistIndex = true): Promise<Layer> {
+export async function openLayer(path: string, hooks: ServeHooks, persistIndex = true, cachedOnly = false): Promise<Layer> {
   let st
   try {
     st = statSync(path)
@@ -89,14 +89,15 @@ export async function openLayer(path: string, hooks: ServeHooks, persistIndex = 
   }
   const bar = hooks.progress(`indexing ${path}`)
   try {
-    return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total), persistIndex, reuseLoaded: true })
+    return await TarLayer.open(path, { onProgress: (done, total) => bar.update(done, total), persistIndex, reuseLoaded: true, cachedOnly })
   } finally {
     bar.finish()
   }
 }
 
 /** Opens the lowers a request names: its image's layers, or its lowerdir paths; topmost first. */
-export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'platform' | 'persistIndex'>, hooks: ServeHooks): Promise<Layer[]> {
+export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'platform' | 'persistIndex'>, hooks: ServeHooks,
+  cachedOnly = false): Promise<Layer[]> {
   const layers: Layer[] = []
   try {
     if (req.image) {
@@ -111,7 +112,7 @@ export async function openLayers(req: Pick<MountRequest, 'lowers' | 'image' | 'p
       }
       return layers
     }
-    for (const p of req.lowers) layers.push(await openLayer(p, hooks, req.persistIndex ?? true))
+    for (const p of req.lowers) layers.push(await openLayer(p, hooks, req.persistIndex ?? true, cachedOnly))
     return layers
   } catch (err) {
     await Promise.all(layers.map((l) => l.close().catch(() => undefined)))
@@ -200,13 +201,21 @@ export interface PreparedServe {
 
 /**
  * Prepares `req` (see PreparedServe), whatever its mountpoint: the gate mounts it where the request
- * it takes says. Null where that cannot be done (writable, an image, not root...).
+ * it takes says. Null where that cannot be done (writable, an image, not root...); 'later' while a
+ * tar layer's index is not in the cache: the daemon that mounted it is building or saving it, and
+ * a standby indexing it too would only compete with that daemon.
  */
-export async function prepareServe(req: MountRequest): Promise<PreparedServe | null> {
+export async function prepareServe(req: MountRequest): Promise<PreparedServe | 'later' | null> {
   const opts = fuseOptions(req, true, true)
   if (req.upper !== null || req.image !== null || req.foreground || !lowLevelWanted() || !preparable(opts)) return null
   const quiet: ServeHooks = { progress: () => ({ update: () => undefined, finish: () => undefined }) }
-  const lowers = await openLayers(req, quiet)
+  let lowers: Layer[]
+  try {
+    lowers = await openLayers(req, quiet, true)
+  } catch (err) {
+    if (err instanceof IndexNotCached) return 'later'
+    throw err
+  }
   const fs = await openFs(req, lowers)
   const checks: Array<{ path: string; identityOnly: boolean }> = []
   for (const [i, layer] of lowers.entries()) {

@@ -34,6 +34,8 @@ export const STANDBY_ARG = '__layerfs_standby'
 export const BOOT_JS = join(__dirname, 'boot.js')
 const MAGIC = 'layerfs-standby-2'
 const DEFAULT_IDLE_SECONDS = 600
+/** How often a standby looks again for an index being built elsewhere before it gives up: ~2 minutes. */
+const PREPARE_RETRIES = 66
 
 export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.LAYERFS_STANDBY !== '0'
@@ -258,7 +260,7 @@ export interface PreparedOffer {
  * mount's daemon); exits the process when idle too long or when another standby already listens.
  * Signals are the caller's to handle.
  */
-export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepare: () => Promise<PreparedOffer | null>): Promise<void> {
+export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepare: () => Promise<PreparedOffer | 'later' | null>): Promise<void> {
   // low priority while it starts and waits (a launcher set it for the first thread; the others too)
   sys.standbyPriority(true)
   return new Promise((resolve) => {
@@ -346,12 +348,25 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
       }
       rearm()
       // one request to itself, declined: the first launcher's is then not the first this code runs
-      void askStandby(['standby', 'ping'], ownEnvironment()).then(offerPrepared)
+      void askStandby(['standby', 'ping'], ownEnvironment()).then(() => offerPrepared())
     })
     /** Prepares the expected mount and gives it to the gate, unless a request is being served. */
-    const offerPrepared = (): void => {
-      if (busy || offer) return
+    let preparing = false
+    let retry: NodeJS.Timeout | null = null
+    const offerPrepared = (attempt = 0): void => {
+      // one at a time: its ping's answer and the ping itself, declined, both ask for one
+      if (busy || offer || preparing) return
+      if (retry) clearTimeout(retry)
+      retry = null
+      preparing = true
       prepare().then((o) => {
+        preparing = false
+        if (o === 'later') {
+          // an index the mount before is still building or saving: looked for again, less often
+          // each time, for about as long as indexing a big layer takes
+          if (attempt < PREPARE_RETRIES) retry = setTimeout(() => offerPrepared(attempt + 1), Math.min(2000, 50 << attempt)).unref()
+          return
+        }
         if (!o || busy || offer || !gate) {
           void o?.discard()
           return
@@ -360,6 +375,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
         gate.prepare(o.session, canonicalRequest(o.expected, ownEnvironment(), o.mntArg), o.mntArg,
           [...o.checks, ...BUILD_FILES.map((path) => ({ path, identityOnly: false }))], o.reply)
       }).catch((err: Error) => {
+        preparing = false
         log.cli('standby: no mount prepared: %s', err.message)
         const o = offer
         offer = null

@@ -23,7 +23,15 @@ export interface TarLayerOptions {
   persistIndex?: boolean
   /** Whether an index this process loaded before for the same, unchanged archive is taken again (a daemon's mounts). */
   reuseLoaded?: boolean
+  /**
+   * Only with its index in the cache: else throws IndexNotCached rather than indexing (a standby
+   * preparing a mount leaves the indexing to the daemon doing it, and waits for its file).
+   */
+  cachedOnly?: boolean
 }
+
+/** TarLayer.open with `cachedOnly`: the archive's index is not (yet) in the cache. */
+export class IndexNotCached extends Error {}
 
 const NOTHING: LayerLookup = { entry: null, whiteout: false }
 const WHITEOUT_ONLY: LayerLookup = { entry: null, whiteout: true }
@@ -92,6 +100,7 @@ export class TarLayer implements Layer {
         throw new UserError(`${name}: diff_id mismatch: the image config says ${blob.diffId}, the layer's tar is ${loaded.meta.diffId}`)
       }
       const fromCache = loaded !== null
+      if (!fromCache && opts.cachedOnly) throw new IndexNotCached(`${name}: no cached index`)
       let saving = Promise.resolve()
       let index: TarIndex
       let table: CheckpointTable | null = null

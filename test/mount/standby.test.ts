@@ -1,6 +1,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rename, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LAYERFS, REPO, must, removeTemps, run, tempDir } from '../support/run'
 import { mountKernelOverlay, testCache, unmountAll } from '../support/mounts'
@@ -249,6 +249,34 @@ describe('the standby daemon', () => {
     assert.ok(await waitingStandby(), 'a standby waits again')
     await umount(mnt)
     assert.ok(await waitFor(async () => !(await isRunning(standby))), 'the daemon it became ends with its mount')
+  })
+
+  it('prepares the mount after one that indexed, once its index is saved, without indexing it itself', async () => {
+    // its own cache: the layer's index is then the one file in it
+    const own = { ...env, XDG_CACHE_HOME: await tempDir('standby-cache') }
+    const indexDir = join(own.XDG_CACHE_HOME, 'layerfs', 'index')
+    const indexes = async (): Promise<string[]> => (await readdir(indexDir).catch(() => [])).filter((n) => n.endsWith('.idx'))
+    const args = ['mount', '-q', '-o', `lowerdir=${tar}`]
+    const first = await freshMountpoint()
+    mounted.push(first)
+    assert.equal((await mount([...args, first], { env: own })).code, 0)
+    assert.ok(await waitFor(async () => (await indexes()).length === 1), 'the daemon saves the index it built')
+    const file = join(indexDir, (await indexes())[0])
+    // as while the daemon still writes a big layer's index: not there when its standby starts
+    await rename(file, `${file}.saving`)
+    await umount(first)
+    assert.ok(await waitingStandby())
+    await new Promise((r) => setTimeout(r, 1000))
+    assert.deepEqual(await indexes(), [], 'the standby left the indexing to the daemon')
+    await rename(`${file}.saving`, file) // saved
+    await new Promise((r) => setTimeout(r, 4000)) // it looks again every 2 s at most
+    const mnt = await freshMountpoint()
+    mounted.push(mnt)
+    assert.equal((await mount([...args, mnt], { env: own })).code, 0)
+    assert.equal(await mountedBy(mnt), 'prepared', 'the standby prepared it from the saved index')
+    assert.equal(await readFile(join(mnt, 'etc/hello'), 'utf8'), 'hello\n')
+    await umount(mnt)
+    await stopStandby()
   })
 
   it('does not use a prepared mount once a layer changed, nor where something is mounted already', async () => {
