@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <stdbool.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -297,28 +296,16 @@ static napi_value js_mount_root(napi_env env, napi_callback_info info) {
   return r;
 }
 
-// standbyPriority(low: boolean, thisThreadOnly?: boolean): every thread of this process (Linux
-// keeps nice and I/O priority per thread), or only the calling one, to low priority — I/O class
-// idle, and nice 10 for root — or back to the defaults (raising nice again needs root). A standby
-// starts low and serves at normal priority: its own thread at once (two calls), the rest (a dozen
-// threads, listed from /proc: ~50 us) once the mount is live.
+// standbyPriority(low: boolean): every thread of this process (Linux keeps scheduling and I/O
+// priority per thread) to low priority — I/O class idle, and nice 10 for root — or back to the
+// defaults (raising nice again needs root). A standby waits low and serves at normal priority
+// (see priority.c; its gate raises it when it hands a request over).
 static napi_value js_standby_priority(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
+  size_t argc = 1; napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool low = false, self_only = false;
+  bool low = false;
   napi_get_value_bool(env, argv[0], &low);
-  if (argc > 1) napi_get_value_bool(env, argv[1], &self_only);
-  if (self_only) {
-    set_thread_priority((pid_t)syscall(SYS_gettid), low);
-    return NULL;
-  }
-  DIR *d = opendir("/proc/self/task");
-  if (!d) return NULL;
-  for (struct dirent *e; (e = readdir(d)) != NULL;) {
-    int tid = atoi(e->d_name);
-    if (tid > 0) set_thread_priority(tid, low);
-  }
-  closedir(d);
+  set_process_priority(low);
   return NULL;
 }
 

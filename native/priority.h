@@ -8,4 +8,7 @@
 // nice again needs root) — or back to the defaults (best effort 4, nice 0).
 void set_thread_priority(pid_t tid, int low);
 
+// Every thread of this process, as set_thread_priority (listed from /proc/self/task: ~50 µs).
+void set_process_priority(int low);
+
 #endif

@@ -157,7 +157,6 @@ static int take_prepared(Gate *g, int conn, const char *body, size_t len) {
   char *canon = p ? canonical(body, len, p->mnt_arg, &clen, &cwd, &mnt) : NULL;
   int ok = canon && clen == p->canon_len && memcmp(canon, p->canon, clen) == 0;
   free(canon);
-  if (ok) set_thread_priority(0, 0); // it serves this mount now: at normal priority (a standby waits at low)
   for (size_t i = 0; ok && i < p->nchecks; i++) ok = unchanged(&p->checks[i]);
   ok = ok && mountpoint_free(cwd, mnt, g->mounted_at) && session_go(p->session, p->fsname, g->mounted_at, p->flags, p->options) == 0;
   if (!ok) { pthread_mutex_unlock(&g->lock); return 0; }
@@ -167,12 +166,15 @@ static int take_prepared(Gate *g, int conn, const char *body, size_t len) {
   g->taken = 1;
   pthread_mutex_unlock(&g->lock);
   prepared_free(p);
+  set_process_priority(0); // it serves this mount now: Node's thread and the rest at normal priority too
   uv_async_send(&g->async);
   return 1;
 }
 
 static void *gate_main(void *arg) {
   Gate *g = arg;
+  // a launcher waits on it: at normal priority, as the standby's other threads are not while it waits
+  set_thread_priority(0, 0);
   for (;;) {
     int conn = accept4(g->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (conn < 0) {
@@ -200,6 +202,9 @@ static void *gate_main(void *arg) {
       if (g->tail) g->tail->next = h; else g->head = h;
       g->tail = h;
       pthread_mutex_unlock(&g->lock);
+      // JavaScript serves it: at normal priority, Node's thread and the thread pool it awaits
+      // (standby.ts lowers them again if it declines)
+      set_process_priority(0);
       uv_async_send(&g->async);
     } else {
       free(h);

@@ -277,9 +277,8 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
     const taken = (): void => {
       if (idle) clearTimeout(idle)
       gate?.close() // the name is free for the next standby
-      // the mount is live: the other threads too, a little later, when its first requests are
-      // likely served (this lists /proc/self/task: ~50 us of the thread that serves them)
-      setTimeout(() => sys.standbyPriority(false), 20).unref()
+      // its threads are at normal priority already: the gate raised them when it handed the
+      // request over or mounted (standby_gate.c)
       resolve()
     }
     const onRequest = (fd: number, body: Buffer): void => {
@@ -291,8 +290,7 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
         sock.end(frame('f'))
         return
       }
-      busy = true
-      sys.standbyPriority(false, true) // it serves at normal priority: this thread now, the others once mounted
+      busy = true // at normal priority: the gate raised every thread before it handed the request over
       const out: StandbyReply = {
         write: (b) => { if (!sock.destroyed) sock.write(b) },
         end: (last) => new Promise<void>((done) => (sock.destroyed ? done() : sock.end(last, () => done()))),

@@ -20,8 +20,8 @@ interface LayerfsSys {
   renameat2(from: Buffer, to: Buffer, flags: number): void
   /** Copies `length` bytes between descriptors in the kernel (copy_file_range, else pread/pwrite); returns the bytes copied. */
   copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number
-  /** Every thread, or only the calling one, to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
-  standbyPriority(low: boolean, thisThreadOnly?: boolean): void
+  /** Every thread to low priority (I/O class idle; nice 10 for root), or back to the defaults. */
+  standbyPriority(low: boolean): void
   /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */
   mountRoot(path: Buffer): number
 }
