@@ -207,7 +207,7 @@ export interface PreparedServe {
  */
 export async function prepareServe(req: MountRequest): Promise<PreparedServe | 'later' | null> {
   const opts = fuseOptions(req, true, true)
-  if (req.upper !== null || req.image !== null || req.foreground || !lowLevelWanted() || !preparable(opts)) return null
+  if (req.upper !== null || req.image !== null || req.foreground || req.persistIndex === false || !lowLevelWanted() || !preparable(opts)) return null
   const quiet: ServeHooks = { progress: () => ({ update: () => undefined, finish: () => undefined }) }
   let lowers: Layer[]
   try {
