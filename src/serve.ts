@@ -222,7 +222,7 @@ export async function prepareServe(req: MountRequest): Promise<PreparedServe | '
     if (layer instanceof TarLayer && layer.fromCache) checks.push({ path: req.lowers[i], identityOnly: false }, { path: layer.indexFile, identityOnly: false })
     else if (layer instanceof DirLayer) checks.push({ path: req.lowers[i], identityOnly: true })
     else {
-      await fs.close() // an index still being saved: nothing stable to check yet
+      await fs.close() // a kind of layer the gate has no check for
       return null
     }
   }

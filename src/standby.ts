@@ -348,9 +348,9 @@ export function runStandby(warmUp: () => Promise<void>, take: TakeRequest, prepa
       // one request to itself, declined: the first launcher's is then not the first this code runs
       void askStandby(['standby', 'ping'], ownEnvironment()).then(() => offerPrepared())
     })
-    /** Prepares the expected mount and gives it to the gate, unless a request is being served. */
     let preparing = false
     let retry: NodeJS.Timeout | null = null
+    /** Prepares the expected mount and gives it to the gate, unless a request is being served. */
     const offerPrepared = (attempt = 0): void => {
       // one at a time: its ping's answer and the ping itself, declined, both ask for one
       if (busy || offer || preparing) return
