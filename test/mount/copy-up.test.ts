@@ -47,12 +47,14 @@ after(async () => {
 
 describe('copy-up', () => {
   it('killed (-9) in the middle of copying up a big file: no partial file is ever visible', async () => {
-    const upper = join(dir, 'crash-upper')
-    const work = join(dir, 'crash-work')
-    await mkdir(upper)
-    await mkdir(work)
     let caught = 0
     for (const delayMs of [20, 60, 150]) {
+      // an upper of its own each time: one a copy-up finished in (and the append landed in) got a
+      // second append from the next round, and a whole copy then measured BIG + 18 bytes
+      const upper = join(dir, `crash-upper-${delayMs}`)
+      const work = join(dir, `crash-work-${delayMs}`)
+      await mkdir(upper)
+      await mkdir(work)
       const m = await mountLayerfs([tar], { upper, work })
       const pid = await daemonPid(m.path)
       const writer = run('sh', ['-c', `echo appended >> ${m.path}/big`])
