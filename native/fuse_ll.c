@@ -68,6 +68,11 @@ struct Session {
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
   // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
   int init_on_reader, init_no_opendir, init_no_open;
+  // the kernel's INIT, seen by io_read for io_writev (see killpriv_v2): its unique, and whether the
+  // kernel offered HANDLE_KILLPRIV_V2
+  _Atomic uint64_t init_unique; int init_offers_v2, want_v2;
+  // the request Node's thread is processing asks for set-user/group-ID bits to go (kills_setids)
+  int kill_now;
   // copy-ups planned by JS at LOOKUP and run by the reader thread at OPEN (see plan_open), and what
   // they did, for JS. Under plock: JS takes it to begin or end a change of its own (llChange).
   pthread_mutex_t plock;
@@ -95,7 +100,7 @@ typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_READDIRPLUS = 44, KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_STATX = 52 };
+enum { KERNEL_FUSE_READDIRPLUS = 44, KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_CREATE = 35, KERNEL_FUSE_STATX = 52 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -103,6 +108,10 @@ struct kernel_write_out { uint32_t size, padding; };
 struct kernel_open_in { uint32_t flags, open_flags; };
 struct kernel_open_out { uint64_t fh; uint32_t open_flags; int32_t padding; };
 struct kernel_release_in { uint64_t fh; uint32_t flags, release_flags; uint64_t lock_owner; };
+struct kernel_create_in { uint32_t flags, mode, umask, open_flags; };
+// HANDLE_KILLPRIV_V2 (see io_writev) and the flags of the requests it then marks
+enum { KERNEL_HANDLE_KILLPRIV = 1u << 19, KERNEL_HANDLE_KILLPRIV_V2 = 1u << 28, KERNEL_WRITE_KILL_SUIDGID = 1u << 2,
+       KERNEL_OPEN_KILL_SUIDGID = 1u << 0 };
 struct kernel_attr {
   uint64_t ino, size, blocks, atime, mtime, ctime;
   uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
@@ -231,6 +240,64 @@ static ssize_t direct_pwrite(Direct *d, const char *data, size_t size, off_t off
     done += (size_t)n;
   }
   return (ssize_t)done;
+}
+
+// Whether process `pid` has group `gid` among its supplementary groups (/proc/PID/status).
+static int in_groups(uint32_t pid, uint32_t gid) {
+  char path[40], line[4096];
+  snprintf(path, sizeof path, "/proc/%u/status", pid);
+  FILE *f = fopen(path, "re");
+  if (!f) return 0;
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) {
+    if (strncmp(line, "Groups:", 7) != 0) continue;
+    for (char *p = line + 7, *end; ; p = end) {
+      unsigned long g = strtoul(p, &end, 10);
+      if (end == p) break;
+      if (g == gid) { found = 1; break; }
+    }
+    break;
+  }
+  fclose(f);
+  return found;
+}
+
+// Under HANDLE_KILLPRIV_V2 (io_writev) the kernel leaves to the filesystem what the VFS does at a
+// write or truncation by a caller without CAP_FSETID: set-user-ID goes, and set-group-ID where group
+// execute is set or the caller (fsgid `gid`, process `pid`) is not in the file's group
+// (setattr_should_drop_sgid). The daemon's own syscalls keep them when it runs as root, so they are
+// dropped here, before the write as the VFS does. 1 if bits went: the kernel's cached mode is stale.
+static int drop_setids(int fd, uint32_t gid, uint32_t pid) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+  mode_t kill = st.st_mode & S_ISUID;
+  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || (st.st_gid != gid && !in_groups(pid, st.st_gid)))) kill |= S_ISGID;
+  return kill && fchmod(fd, (st.st_mode & 07777) & ~kill) == 0;
+}
+
+// Whether the request in `msg` asks for those bits to go (HANDLE_KILLPRIV_V2): a WRITE, or an OPEN
+// or CREATE with O_TRUNC, from a caller without CAP_FSETID. A truncating SETATTR says so in what
+// libfuse passes on (its FUSE_SET_ATTR_KILL_SUID is the kernel's FATTR_KILL_SUIDGID).
+static int kills_setids(const char *msg, size_t len) {
+  const struct kernel_in_header *in = (const void *)msg;
+  if (len < sizeof *in) return 0;
+  const char *arg = msg + sizeof *in;
+  size_t n = len - sizeof *in;
+  switch (in->opcode) {
+    case KERNEL_FUSE_WRITE:
+      return n >= sizeof(struct kernel_rw_in) && (((const struct kernel_rw_in *)arg)->rw_flags & KERNEL_WRITE_KILL_SUIDGID);
+    case KERNEL_FUSE_OPEN:
+      return n >= sizeof(struct kernel_open_in) && (((const struct kernel_open_in *)arg)->open_flags & KERNEL_OPEN_KILL_SUIDGID);
+    case KERNEL_FUSE_CREATE:
+      return n >= sizeof(struct kernel_create_in) && (((const struct kernel_create_in *)arg)->open_flags & KERNEL_OPEN_KILL_SUIDGID);
+    default:
+      return 0;
+  }
+}
+
+// The kernel's cached attributes of `ino` are stale (notify_inval_inode, attributes only).
+static void inval_attr(Session *s, uint64_t ino) {
+  if (s->se && !s->ended) fuse_lowlevel_notify_inval_inode(s->se, (fuse_ino_t)ino, -1, 0);
 }
 
 static void serve_direct(Session *s, fuse_req_t req, Direct *d, size_t size, off_t off) {
@@ -366,7 +433,9 @@ static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { dispatch(req, OP_READLINK, ino, NULL, NULL, NULL); }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  dispatch(req, OP_OPEN, ino, num(js_env(req), fi->flags), NULL, NULL);
+  Session *s = fuse_req_userdata(req);
+  napi_env env = js_env(req);
+  dispatch(req, OP_OPEN, ino, num(env, fi->flags), num(env, s->kill_now), NULL);
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
@@ -446,21 +515,26 @@ static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
   dispatch4(req, OP_RENAME, parent, latin1(env, name), num(env, (double)newparent), latin1(env, newname), num(env, flags));
 }
 static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi) {
-  napi_env env = ENV(req); dispatch(req, OP_CREATE, parent, latin1(env, name), num(env, mode), num(env, fi->flags));
+  Session *s = fuse_req_userdata(req);
+  napi_env env = ENV(req); dispatch4(req, OP_CREATE, parent, latin1(env, name), num(env, mode), num(env, fi->flags), num(env, s->kill_now));
 }
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
   Session *s = fuse_req_userdata(req);
   pthread_rwlock_rdlock(&s->dlock);
   Direct *d = direct_find(s, fi->fh);
   if (d && d->writable) {
+    const struct fuse_ctx *who = fuse_req_ctx(req);
+    int dropped = s->kill_now && drop_setids(d->fd, who->gid, who->pid);
     ssize_t done = direct_pwrite(d, buf, size, off);
     pthread_rwlock_unlock(&s->dlock);
+    if (dropped) inval_attr(s, ino); // before the reply: the writer's next stat asks again
     if (done < 0) fuse_reply_err(req, (int)-done);
     else fuse_reply_write(req, (size_t)done);
     return;
   }
   pthread_rwlock_unlock(&s->dlock);
-  napi_env env = ENV(req); dispatch(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off));
+  napi_env env = ENV(req);
+  dispatch4(req, OP_WRITE, ino, num(env, (double)fi->fh), bytes(env, buf, size), num(env, (double)off), num(env, s->kill_now));
 }
 // Nothing to do at close: ENOSYS tells the kernel so once, and it sends no FLUSH again.
 static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) { fuse_reply_err(req, ENOSYS); }
@@ -521,6 +595,53 @@ static void leave_js(Session *s) {
   napi_close_handle_scope(s->env, s->js_scope);
 }
 
+// A request handled on Node's thread; its handlers learn from kill_now whether it asks for
+// set-user/group-ID bits to go (kills_setids).
+static void process_on_node(Session *s, struct fuse_buf *b, size_t len) {
+  s->kill_now = !(b->flags & FUSE_BUF_IS_FD) && kills_setids(b->mem, len);
+  fuse_session_process_buf(s->se, b);
+  s->kill_now = 0;
+}
+
+// libfuse 3.14 cannot ask for HANDLE_KILLPRIV_V2 (3.17 can), so its INIT reply is amended on the way
+// out. With it the kernel no longer asks for security.capability before every write(2) once it has
+// seen a file has none (a round trip per write: 20,000 4 KiB writes took 1.0 s, half of it in
+// GETXATTRs), and marks the requests whose set-user/group-ID bits the daemon must drop (drop_setids).
+// Capabilities go by themselves: the daemon's own writes, truncations and chowns on the upper file
+// drop security.capability whoever runs them.
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
+  ssize_t n = read(fd, buf, len);
+  const struct kernel_in_header *in = buf;
+  if (n >= (ssize_t)(sizeof *in + 4 * sizeof(uint32_t)) && in->opcode == KERNEL_FUSE_INIT) {
+    Session *s = userdata;
+    const uint32_t *init = (const uint32_t *)(in + 1); // fuse_init_in: major, minor, max_readahead, flags
+    s->init_offers_v2 = s->want_v2 && (init[3] & KERNEL_HANDLE_KILLPRIV_V2) != 0;
+    atomic_store(&s->init_unique, in->unique);
+  }
+  return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+  Session *s = userdata;
+  if (atomic_load(&s->init_unique) && count >= 2 && iov[0].iov_len >= sizeof(struct kernel_out_header)) {
+    const struct kernel_out_header *out = iov[0].iov_base;
+    if (out->unique == atomic_load(&s->init_unique)) {
+      atomic_store(&s->init_unique, 0);
+      if (s->init_offers_v2 && out->error == 0 && iov[1].iov_len >= 4 * sizeof(uint32_t)) {
+        uint32_t *flags = (uint32_t *)iov[1].iov_base + 3; // fuse_init_out: major, minor, max_readahead, flags
+        *flags = (*flags & ~(uint32_t)KERNEL_HANDLE_KILLPRIV) | KERNEL_HANDLE_KILLPRIV_V2;
+      }
+    }
+  }
+  return writev(fd, iov, count);
+}
+
+// Puts io_read and io_writev between libfuse and /dev/fuse, once the session has its descriptor.
+static void use_io_hooks(Session *s) {
+  static const struct fuse_custom_io io = { .writev = io_writev, .read = io_read };
+  if (fuse_session_custom_io(s->se, &io, fuse_session_fd(s->se)) != 0) s->want_v2 = 0;
+}
+
 static void on_readable(uv_poll_t *handle, int status, int events) {
   Session *s = handle->data;
   int end = 0;
@@ -529,7 +650,7 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
     int res = fuse_session_receive_buf(s->se, &s->buf);
     if (res == -EAGAIN || res == -EINTR) break;
     if (res <= 0) { end = 1; break; }
-    fuse_session_process_buf(s->se, &s->buf);
+    process_on_node(s, &s->buf, (size_t)res);
     if (fuse_session_exited(s->se)) { end = 1; break; }
   }
   leave_js(s);
@@ -585,6 +706,7 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) { free(path); return 0; }
   int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
+  int dropped = (arg->open_flags & KERNEL_OPEN_KILL_SUIDGID) && drop_setids(fd, in->gid, in->pid); // truncated by a caller without CAP_FSETID
   // as llNoCaps: the kernel asks for security.capability before each write(2)
   int no_caps = writable && without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
@@ -597,6 +719,7 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   free(path);
   uint64_t fh = native_fh_set(s, in->nodeid, fd, writable, no_caps);
   pthread_rwlock_unlock(&s->dlock);
+  if (dropped) inval_attr(s, in->nodeid);
   reply_open_fh(s, in->unique, fh);
   return 1;
 }
@@ -966,6 +1089,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   struct iovec iov[2] = { { &out, sizeof out }, { NULL, 0 } };
   int n_iov = 1;
   struct kernel_write_out wout = { 0, 0 };
+  int dropped = 0;
   off_t off = (off_t)arg->offset;
   if (in->opcode == KERNEL_FUSE_READ) {
     ssize_t got = direct_pread(d, &s->trbuf, &s->trcap, arg->size, off);
@@ -973,11 +1097,13 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
   } else {
     if (sizeof *in + sizeof(struct kernel_rw_in) + arg->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
+    dropped = (arg->rw_flags & KERNEL_WRITE_KILL_SUIDGID) && drop_setids(d->fd, in->gid, in->pid);
     ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), arg->size, off);
     if (done < 0) out.error = (int32_t)done;
     else { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
   }
   pthread_rwlock_unlock(&s->dlock);
+  if (dropped) inval_attr(s, in->nodeid); // before the reply: the writer's next stat asks again
   while (writev(fuse_session_fd(s->se), iov, n_iov) < 0 && errno == EINTR) {}
   return 1;
 }
@@ -1044,7 +1170,7 @@ static void on_queued(uv_async_t *handle) {
       else if (s->se && !s->ended && q->len == 1) tell_js_notes(s); // copy-ups run from plans
       else if (s->se && !s->ended) {
         struct fuse_buf b = { .size = q->len, .flags = 0, .mem = q->data };
-        fuse_session_process_buf(s->se, &b);
+        process_on_node(s, &b, q->len);
       }
       free(q);
       q = next;
@@ -1128,6 +1254,9 @@ static napi_value start_session(napi_env env, const char *mnt, const char *opts,
     return NULL;
   }
   s->prepared = !mnt;
+  const char *v2 = getenv("LAYERFS_KILLPRIV_V2"); // 0: leave libfuse's INIT as it is (to compare)
+  s->want_v2 = !(v2 && strcmp(v2, "0") == 0);
+  if (mnt) use_io_hooks(s);
   uv_loop_t *loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
   pthread_rwlock_init(&s->dlock, NULL);
@@ -1210,6 +1339,7 @@ int session_go(Session *s, const char *fsname, const char *mnt, unsigned long fl
   snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", s->dev_fd);
   s->own_mnt = strdup(mnt);
   if (!s->own_mnt || fuse_session_mount(s->se, fdpath) != 0) { umount2(mnt, MNT_DETACH); free(s->own_mnt); s->own_mnt = NULL; return EIO; }
+  use_io_hooks(s);
   pthread_mutex_lock(&s->golock);
   s->went = 1; // the session owns the descriptor now
   pthread_cond_broadcast(&s->gocond);

@@ -308,6 +308,8 @@ export class LayerFs {
   chown(path: string, uid: number, gid: number): Promise<void> { return this.writable(path).chown(path, uid, gid) }
   utimens(path: string, atime: TimeSpec, mtime: TimeSpec): Promise<void> { return this.writable(path).utimens(path, atime, mtime) }
   truncate(path: string, size: number): Promise<void> { return this.writable(path).truncate(path, size) }
+  /** See Upper.dropSetIds: for a write or truncation by a caller without CAP_FSETID. */
+  dropSetIds(path: string, caller: Caller): Promise<boolean> { return this.writable(path).dropSetIds(path, caller) }
   setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> { return this.writable(path).setxattr(path, name, value, flags) }
   removexattr(path: string, name: string): Promise<void> { return this.writable(path).removexattr(path, name) }
 

@@ -174,7 +174,8 @@ function planFields(plan: readonly PlannedEntry[]): [Float64Array, Buffer | null
 }
 
 // fuse_lowlevel.h's FUSE_SET_ATTR_* bits
-const SET = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256 } as const
+// KILL_SUIDGID: the kernel's FATTR_KILL_SUIDGID, which libfuse passes on as FUSE_SET_ATTR_KILL_SUID
+const SET = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256, KILL_SUIDGID: 2048 } as const
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
 const A_COUNT = 15
@@ -747,6 +748,14 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     }
   }
 
+  /**
+   * Set-ID bits dropped for a write or truncation by a caller without CAP_FSETID (native/fuse_ll.c
+   * kills_setids), and the kernel's cached mode of node `ino` with them, before the reply.
+   */
+  const dropSetIds = async (req: number, ino: number | null, path: string): Promise<void> => {
+    if (await fs.dropSetIds(path, caller(req)).catch(() => false) && ino !== null) ll.llInvalAttr(session!, ino)
+  }
+
   const dispatch: Dispatch = (op, req, ino, a, b, c, d) => {
     switch (op) {
       // LOOKUP and GETATTR are answered synchronously (see Union.resolveNow)
@@ -835,6 +844,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         let fh: number | null
         try {
           path = nodes.path(ino)
+          // a truncation by a caller without CAP_FSETID (b, see kills_setids): set-ID bits go too
+          if (b === 1) return handle(req, 'open', async () => { const opened = await fs.open(path, flags); await dropSetIds(req, ino, path); return opened }, answer)
           fh = fs.openNow(path, flags)
         } catch (err) {
           return fail(req, 'open', err)
@@ -919,6 +930,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           }
           const path = nodes.path(ino)
           if (valid & SET.SIZE) await (fh >= 0 ? onHandle(fh, 1, size) : fs.truncate(path, size))
+          // a truncation by a caller without CAP_FSETID: set-ID bits go (the reply shows the mode)
+          if ((valid & SET.SIZE) && (valid & SET.KILL_SUIDGID)) await fs.dropSetIds(path, caller(req))
           if (valid & SET.MODE) await fs.chmod(path, mode & 0o7777)
           if (valid & (SET.UID | SET.GID)) await fs.chown(path, valid & SET.UID ? uid : 0xffffffff, valid & SET.GID ? gid : 0xffffffff)
           if (valid & (SET.ATIME | SET.MTIME)) {
@@ -970,11 +983,19 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.CREATE: {
         const who = caller(req)
         let path = ''
-        return handle(req, 'create', async () => { path = child(ino, a as string); return fs.create(path, b as number, c as number, who) }, (fh) => entry(req, path, fh))
+        return handle(req, 'create', async () => {
+          path = child(ino, a as string)
+          const fh = await fs.create(path, b as number, c as number, who)
+          if (d === 1) await dropSetIds(req, null, path) // O_TRUNC of a file that was there, by a caller without CAP_FSETID
+          return fh
+        }, (fh) => entry(req, path, fh))
       }
       case OP.WRITE: {
         const buf = b as Buffer
-        return handle(req, 'write', () => fs.write(a as number, buf, buf.length, c as number), (n) => ll.llReplyWrite(req, n))
+        return handle(req, 'write', async () => {
+          if (d === 1 && !nodes.lastOf(ino)) await dropSetIds(req, ino, nodes.path(ino)) // a caller without CAP_FSETID (see kills_setids)
+          return fs.write(a as number, buf, buf.length, c as number)
+        }, (n) => ll.llReplyWrite(req, n))
       }
       case OP.FSYNC:
         return change(req, 'fsync', () => onHandle(a as number, 2, b as number))
