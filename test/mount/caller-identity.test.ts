@@ -116,7 +116,7 @@ describe('another user on a mount root made', () => {
 // What a write or truncation by a user without CAP_FSETID does to set-user-ID and set-group-ID
 // bits: the kernel leaves that to layerfs (it handles "killpriv", native/fuse_ll.c io_writev), whose
 // own syscalls, as root, would keep them. Through a new descriptor and one kept open, a truncating
-// open, truncate(2) and ftruncate(2), on lower files and on one already copied up.
+// open, truncate(2) and ftruncate(2), on lower files and on files already copied up.
 const SETID_SCRIPT = String.raw`
 cd "$1" || exit 99
 printf x >> s; printf x >> s
@@ -124,8 +124,8 @@ truncate -s 1 t
 : > o
 exec 3>>c; printf x >&3; exec 3>&-
 python3 -c 'import os; fd = os.open("ft", os.O_WRONLY); os.ftruncate(fd, 1); os.close(fd)'
-printf x >> g; printf x >> gn; printf x >> gx; printf x >> up
-stat -c '%n %a %s' s t o c ft g gn gx up r
+printf x >> g; printf x >> gn; printf x >> gx; printf x >> up; : > ot
+stat -c '%n %a %s' s t o c ft g gn gx up ot r
 `
 
 describe('set-ID bits under writes by another user', () => {
@@ -138,7 +138,7 @@ describe('set-ID bits under writes by another user', () => {
     // name, mode, group: g has no group execute and the user is not in its group; gn is the user's group
     const files: Array<[string, number, number]> = [
       ['s', 0o6777, 0], ['t', 0o6777, 0], ['o', 0o6777, 0], ['c', 0o6777, 0], ['ft', 0o6777, 0],
-      ['g', 0o2767, 0], ['gn', 0o2767, 1000], ['gx', 0o2777, 1000], ['up', 0o6777, 0], ['r', 0o6777, 0],
+      ['g', 0o2767, 0], ['gn', 0o2767, 1000], ['gx', 0o2777, 1000], ['up', 0o6777, 0], ['ot', 0o6777, 0], ['r', 0o6777, 0],
     ]
     for (const [name, mode, gid] of files) {
       await writeFile(join(low, name), 'hi\n')
@@ -147,8 +147,9 @@ describe('set-ID bits under writes by another user', () => {
     }
     const { results, upperDiff } = await onBoth(base, low, 0o755, async (m) => {
       await chmod(m.path, 0o755)
-      // root keeps the bits (it has CAP_FSETID); up is copied up by it first
-      await must('sh', ['-c', 'printf y >> "$1/up"; printf y >> "$1/r"', 'sh', m.path])
+      // root keeps the bits (it has CAP_FSETID); up and ot are copied up by it first (their next
+      // opens are answered in C)
+      await must('sh', ['-c', 'printf y >> "$1/up"; printf y >> "$1/ot"; printf y >> "$1/r"', 'sh', m.path])
       const user = ['--reuid=1000', '--regid=1000', '--clear-groups']
       const first = await run('setpriv', [...user, 'sh', '-c', SETID_SCRIPT, 'sh', m.path])
       // the bits set again on a file the user wrote to already: they go again at its next write
@@ -157,7 +158,7 @@ describe('set-ID bits under writes by another user', () => {
       return `code ${first.code}\n${first.stdout}${first.stderr}code ${again.code}\n${again.stdout}${again.stderr}`
     })
     assert.equal(results[1], results[0], 'the same modes after every operation')
-    for (const line of ['s 777 5', 't 777 1', 'o 777 0', 'c 777 4', 'ft 777 1', 'g 767 4', 'gn 2767 4', 'gx 777 4', 'up 777 5', 'r 6777 4']) {
+    for (const line of ['s 777 5', 't 777 1', 'o 777 0', 'c 777 4', 'ft 777 1', 'g 767 4', 'gn 2767 4', 'gx 777 4', 'up 777 5', 'ot 777 0', 'r 6777 4']) {
       assert.match(results[0], new RegExp(`^${line}$`, 'm'), `kernel overlayfs: ${line}`)
     }
     assert.match(results[0], /code 0\nup 777 6\n$/)
