@@ -123,7 +123,8 @@ function mount(system: System, set: string, writable: boolean): Mount {
       if (system === 'layerfs') sh(`${LAYERFS} umount ${path}`)
       else {
         sh(`umount ${path}`)
-        if (system === 'fuse-overlayfs') sh(`for i in $(seq 100); do pgrep -f 'fuse-overlayfs.*${path}' >/dev/null || break; sleep 0.05; done`)
+        // [f]: the pattern must not match this shell's own command line (it did: every wait ran its 5 s)
+        if (system === 'fuse-overlayfs') sh(`for i in $(seq 100); do pgrep -f '[f]use-overlayfs.*${path}' >/dev/null || break; sleep 0.05; done`)
       }
       rmSync(base, { recursive: true, force: true })
     },
