@@ -68,7 +68,7 @@ struct Session {
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
   // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
   int init_on_reader, init_no_opendir, init_no_open;
-  // the kernel's INIT, seen by io_read for io_writev (see killpriv_v2): its unique, and whether the
+  // the kernel's INIT, seen by io_read for io_writev (HANDLE_KILLPRIV_V2): its unique, and whether the
   // kernel offered HANDLE_KILLPRIV_V2
   _Atomic uint64_t init_unique; int init_offers_v2, want_v2;
   // the request Node's thread is processing asks for set-user/group-ID bits to go (kills_setids)
