@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <node_api.h>
 #include "copy_range.h"
+#include "setids.h"
 #include <uv.h>
 #include <fuse_lowlevel.h>
 #include <errno.h>
@@ -242,40 +243,7 @@ static ssize_t direct_pwrite(Direct *d, const char *data, size_t size, off_t off
   return (ssize_t)done;
 }
 
-// Whether process `pid` has group `gid` among its supplementary groups (/proc/PID/status).
-static int in_groups(uint32_t pid, uint32_t gid) {
-  char path[40], line[4096];
-  snprintf(path, sizeof path, "/proc/%u/status", pid);
-  FILE *f = fopen(path, "re");
-  if (!f) return 0;
-  int found = 0;
-  while (!found && fgets(line, sizeof line, f)) {
-    if (strncmp(line, "Groups:", 7) != 0) continue;
-    for (char *p = line + 7, *end; ; p = end) {
-      unsigned long g = strtoul(p, &end, 10);
-      if (end == p) break;
-      if (g == gid) { found = 1; break; }
-    }
-    break;
-  }
-  fclose(f);
-  return found;
-}
-
-// Under HANDLE_KILLPRIV_V2 (io_writev) the kernel leaves to the filesystem what the VFS does at a
-// write or truncation by a caller without CAP_FSETID: set-user-ID goes, and set-group-ID where group
-// execute is set or the caller (fsgid `gid`, process `pid`) is not in the file's group
-// (setattr_should_drop_sgid). The daemon's own syscalls keep them when it runs as root, so they are
-// dropped here, before the write as the VFS does. 1 if bits went: the kernel's cached mode is stale.
-static int drop_setids(int fd, uint32_t gid, uint32_t pid) {
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
-  mode_t kill = st.st_mode & S_ISUID;
-  if ((st.st_mode & S_ISGID) && ((st.st_mode & S_IXGRP) || (st.st_gid != gid && !in_groups(pid, st.st_gid)))) kill |= S_ISGID;
-  return kill && fchmod(fd, (st.st_mode & 07777) & ~kill) == 0;
-}
-
-// Whether the request in `msg` asks for those bits to go (HANDLE_KILLPRIV_V2): a WRITE, or an OPEN
+// Whether the request in `msg` asks for set-ID bits to go (HANDLE_KILLPRIV_V2, drop_setids): a WRITE, or an OPEN
 // or CREATE with O_TRUNC, from a caller without CAP_FSETID. A truncating SETATTR says so in what
 // libfuse passes on (its FUSE_SET_ATTR_KILL_SUID is the kernel's FATTR_KILL_SUIDGID).
 static int kills_setids(const char *msg, size_t len) {
@@ -524,7 +492,7 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   Direct *d = direct_find(s, fi->fh);
   if (d && d->writable) {
     const struct fuse_ctx *who = fuse_req_ctx(req);
-    int dropped = s->kill_now && drop_setids(d->fd, who->gid, who->pid);
+    int dropped = s->kill_now && drop_setids(d->fd, NULL, who->gid, who->pid) > 0;
     ssize_t done = direct_pwrite(d, buf, size, off);
     pthread_rwlock_unlock(&s->dlock);
     if (dropped) inval_attr(s, ino); // before the reply: the writer's next stat asks again
@@ -706,7 +674,7 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) { free(path); return 0; }
   int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
-  int dropped = (arg->open_flags & KERNEL_OPEN_KILL_SUIDGID) && drop_setids(fd, in->gid, in->pid); // truncated by a caller without CAP_FSETID
+  int dropped = (arg->open_flags & KERNEL_OPEN_KILL_SUIDGID) && drop_setids(fd, NULL, in->gid, in->pid) > 0; // truncated by a caller without CAP_FSETID
   // as llNoCaps: the kernel asks for security.capability before each write(2)
   int no_caps = writable && without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
@@ -1097,7 +1065,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
   } else {
     if (sizeof *in + sizeof(struct kernel_rw_in) + arg->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
-    dropped = (arg->rw_flags & KERNEL_WRITE_KILL_SUIDGID) && drop_setids(d->fd, in->gid, in->pid);
+    dropped = (arg->rw_flags & KERNEL_WRITE_KILL_SUIDGID) && drop_setids(d->fd, NULL, in->gid, in->pid) > 0;
     ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), arg->size, off);
     if (done < 0) out.error = (int32_t)done;
     else { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }

@@ -5,6 +5,7 @@
 #include <node_api.h>
 #include "copy_range.h"
 #include "priority.h"
+#include "setids.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -296,6 +297,23 @@ static napi_value js_mount_root(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// dropSetIds(path, gid, pid): drop_setids (setids.h) on the file at path; whether bits went.
+static napi_value js_drop_setids(napi_env env, napi_callback_info info) {
+  size_t argc = 3; napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *path = path_arg(env, argv[0]);
+  if (!path) return NULL;
+  uint32_t gid = 0, pid = 0;
+  napi_get_value_uint32(env, argv[1], &gid);
+  napi_get_value_uint32(env, argv[2], &pid);
+  int rc = drop_setids(-1, path, gid, pid);
+  free(path);
+  if (rc < 0) return throw_errno(env, -rc, "dropSetIds");
+  napi_value r;
+  napi_get_boolean(env, rc > 0, &r);
+  return r;
+}
+
 // standbyPriority(low: boolean): every thread of this process (Linux keeps scheduling and I/O
 // priority per thread) to low priority — I/O class idle, and nice 10 for root — or back to the
 // defaults (raising nice again needs root). A standby waits low and serves at normal priority
@@ -325,6 +343,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "renameat2", NULL, js_renameat2, NULL, NULL, NULL, napi_default, NULL },
     { "standbyPriority", NULL, js_standby_priority, NULL, NULL, NULL, napi_default, NULL },
     { "mountRoot", NULL, js_mount_root, NULL, NULL, NULL, napi_default, NULL },
+    { "dropSetIds", NULL, js_drop_setids, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   gzip_access_init(env, exports);

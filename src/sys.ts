@@ -24,6 +24,11 @@ interface LayerfsSys {
   standbyPriority(low: boolean): void
   /** 1 if a mount's root is at `path`, 0 if not, -1 if the kernel cannot say (before Linux 5.8). */
   mountRoot(path: Buffer): number
+  /**
+   * Drops the set-ID bits a write or truncation by a caller without CAP_FSETID (fsgid `gid`, process
+   * `pid`) takes from the regular file at `path` (native/setids.h); whether any went.
+   */
+  dropSetIds(path: Buffer, gid: number, pid: number): boolean
 }
 
 /** An inflate cursor of native/gzip_access.c (opaque). */

@@ -1,4 +1,4 @@
-import { closeSync, constants as C, openSync, readFileSync } from 'node:fs'
+import { closeSync, constants as C, openSync } from 'node:fs'
 import { chmod, lchown, link, lstat, mkdir, symlink, truncate, unlink } from 'node:fs/promises'
 import type { Union, Resolved } from '../union/union'
 import { Errno, FsError, errnoOf } from '../errors'
@@ -12,16 +12,6 @@ import { isShort } from '../long-paths'
 
 /** Kernel overlayfs's default redirect_max: the longest absolute redirect it writes, in bytes. */
 const REDIRECT_MAX = 256
-
-/** Whether process `pid` has group `gid` among its supplementary groups (/proc/PID/status). */
-function inGroups(pid: number, gid: number): boolean {
-  try {
-    const line = /^Groups:(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'))
-    return line !== null && line[1].trim().split(/\s+/).map(Number).includes(gid)
-  } catch {
-    return false
-  }
-}
 
 /** Who asks: the calling process's identity, from the FUSE request. */
 export interface Caller {
@@ -37,9 +27,7 @@ export interface TimeSpec {
 
 const UTIME_NOW = (1 << 30) - 1
 const UTIME_OMIT = (1 << 30) - 2
-const S_ISUID = 0o4000
 const S_ISGID = 0o2000
-const S_IXGRP = 0o010
 
 /**
  * The writable upper: every change to the merged tree, applied to the upper dir with kernel
@@ -292,22 +280,12 @@ export class Upper {
   }
 
   /**
-   * Drops set-user-ID, and set-group-ID where group execute is set or `caller` is not in the file's
-   * group, from an upper file: what the VFS does when a caller without CAP_FSETID writes to or
-   * truncates a file (setattr_should_drop_sgid), and what the kernel leaves to the filesystem once
-   * it handles "killpriv" (native/fuse_ll.c io_writev): the daemon's own syscalls keep them when it
-   * runs as root. Whether any went.
+   * Drops the set-ID bits a write or truncation by `caller`, without CAP_FSETID, takes from an upper
+   * file (native/setids.h: the kernel leaves that to us once it handles "killpriv", and the daemon's
+   * own syscalls keep them when it runs as root). Whether any went.
    */
   async dropSetIds(path: string, caller: Caller): Promise<boolean> {
-    return this.run(async () => {
-      const real = this.dir.real(path)
-      const st = await lstat(real)
-      const sgid = (st.mode & S_ISGID) !== 0 && ((st.mode & S_IXGRP) !== 0 || (st.gid !== caller.gid && !inGroups(caller.pid, st.gid)))
-      const kill = (st.mode & S_ISUID) | (sgid ? S_ISGID : 0)
-      if (!st.isFile() || kill === 0) return false
-      await chmod(real, st.mode & 0o7777 & ~kill)
-      return true
-    })
+    return this.run(async () => sys.dropSetIds(this.dir.real(path), caller.gid, caller.pid))
   }
 
   async truncate(path: string, size: number): Promise<void> {
