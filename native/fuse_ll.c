@@ -662,9 +662,9 @@ static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh) {
 }
 
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
-// then answered here too. 1 if answered; 0 to leave it to JS (not openable, or the open failed:
-// JS then opens it, or says why not).
-static int open_native(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
+// then answered here too; `kill`: its set-ID bits go with it (kills_setids). 1 if answered; 0 to
+// leave it to JS (not openable, or the open failed: JS then opens it, or says why not).
+static int open_native(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg, int kill) {
   // the path copied out, and the file opened, without the lock: Node's thread reads the table meanwhile
   pthread_rwlock_rdlock(&s->dlock);
   Direct *o = direct_find(s, in->nodeid | KEY_OPENABLE);
@@ -674,7 +674,7 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) { free(path); return 0; }
   int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
-  int dropped = (arg->open_flags & KERNEL_OPEN_KILL_SUIDGID) && drop_setids(fd, NULL, in->gid, in->pid) > 0; // truncated by a caller without CAP_FSETID
+  int dropped = kill && drop_setids(fd, NULL, in->gid, in->pid) > 0; // truncated by a caller without CAP_FSETID
   // as llNoCaps: the kernel asks for security.capability before each write(2)
   int no_caps = writable && without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
@@ -1026,7 +1026,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   }
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
     const struct kernel_open_in *arg = (const void *)(msg + sizeof *in);
-    return open_native(s, in, arg) || plan_open(s, in, arg);
+    return open_native(s, in, arg, kills_setids(msg, len)) || plan_open(s, in, arg);
   }
   if (in->opcode == KERNEL_FUSE_RELEASE && len >= sizeof *in + sizeof(struct kernel_release_in)) {
     const struct kernel_release_in *rel = (const void *)(msg + sizeof *in);
@@ -1065,7 +1065,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
   } else {
     if (sizeof *in + sizeof(struct kernel_rw_in) + arg->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
-    dropped = (arg->rw_flags & KERNEL_WRITE_KILL_SUIDGID) && drop_setids(d->fd, NULL, in->gid, in->pid) > 0;
+    dropped = kills_setids(msg, len) && drop_setids(d->fd, NULL, in->gid, in->pid) > 0;
     ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), arg->size, off);
     if (done < 0) out.error = (int32_t)done;
     else { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
