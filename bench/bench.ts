@@ -237,14 +237,14 @@ function largeFileRows(): void {
   const sizes: Array<[string, number]> = [['f4k', 4096], ['f1m', 1 << 20], ['f64m', 64 << 20], ...(QUICK ? [] : [['f1g', 1 << 30]] as Array<[string, number]>)]
   log(`copy-up of ${sizes.map((x) => x[0]).join(', ')}`)
   const label = (name: string): string => name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
-  /** A first and a second 1-byte append to `file` (under the mount), recorded as the rows of `name`. */
-  const appendTwice = (s: System, m: Mount, file: string, name: string, bytes: number, seconds = 1): void => {
+  /** A first 1-byte append to `file` (under the mount) and `secondAppends` more, recorded as the rows of `name`. */
+  const appendTwice = (s: System, m: Mount, file: string, name: string, bytes: number, secondAppends = 1): void => {
     // no dirty backlog from the previous system's gigabyte: whoever wrote next was throttled
     // (balance_dirty_pages), and a 1 GiB copy-up swung from 0.3 to 1.3 s with the order
     sh('sync')
     record(`copyup-${name}`, `copy-up of a ${label(name)} lower file (first 1-byte append)`, 's', s, timed(`printf x >> ${m.path}/${file}`), bytes)
     // later appends are second appends too: the file is in the upper already
-    for (let i = 0; i < seconds; i++) record(`write2-${name}`, `second 1-byte append to the ${label(name)} file`, 's', s, timed(`printf x >> ${m.path}/${file}`), bytes)
+    for (let i = 0; i < secondAppends; i++) record(`write2-${name}`, `second 1-byte append to the ${label(name)} file`, 's', s, timed(`printf x >> ${m.path}/${file}`), bytes)
   }
   each((s) => {
     // every system copies from a source in the page cache: what the previous block (cold reads,
