@@ -67,6 +67,7 @@ struct Session {
   int read_only;
   atomic_int enosys_open, enosys_opendir;
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
+  uint64_t native_dir_fh; // the next directory handle C opens itself (NATIVE_FH + this), on the reader
   // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
   int init_on_reader, init_no_opendir, init_no_open;
   // the kernel's INIT, seen by io_read for io_writev (HANDLE_KILLPRIV_V2): its unique, and whether the
@@ -101,7 +102,7 @@ typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
 
 // The kernel's request and reply layouts (linux/fuse.h) that answer_direct reads and writes; spelt
 // out here because that header clashes with libfuse's.
-enum { KERNEL_FUSE_READDIRPLUS = 44, KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_CREATE = 35, KERNEL_FUSE_STATX = 52 };
+enum { KERNEL_FUSE_READDIRPLUS = 44, KERNEL_FUSE_READDIR = 28, KERNEL_FUSE_RELEASEDIR = 29, KERNEL_FUSE_LOOKUP = 1, KERNEL_FUSE_GETATTR = 3, KERNEL_FUSE_OPEN = 14, KERNEL_FUSE_READ = 15, KERNEL_FUSE_WRITE = 16, KERNEL_FUSE_RELEASE = 18, KERNEL_FUSE_GETXATTR = 22, KERNEL_FUSE_FLUSH = 25, KERNEL_FUSE_INIT = 26, KERNEL_FUSE_OPENDIR = 27, KERNEL_FUSE_CREATE = 35, KERNEL_FUSE_STATX = 52 };
 struct kernel_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t total_extlen, padding; };
 struct kernel_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
 struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -112,7 +113,8 @@ struct kernel_release_in { uint64_t fh; uint32_t flags, release_flags; uint64_t 
 struct kernel_create_in { uint32_t flags, mode, umask, open_flags; };
 // HANDLE_KILLPRIV_V2 (see io_writev) and the flags of the requests it then marks
 enum { KERNEL_HANDLE_KILLPRIV = 1u << 19, KERNEL_HANDLE_KILLPRIV_V2 = 1u << 28, KERNEL_WRITE_KILL_SUIDGID = 1u << 2,
-       KERNEL_OPEN_KILL_SUIDGID = 1u << 0 };
+       KERNEL_OPEN_KILL_SUIDGID = 1u << 0, KERNEL_FOPEN_KEEP_CACHE = 1u << 1,
+       KERNEL_FOPEN_CACHE_DIR = 1u << 3 };
 struct kernel_attr {
   uint64_t ino, size, blocks, atime, mtime, ctime;
   uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
@@ -145,10 +147,13 @@ typedef struct Direct {
 // JS): a regular upper file JS opened once, by its path in the upper dir. JS drops them all whenever
 // a name changes (unlink, rename, link, rmdir, xattrs), and a node's when the kernel forgets it.
 #define KEY_OPENABLE (1ULL << 61)
+// A directory handle C opened (open_dir) whose listing JS made, at a READDIR: its RELEASEDIR goes
+// to JS, which drops the listing. The others C releases itself.
+#define KEY_LISTED (1ULL << 60)
 // Handles C opened itself are numbered from here; JS's are below 2^32.
 #define NATIVE_FH (1ULL << 32)
 
-static int is_native_fh(uint64_t key) { return key >= NATIVE_FH && !(key & (KEY_BY_NODE | KEY_NO_CAPS | KEY_OPENABLE)); }
+static int is_native_fh(uint64_t key) { return key >= NATIVE_FH && !(key & (KEY_BY_NODE | KEY_NO_CAPS | KEY_OPENABLE | KEY_LISTED)); }
 
 static size_t direct_slot(Session *s, uint64_t key) {
   key ^= key >> 33; key *= 0xff51afd7ed558ccdULL; key ^= key >> 33;
@@ -655,9 +660,12 @@ static uint64_t native_fh_set(Session *s, uint64_t node, int fd, int writable, i
   return fh;
 }
 
-// OPEN's answer: no FOPEN_KEEP_CACHE, as JS answers on a writable mount.
-static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh) {
-  struct kernel_open_out oo = { fh, 0, 0 };
+// OPEN's answer for the file open at fd: the kernel keeps its page cache (FOPEN_KEEP_CACHE), as JS's
+// answers do, unless the file has other names (separate nodes here, whose writes this node's cache
+// would not see).
+static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh, int fd) {
+  struct stat st;
+  struct kernel_open_out oo = { fh, fstat(fd, &st) == 0 && st.st_nlink <= 1 ? KERNEL_FOPEN_KEEP_CACHE : 0, 0 };
   reply_arg(s, unique, &oo, sizeof oo);
 }
 
@@ -688,7 +696,53 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   uint64_t fh = native_fh_set(s, in->nodeid, fd, writable, no_caps);
   pthread_rwlock_unlock(&s->dlock);
   if (dropped) inval_attr(s, in->nodeid);
-  reply_open_fh(s, in->unique, fh);
+  reply_open_fh(s, in->unique, fh, fd);
+  return 1;
+}
+
+// OPEN for reading of a node whose bytes JS registered by node (a lower tar member: see LOOKUP in
+// lowlevel.ts): answered here with handle 0, its READs then served by node as on a read-only mount,
+// and its RELEASE answered here too. JS drops the registration when the file is copied up (and
+// plan_open does for its own copy-ups): a READ that then finds none goes to JS, which reads the
+// node's file as its path now shows it. A lower file's bytes change only by a copy-up, so the kernel
+// keeps its page cache.
+static int open_by_node(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
+  if (s->read_only || ((int)arg->flags & O_ACCMODE) != O_RDONLY || ((int)arg->flags & O_TRUNC)) return 0;
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *d = direct_find(s, in->nodeid | KEY_BY_NODE);
+  int lower = d && d->limit >= 0 && !d->writable;
+  pthread_rwlock_unlock(&s->dlock);
+  if (!lower) return 0;
+  struct kernel_open_out oo = { 0, KERNEL_FOPEN_KEEP_CACHE, 0 };
+  reply_arg(s, in->unique, &oo, sizeof oo);
+  return 1;
+}
+
+// Directory handles on a writable mount: OPENDIR answered here, with the kernel keeping the listing
+// it reads (FOPEN_CACHE_DIR; a change through the mount drops it, and nothing else changes a
+// directory of the union), so a warm walk makes no call into JS. A READDIR that comes (nothing
+// cached) goes to JS, which makes the listing of the request's node for the handle; the handle is
+// then marked (KEY_LISTED) so that its RELEASEDIR goes to JS too. 1 if answered here.
+static int open_dir(Session *s, const struct kernel_in_header *in, const char *msg, size_t len) {
+  if (s->read_only) return 0;
+  if (in->opcode == KERNEL_FUSE_OPENDIR) {
+    struct kernel_open_out oo = { NATIVE_FH + (s->native_dir_fh++ & 0x0fffffffULL), KERNEL_FOPEN_KEEP_CACHE | KERNEL_FOPEN_CACHE_DIR, 0 };
+    reply_arg(s, in->unique, &oo, sizeof oo);
+    return 1;
+  }
+  if (len < sizeof *in + sizeof(uint64_t)) return 0;
+  uint64_t fh = *(const uint64_t *)(msg + sizeof *in); // fuse_read_in and fuse_release_in start with it
+  if (fh < NATIVE_FH) return 0;
+  pthread_rwlock_wrlock(&s->dlock);
+  int listed = direct_find(s, fh | KEY_LISTED) != NULL;
+  if (in->opcode == KERNEL_FUSE_RELEASEDIR) {
+    if (listed) direct_drop(s, fh | KEY_LISTED);
+  } else if (!listed) {
+    direct_set(s, fh | KEY_LISTED, -1, 0, 0, -1, 0);
+  }
+  pthread_rwlock_unlock(&s->dlock);
+  if (in->opcode != KERNEL_FUSE_RELEASEDIR || listed) return 0;
+  reply_status(s, in->unique, 0);
   return 1;
 }
 
@@ -875,13 +929,14 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   if (fd < 0) { queue_note(s); plan_free(p); return 0; }
   int no_caps = without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
+  direct_drop(s, in->nodeid | KEY_BY_NODE); // its lower bytes: the node's READs by node go to JS now
   uint64_t fh = native_fh_set(s, in->nodeid, fd, 1, no_caps);
   // its next OPENs as a file in the upper (as JS's openable() would say after its own copy-up)
   char *path = strdup(p->e[p->n - 1].real);
   if (path) direct_set(s, in->nodeid | KEY_OPENABLE, -1, 0, 0, -1, 0)->path = path;
   pthread_rwlock_unlock(&s->dlock);
   plan_free(p);
-  reply_open_fh(s, in->unique, fh);
+  reply_open_fh(s, in->unique, fh, fd);
   queue_note(s);
   return 1;
 }
@@ -1021,15 +1076,17 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   }
   if (in->opcode == KERNEL_FUSE_LOOKUP && len > sizeof *in) return lookup_pushed(s, in, msg + sizeof *in, len - sizeof *in);
   if (in->opcode == KERNEL_FUSE_GETATTR && in->nodeid == 1 && s->root_attr) return root_getattr(s, in);
-  if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)) {
-    return root_readdir(s, in, (const void *)(msg + sizeof *in));
-  }
+  if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)
+      && root_readdir(s, in, (const void *)(msg + sizeof *in))) return 1;
+  if (in->opcode == KERNEL_FUSE_OPENDIR || in->opcode == KERNEL_FUSE_RELEASEDIR || in->opcode == KERNEL_FUSE_READDIR
+      || in->opcode == KERNEL_FUSE_READDIRPLUS) return open_dir(s, in, msg, len);
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
     const struct kernel_open_in *arg = (const void *)(msg + sizeof *in);
-    return open_native(s, in, arg, kills_setids(msg, len)) || plan_open(s, in, arg);
+    return open_native(s, in, arg, kills_setids(msg, len)) || plan_open(s, in, arg) || open_by_node(s, in, arg);
   }
   if (in->opcode == KERNEL_FUSE_RELEASE && len >= sizeof *in + sizeof(struct kernel_release_in)) {
     const struct kernel_release_in *rel = (const void *)(msg + sizeof *in);
+    if (rel->fh == 0 && !s->read_only) { reply_status(s, in->unique, 0); return 1; } // open_by_node's
     if (rel->fh < NATIVE_FH) return 0;
     pthread_rwlock_wrlock(&s->dlock); // waits for a READ or WRITE being answered from it
     Direct *d = direct_find(s, rel->fh);

@@ -235,15 +235,23 @@ export class LayerFs {
   }
 
   /**
-   * Where a file of a read-only mount lies in a descriptor its layer holds open anyway (a plain tar
-   * member), for reads without an open handle; null for anything else, and on writable mounts.
+   * Where a file's bytes lie in a descriptor its lower layer holds open anyway (a plain tar member),
+   * for reads without an open handle; null for anything else, and for bytes in the upper. On a
+   * writable mount this holds until the file is copied up (onCopiedUp).
    */
   directOf(path: string): DirectSpan | null {
-    if (this.upper) return null
     const r = this.union.resolveNow(path)
     if (!r || r.top.entry.kind !== 'file') return null
     const from = r.data ?? r.top
+    if (this.upper && from.layer === 0) return null
     return lowerSpan(this.union.layers[from.layer].spanOf?.(from.path, from.entry) ?? null, from)
+  }
+
+  /** Calls `fn` with each path whose bytes a copy-up moved into the upper (not a metacopy: its bytes stay below). */
+  onCopiedUp(fn: (path: string) => void): void {
+    this.upper?.copyUp.listen((rec) => {
+      if (!rec.metacopy) fn(rec.path)
+    })
   }
 
   /** Calls `fn` when a handle's file changes under it (a read handle re-pointed after a copy-up). */

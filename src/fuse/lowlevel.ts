@@ -213,6 +213,11 @@ class Nodes {
     return this.byId.has(id)
   }
 
+  /** The node of `path`, if there is one. */
+  find(path: string): number | undefined {
+    return this.byPath.get(path)
+  }
+
   /** The node of `path`, made if needed, without counting a lookup. */
   idOf(path: string): number {
     let id = this.byPath.get(path)
@@ -360,6 +365,15 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const S_IFREG = 0o100000
   const ta = (st: Stat): number => (ro || ((st.mode & S_IFMT) === S_IFDIR || st.nlink <= 1) ? t : 0)
   const nodes = new Nodes(!ro)
+  // whether the kernel may keep a file's page cache across its opens on a writable mount: only where
+  // nothing but this node writes it (a hard link's other names are separate nodes here)
+  const singleName = (ino: number): boolean => {
+    try {
+      return !nodes.lastOf(ino) && fs.getattrNow(nodes.path(ino)).nlink <= 1
+    } catch {
+      return false
+    }
+  }
   const dirs = new Map<number, DirHandle>()
   // read-only mounts on kernels that allow it: no OPENDIR/RELEASEDIR at all; listings by node
   let skipOpendir = false
@@ -501,12 +515,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     pushCredit--
     pushed.set(cid, { parent: id, name, stat: st })
     if (kind === S_IFDIR) pushedNodes.add(cid)
-    else if (above) plan(cid, p, epoch, above)
-    else if (skipOpen) {
-      // read-only without OPEN: a plain tar member's READs go to C from the first, as after JS's LOOKUP
-      try {
-        register(true, cid, fs.directOf(p))
-      } catch { /* read by JS then */ }
+    else {
+      if (above) plan(cid, p, epoch, above)
+      if (skipOpen || !ro) byNode(cid, p) // as after JS's LOOKUP
     }
     return true
   }
@@ -588,6 +599,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     if (span?.writable) ll.llNoCaps(session!, ino, span.fd)
   }
   fs.onHandleChange((fh) => direct(fh))
+  // a file copied up: C no longer opens or reads it by node from its lower bytes (see directOf)
+  fs.onCopiedUp((path) => {
+    const id = nodes.find(path)
+    if (id !== undefined && session) ll.llDirectDrop(session, true, id)
+  })
   /** The handle a node is read through when the kernel sends no OPEN: opened on first read, kept for the next. */
   const nodeFile = (ino: number): Promise<number> => {
     let p = nodeFiles.get(ino)
@@ -601,6 +617,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     p.then((fh) => direct(fh, true, ino), () => nodeFiles.delete(ino))
     if (nodeFiles.size > NODE_FILES) dropNodeFile(nodeFiles.keys().next().value as number)
     return p
+  }
+  /** C answers the node's READs, and on a writable mount its OPENs for reading, where its bytes lie in a lower tar (LayerFs.directOf). */
+  const byNode = (id: number, path: string): void => {
+    try {
+      register(true, id, fs.directOf(path))
+    } catch { /* read by JS then */ }
   }
   /** C stops answering the node's READs (registered here or at LOOKUP); its file, if open, is closed. */
   const dropNodeFile = (ino: number): void => {
@@ -635,7 +657,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
   /** The attributes of a node unlinked while open: from one of its handles (`fh`, or any), else as last shown. */
   const goneStat = (ino: number, fh: number, gone: Stat): Promise<Stat> | Stat => {
-    const h = fh >= 0 ? fh : openFiles.get(ino)?.values().next().value
+    if (fh === 0) return gone // opened by C from the node's lower bytes (open_by_node), which never change
+    const h = fh > 0 ? fh : openFiles.get(ino)?.values().next().value
     if (h !== undefined && h >= NATIVE_FH) return nativeStat(h, false, gone) ?? { ...gone, nlink: 0 }
     if (h === undefined) return nativeStat(ino, true, gone) ?? gone
     return fs.fgetattr(h, gone)
@@ -651,6 +674,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
   /** On handle `fh`, C's or ours: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). */
   const onHandle = async (fh: number, op: 1 | 2, arg: number): Promise<void> => {
+    if (fh === 0) { // opened for reading by C from a lower file's bytes (open_by_node)
+      if (op === 1) throw new FsError(Errno.EINVAL, 'not open for writing')
+      return
+    }
     if (fh < NATIVE_FH) return op === 1 ? fs.ftruncate(fh, arg) : fs.fsync(fh, arg !== 0)
     const err = ll.llNativeFile(session!, fh, op, arg)
     if (err) throw new FsError(err, op === 1 ? 'ftruncate failed' : 'fsync failed')
@@ -742,8 +769,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       // each entry that went out is a lookup the kernel now holds; the others are not
       for (let i = 0; i < names.length; i++) {
         if (ids[i] === 0) continue
-        if (i < added) counted(ids[i])
-        else if (!pushed.has(ids[i])) nodes.dropIfUnused(ids[i])
+        if (i < added) {
+          counted(ids[i])
+          // a writable mount's plain tar member: its OPENs for reading and READs go to C, as after a LOOKUP
+          if (!ro && (d.stats[first + i].mode & S_IFMT) === S_IFREG) byNode(ids[i], d.paths[first + i]!)
+        } else if (!pushed.has(ids[i])) nodes.dropIfUnused(ids[i])
       }
     }
   }
@@ -769,8 +799,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         try {
           path = joinPath(nodes.path(ino), name)
           stat = fs.getattrNow(path)
-          // read-only without OPEN: a plain tar member's READs go to C from the first
-          span = skipOpen ? fs.directOf(path) : null
+          // a plain tar member's READs go to C from the first (and, on a writable mount, its OPENs
+          // for reading: fuse_ll.c open_by_node), until it is copied up
+          span = skipOpen || !ro ? fs.directOf(path) : null
         } catch (err) {
           if (errnoOf(err) === Errno.ENOENT) return ll.llReplyNegative(req, t)
           return fail(req, 'lookup', err)
@@ -805,7 +836,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
-        if (skipOpen && !nodes.has(ino)) dropNodeFile(ino)
+        if ((skipOpen || !ro) && !nodes.has(ino)) dropNodeFile(ino)
         if (!ro && !nodes.has(ino)) ll.llOpenable(session!, ino, null)
         return
       case OP.GETATTR: {
@@ -837,7 +868,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           const span = direct(fh)
           if ((flags & O_ACCMODE) !== 0) writing(ino, span)
           if (span?.writable) openable(ino)
-          ll.llReplyOpen(req, fh, ro, false)
+          ll.llReplyOpen(req, fh, ro || singleName(ino), false)
         }
         // a write's copy-up, at once where it can be (LayerFs.openNow), else awaited
         let path: string
@@ -878,6 +909,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return
       case OP.OPENDIR:
         if (skipOpendir) return ll.llReplyErr(req, Errno.ENOSYS)
+        if (!ro) {
+          // as fuse_ll.c open_dir, which answers it unless Node's thread reads /dev/fuse itself: the
+          // kernel keeps the listing it read, which is made at the first READDIR, if one comes
+          return ll.llReplyOpen(req, nextDir++, true, true)
+        }
         return handle(req, 'opendir', () => listing(nodes.path(ino)), (d) => {
           const fh = nextDir++
           dirs.set(fh, d)
@@ -898,7 +934,17 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           }
           return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, first))
         }
-        const d = dirs.get(a as number)
+        const fh = a as number
+        const d = dirs.get(fh)
+        if (!d && !ro) {
+          // a writable mount's handle (C's: fuse_ll.c open_dir, or the OPENDIR below): the node's
+          // listing, made at the first READDIR the kernel's cache did not spare
+          return handle(req, 'readdir', async () => {
+            const made = await listing(nodes.path(ino))
+            dirs.set(fh, made)
+            return made
+          }, (made) => readdirReply(req, made, b as number, c as number))
+        }
         if (!d) return ll.llReplyErr(req, Errno.EBADF)
         return readdirReply(req, d, b as number, c as number)
       }
