@@ -1,6 +1,7 @@
 import fc from 'fast-check'
 import { constants as C } from 'node:fs'
-import { chmod, lchown, link, lutimes, mkdir, open, rename, rmdir, symlink, truncate, unlink } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { chmod, lchown, link, lutimes, mkdir, open, readdir, rename, rmdir, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { sys } from '../../src/sys'
 
 // Random operation sequences for the writable differential tests, applied the same way to kernel
@@ -25,6 +26,9 @@ export type Op =
   | { op: 'setxattr'; path: string; value: string }
   | { op: 'removexattr'; path: string }
   | { op: 'mkfifo'; path: string }
+  | { op: 'read'; path: string }
+  | { op: 'list'; path: string }
+  | { op: 'dropCaches'; what: 1 | 3 }
 
 /** Operations on paths drawn from `path`. */
 function opOver(path: fc.Arbitrary<string>): fc.Arbitrary<Op> {
@@ -43,6 +47,12 @@ function opOver(path: fc.Arbitrary<string>): fc.Arbitrary<Op> {
     { weight: 1, arbitrary: fc.record({ op: fc.constant('setxattr' as const), path, value: fc.string({ minLength: 1, maxLength: 8 }) }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('removexattr' as const), path }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('mkfifo' as const), path }) },
+    // reads and listings between changes: what the kernel keeps of them (page cache, listings, both
+    // kept across opens on a writable mount) must follow the changes, also once dropped (1: the page
+    // cache; 3: inodes too, so the kernel forgets nodes)
+    { weight: 3, arbitrary: fc.record({ op: fc.constant('read' as const), path }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('list' as const), path }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('dropCaches' as const), what: fc.constantFrom(1 as const, 3 as const) }) },
   )
 }
 
@@ -65,10 +75,20 @@ function at(root: string, p: string): Buffer {
   return Buffer.concat([Buffer.from(root + '/'), Buffer.from(p, 'latin1')])
 }
 
-/** Applies one operation under `root`; returns 'ok' or the error code. */
+/** Applies one operation under `root`; returns 'ok' (with what a read or listing found) or the error code. */
 export async function apply(root: string, o: Op): Promise<string> {
   try {
     switch (o.op) {
+      case 'read': {
+        const fh = await open(at(root, o.path), C.O_RDONLY | C.O_NONBLOCK)
+        try {
+          return `ok ${createHash('sha256').update(await fh.readFile()).digest('hex').slice(0, 16)}`
+        } finally {
+          await fh.close()
+        }
+      }
+      case 'list': return `ok ${(await readdir(at(root, o.path), { encoding: 'buffer' })).map((n) => n.toString('latin1')).sort().join('/')}`
+      case 'dropCaches': await writeFile('/proc/sys/vm/drop_caches', String(o.what)); break
       case 'write': {
         const flags = { w: C.O_WRONLY | C.O_CREAT | C.O_TRUNC, a: C.O_WRONLY | C.O_CREAT | C.O_APPEND, 'r+': C.O_RDWR, wx: C.O_WRONLY | C.O_CREAT | C.O_EXCL }[o.flags]
         // O_NONBLOCK: a fifo without a reader answers ENXIO instead of blocking the test forever

@@ -119,6 +119,24 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^a after rename: bravo\+$/m)
   })
 
+  it("a writable mount's lower files read by node (C opens and reads them from the tar) across copy-ups of each kind", async () => {
+    // layerfs answers a writable mount's OPEN for reading of a plain tar member from C, reading the
+    // member's bytes by node, until a copy-up moves them into the upper; the page cache is dropped
+    // before the reads after the copy-ups, so that each read reaches the daemon
+    const dir = await tempDir('bynode')
+    const lower = join(dir, 'lower')
+    await mkdir(lower)
+    for (const n of ['t', 'w', 'x', 'r', 'l', 'm', 'z']) await writeFile(join(lower, n), `lower ${n}\n`.repeat(500))
+    const outputs = await onBoth(dir, lower, ['index=off', 'metacopy=off'], async (mnt) => {
+      const r = await run('python3', ['-c', BY_NODE, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^t after: 1 b'T'$/m)
+    assert.match(outputs[0], /^kept w: \d+ b'W/m)
+  })
+
   it('a hard link made through the mount: the first name follows writes through the second', async () => {
     // each name of a hard-linked file is a node of its own in layerfs: the first name's attributes,
     // cached before the link (nlink 1), must not outlive it
@@ -386,6 +404,33 @@ for first, second in [('f', 'g'), ('u', 'v')]:
     print(first, st.st_nlink, st.st_size, open(first, 'rb').read())
     st = os.stat(second)
     print(second, st.st_nlink, st.st_size, open(second, 'rb').read())
+`
+
+const BY_NODE = String.raw`
+import os, sys
+os.chdir(sys.argv[1])
+def drop():
+    with open('/proc/sys/vm/drop_caches', 'w') as f: f.write('1')
+def head(data): return str(len(data)) + ' ' + repr(data[:12])
+def show(label, name):
+    with open(name, 'rb') as f: print(label + ':', head(f.read()))
+names = ['t', 'w', 'x', 'r', 'l', 'm']
+for n in names: show(n + ' before', n)
+kept = {n: os.open(n, os.O_RDONLY) for n in names}    # read handles opened before the copy-ups
+with open('t', 'w') as f: f.write('T')                # O_TRUNC: copied up without its data
+with open('w', 'r+') as f: f.write('W')               # a first write in place
+os.truncate('x', 3)
+os.rename('r', 'r2')
+os.link('l', 'l2')
+with open('l2', 'a') as f: f.write('L')
+os.chmod('m', 0o600)
+with open('m', 'a') as f: f.write('M')
+os.rename('z', 'z2')                                  # a name changes elsewhere
+drop()
+for n in ['t', 'w', 'x', 'r2', 'l', 'l2', 'm']: show(n + ' after', n)
+drop()
+for n, fd in kept.items(): print('kept ' + n + ':', head(os.pread(fd, 1 << 16, 0)))
+for fd in kept.values(): os.close(fd)
 `
 
 const REOPEN = String.raw`
