@@ -322,8 +322,13 @@ export class LayerFs {
   removexattr(path: string, name: string): Promise<void> { return this.writable(path).removexattr(path, name) }
 
   /** Figures of the filesystem holding the upper (or, read-only, the topmost layer), as kernel overlayfs reports. */
+  /** The path whose filesystem statfs reports: the upper dir's, or the top layer's. */
+  statfsPath(): string {
+    return this.upper ? this.upper.dir.upper : this.union.layers[0].source
+  }
+
   async statfs(): Promise<FsStats> {
-    const s = await statfs(this.upper ? this.upper.dir.upper : this.union.layers[0].source)
+    const s = await statfs(this.statfsPath())
     return {
       bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
       files: s.files, ffree: s.ffree, favail: s.ffree, namemax: 255,

@@ -74,6 +74,8 @@ interface LowLevel {
   llEpoch(s: Session): number
   /** Where planned copy-ups build their entries (`temp`) and put them (`upper`, joined with the path). */
   llPlanRoots(s: Session, upper: Buffer, temp: Buffer): void
+  /** STATFS answered in C from the filesystem holding `path` (LayerFs.statfsPath). */
+  llStatfsAt(s: Session, path: string): void
   /**
    * A copy-up C runs itself at node `id`'s OPEN for writing, if nothing changed since `epoch`: the
    * last entries of `path` (its ancestors, then it), as planFields lays them out. Its id, or 0 if stale already.
@@ -1088,6 +1090,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const started = start(options.join(','), planning ? planned : dispatch)
   session = started
   if (roots) ll.llPlanRoots(started, roots.upper, roots.temp)
+  ll.llStatfsAt(started, fs.statfsPath())
   const layers = fs.union.layers.length
   ll.llDirectCounts(started, layers)
   const mounted = (): FuseMount => {
