@@ -119,6 +119,17 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^a after rename: bravo\+$/m)
   })
 
+  it('statfs (df, find): the upper filesystem\'s sizes and limits, as kernel overlayfs reports them', async () => {
+    // answered in C (fuse_ll.c answer_statfs) from the upper dir's filesystem
+    const dir = await tempDir('statfs')
+    const lower = join(dir, 'lower')
+    await mkdir(lower)
+    await writeFile(join(lower, 'f'), 'f')
+    const outputs = await onBoth(dir, lower, [], async (mnt) => (await must('stat', ['-f', '-c', '%b blocks of %S, io %s, names up to %l, %c inodes', mnt])))
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^\d+ blocks of \d+, io \d+, names up to 255, \d+ inodes$/m)
+  })
+
   it("a writable mount's lower files read by node (C opens and reads them from the tar) across copy-ups of each kind", async () => {
     // layerfs answers a writable mount's OPEN for reading of a plain tar member from C, reading the
     // member's bytes by node, until a copy-up moves them into the upper; the page cache is dropped
