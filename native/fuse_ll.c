@@ -89,6 +89,8 @@ struct Session {
   int plan_workfd;   // plan_temp, open
   // LOOKUPs JS answered ahead (see lookup_pushed): hash buckets by (parent, name), all of push_epoch
   struct Pushed **pushed; uint64_t push_epoch;
+  // attributes of nodes that only a change can change, for GETATTR (see answer_getattr); under plock
+  struct AttrEntry **attrs; uint64_t attr_epoch, attrs_epoch;
   // the root's attributes, for the kernel's first GETATTR of it (see root_getattr); under plock
   struct kernel_attr_out *root_attr;
   // the root's listing, for the kernel's READDIRPLUS of it (see root_readdir); under plock
@@ -903,6 +905,7 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   while (*pp && (*pp)->node != in->nodeid) pp = &(*pp)->next;
   Plan *p = *pp;
   if (!p || p->epoch != s->epoch || s->busy > 0) { pthread_mutex_unlock(&s->plock); return 0; }
+  s->attr_epoch++; // a copy-up: the attributes C holds (answer_getattr) may be the file's or its directories'
   *pp = p->next;
   s->nplans--;
   Note *note = calloc(1, sizeof *note + p->n * sizeof(double));
@@ -1065,6 +1068,40 @@ static int root_readdir(Session *s, const struct kernel_in_header *in, const str
 // A direct READ or WRITE answered on the reader thread, straight from the request bytes: pread or
 // pwrite, then the reply written to /dev/fuse (libfuse is not involved: no request object). 1 if
 // answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
+// GETATTR of a node JS gave the attributes of (llAttrs): an entry that lies in the lower layers
+// alone (a tar member or directory nothing has copied up), whose attributes change only through a
+// change made through the mount. On a writable mount the kernel asks again for a directory after
+// each listing of it and for a file after each read (their atime went stale), so a warm walk or
+// read of a tree asks once per entry: each a wake of Node's thread (~100 µs), fuse-overlayfs's
+// ~15 µs. Entries are good while no change of JS's is under way and none began since they were
+// given (attr_epoch: every change moves it, begun or ended, and so does a copy-up C runs itself).
+typedef struct AttrEntry { struct AttrEntry *next; uint64_t node; struct kernel_attr_out out; } AttrEntry;
+#define ATTR_BUCKETS 4096
+
+static void attrs_clear(Session *s) {
+  if (!s->attrs) return;
+  for (size_t i = 0; i < ATTR_BUCKETS; i++) for (AttrEntry *a = s->attrs[i], *n; a; a = n) { n = a->next; free(a); }
+  memset(s->attrs, 0, ATTR_BUCKETS * sizeof *s->attrs);
+}
+
+static AttrEntry **attr_slot(Session *s, uint64_t node) {
+  AttrEntry **q = &s->attrs[(node * 0x9e3779b97f4a7c15ULL >> 40) & (ATTR_BUCKETS - 1)];
+  while (*q && (*q)->node != node) q = &(*q)->next;
+  return q;
+}
+
+static int answer_getattr(Session *s, const struct kernel_in_header *in) {
+  if (!s->attrs) return 0;
+  pthread_mutex_lock(&s->plock);
+  AttrEntry *a = s->busy == 0 && !s->notes && s->attrs_epoch == s->attr_epoch ? *attr_slot(s, in->nodeid) : NULL;
+  struct kernel_attr_out out;
+  if (a) out = a->out;
+  pthread_mutex_unlock(&s->plock);
+  if (!a) return 0;
+  reply_arg(s, in->unique, &out, sizeof out);
+  return 1;
+}
+
 // STATFS (`df`, and `find` once per run): what the filesystem under the upper dir (or the top layer)
 // reports, as JS's LayerFs.statfs says it, without a trip through Node's thread pool (0.4 ms).
 static int answer_statfs(Session *s, const struct kernel_in_header *in) {
@@ -1093,6 +1130,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_LOOKUP && len > sizeof *in) return lookup_pushed(s, in, msg + sizeof *in, len - sizeof *in);
   if (in->opcode == KERNEL_FUSE_STATFS) return answer_statfs(s, in);
   if (in->opcode == KERNEL_FUSE_GETATTR && in->nodeid == 1 && s->root_attr) return root_getattr(s, in);
+  if (in->opcode == KERNEL_FUSE_GETATTR) return answer_getattr(s, in);
   if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)
       && root_readdir(s, in, (const void *)(msg + sizeof *in))) return 1;
   if (in->opcode == KERNEL_FUSE_OPENDIR || in->opcode == KERNEL_FUSE_RELEASEDIR || in->opcode == KERNEL_FUSE_READDIR
@@ -1266,7 +1304,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   free(s->plan_upper); free(s->plan_temp);
   if (s->plan_workfd >= 0) close(s->plan_workfd);
   if (s->statfs_fd >= 0) close(s->statfs_fd);
-  pushed_clear(s); free(s->pushed); free(s->root_attr); root_list_free(s->root_list);
+  pushed_clear(s); free(s->pushed); attrs_clear(s); free(s->attrs); free(s->root_attr); root_list_free(s->root_list);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -1935,6 +1973,7 @@ static napi_value js_change(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&s->plock);
   s->busy += delta;
   if (moves) s->epoch++;
+  s->attr_epoch++;
   if (delta > 0 && s->root_attr) { free(s->root_attr); s->root_attr = NULL; }
   bool notes = s->notes != NULL;
   pthread_mutex_unlock(&s->plock);
@@ -2080,6 +2119,56 @@ static napi_value js_push(napi_env env, napi_callback_info info) {
   return yes;
 }
 
+// llAttrEpoch(session) -> the epoch attributes read from now on belong to (llAttrs); -1 where C
+// answers no GETATTR (no reader thread, or a read-only mount, whose kernel keeps attributes anyway).
+static napi_value js_attr_epoch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  if (!s || !s->threaded || s->read_only || s->ended) return num(env, -1);
+  pthread_mutex_lock(&s->plock);
+  double e = s->notes || s->busy ? -1 : (double)s->attr_epoch;
+  pthread_mutex_unlock(&s->plock);
+  return num(env, e);
+}
+
+// llAttrs(session, epoch, nodes: Float64Array, attrs: Float64Array, timeout): C answers GETATTR of
+// each node (0: skipped) with its attributes, read by JS in `epoch` (llAttrEpoch), until a change.
+static napi_value js_attrs(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  Session *s = session_arg(env, argv[0]);
+  napi_typedarray_type type; size_t n = 0; void *data; napi_value ab; size_t off;
+  if (!s || napi_get_typedarray_info(env, argv[2], &type, &n, &data, &ab, &off) != napi_ok || type != napi_float64_array) return NULL;
+  const double *ids = data;
+  const double *attrs = attr_arg(env, argv[3], n * A_COUNT);
+  double epoch = dbl(env, argv[1]), timeout = dbl(env, argv[4]);
+  if (!attrs || epoch < 0) return NULL;
+  pthread_mutex_lock(&s->plock);
+  if ((uint64_t)epoch != s->attr_epoch || s->busy || s->notes) { pthread_mutex_unlock(&s->plock); return NULL; }
+  if (!s->attrs) s->attrs = calloc(ATTR_BUCKETS, sizeof *s->attrs);
+  if (s->attrs && s->attrs_epoch != s->attr_epoch) { attrs_clear(s); s->attrs_epoch = s->attr_epoch; } // all of a past epoch
+  for (size_t i = 0; s->attrs && i < n; i++) {
+    if (ids[i] <= 0) continue;
+    AttrEntry **q = attr_slot(s, (uint64_t)ids[i]);
+    if (!*q && !(*q = calloc(1, sizeof **q))) break;
+    (*q)->node = (uint64_t)ids[i];
+    (*q)->out = (struct kernel_attr_out){ .attr_valid = (uint64_t)timeout, .attr = kernel_attr_of(attrs + i * A_COUNT) };
+  }
+  pthread_mutex_unlock(&s->plock);
+  return NULL;
+}
+
+// llAttrDrop(session, node): the kernel forgot the node; C drops its attributes.
+static napi_value js_attr_drop(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Session *s = session_arg(env, argv[0]);
+  if (!s || !s->attrs) return NULL;
+  pthread_mutex_lock(&s->plock);
+  AttrEntry **q = attr_slot(s, (uint64_t)dbl(env, argv[1]));
+  if (*q) { AttrEntry *a = *q; *q = a->next; free(a); }
+  pthread_mutex_unlock(&s->plock);
+  return NULL;
+}
+
 // llUnpush(session, parent, name): C no longer answers LOOKUP(parent, name) (JS answered it itself).
 static napi_value js_unpush(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -2125,6 +2214,9 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llPlan", NULL, js_plan, NULL, NULL, NULL, napi_default, NULL },
     { "llPlanRoots", NULL, js_plan_roots, NULL, NULL, NULL, napi_default, NULL },
     { "llStatfsAt", NULL, js_statfs_at, NULL, NULL, NULL, napi_default, NULL },
+    { "llAttrEpoch", NULL, js_attr_epoch, NULL, NULL, NULL, napi_default, NULL },
+    { "llAttrs", NULL, js_attrs, NULL, NULL, NULL, napi_default, NULL },
+    { "llAttrDrop", NULL, js_attr_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llChange", NULL, js_change, NULL, NULL, NULL, napi_default, NULL },
     { "llNotes", NULL, js_notes, NULL, NULL, NULL, napi_default, NULL },
     { "llPush", NULL, js_push, NULL, NULL, NULL, napi_default, NULL },

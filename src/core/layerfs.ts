@@ -247,6 +247,17 @@ export class LayerFs {
     return lowerSpan(this.union.layers[from.layer].spanOf?.(from.path, from.entry) ?? null, from)
   }
 
+  /**
+   * Whether `path` lies in the lower layers alone on a writable mount (nothing of it in the upper,
+   * as far as the union knows without waiting): then only a change made through the mount changes
+   * what it shows. False where it cannot tell at once.
+   */
+  lowerOnlyNow(path: string): boolean {
+    if (!this.upper) return false
+    const r = this.union.resolveNow(path)
+    return !!r && r.parts.every((p) => p.layer !== 0) && (r.data === undefined || r.data.layer !== 0)
+  }
+
   /** Calls `fn` with each path whose bytes a copy-up moved into the upper (not a metacopy: its bytes stay below). */
   onCopiedUp(fn: (path: string) => void): void {
     this.upper?.copyUp.listen((rec) => {

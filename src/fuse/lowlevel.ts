@@ -76,6 +76,12 @@ interface LowLevel {
   llPlanRoots(s: Session, upper: Buffer, temp: Buffer): void
   /** STATFS answered in C from the filesystem holding `path` (LayerFs.statfsPath). */
   llStatfsAt(s: Session, path: string): void
+  /** The epoch attributes read from now on belong to (llAttrs); -1 while they cannot be given. */
+  llAttrEpoch(s: Session): number
+  /** C answers GETATTR of each node (0: skipped) with its attributes (A_COUNT each), read in `epoch`, until a change. */
+  llAttrs(s: Session, epoch: number, nodes: Float64Array, attrs: Float64Array, timeout: number): void
+  /** C forgets the node's attributes (the kernel forgot the node). */
+  llAttrDrop(s: Session, node: number): void
   /**
    * A copy-up C runs itself at node `id`'s OPEN for writing, if nothing changed since `epoch`: the
    * last entries of `path` (its ancestors, then it), as planFields lays them out. Its id, or 0 if stale already.
@@ -305,6 +311,8 @@ interface DirHandle {
   readonly names: string[]
   readonly paths: (string | null)[]
   readonly stats: Stat[]
+  /** The attribute epoch the stats were read in (see attrsToC), or -1. */
+  readonly attrEpoch: number
 }
 
 /** Mounts `fs`; resolves once the mount is live. */
@@ -367,6 +375,15 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const S_IFREG = 0o100000
   const ta = (st: Stat): number => (ro || ((st.mode & S_IFMT) === S_IFDIR || st.nlink <= 1) ? t : 0)
   const nodes = new Nodes(!ro)
+  // GETATTR answered by C for entries that lie in the lower layers alone, where every change is an
+  // llChange (planning): fuse_ll.c answer_getattr. The epoch is read before the attributes are.
+  const attrEpochNow = (): number => (planning && session ? ll.llAttrEpoch(session) : -1)
+  const one = new Float64Array(1)
+  const attrsToC = (epoch: number, id: number, path: string, a: Float64Array, timeout: number): void => {
+    if (epoch < 0 || timeout <= 0 || !fs.lowerOnlyNow(path)) return
+    one[0] = id
+    ll.llAttrs(session!, epoch, one, a, timeout)
+  }
   // whether the kernel may keep a file's page cache across its opens on a writable mount: only where
   // nothing but this node writes it (a hard link's other names are separate nodes here)
   const singleName = (ino: number): boolean => {
@@ -716,6 +733,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
 
   /** A directory's entries with the attributes getattr answers for each (what READDIRPLUS sends). */
   const listing = async (path: string): Promise<DirHandle> => {
+    const attrEpoch = attrEpochNow()
     const list = await fs.readdir(path)
     const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
     const stats = list.map((e, i) => {
@@ -726,7 +744,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return e.stat
       }
     })
-    return { names: list.map((e) => e.name), paths, stats }
+    return { names: list.map((e) => e.name), paths, stats, attrEpoch }
   }
   /** Entries first..end of a listing as llReplyDir takes them; nodes made (not counted) when `plus`. */
   const dirFields = (d: DirHandle, first: number, end: number, plus: boolean) => {
@@ -767,6 +785,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     const plus = sizeArg > 0
     const { names, ids, attrs, timeout } = dirFields(d, first, Math.min(d.names.length, first + DIR_CHUNK), plus)
     const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout)
+    if (plus && d.attrEpoch >= 0 && timeout > 0) {
+      const given = ids.slice(0, added)
+      for (let i = 0; i < added; i++) if (given[i] !== 0 && !fs.lowerOnlyNow(d.paths[first + i]!)) given[i] = 0
+      ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
+    }
     if (plus) {
       // each entry that went out is a lookup the kernel now holds; the others are not
       for (let i = 0; i < names.length; i++) {
@@ -795,6 +818,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         const name = a as string
         if (name.length > 255) return ll.llReplyErr(req, Errno.ENAMETOOLONG)
         const epoch = planEpoch() // before anything is resolved: a plan C runs meanwhile makes this one stale
+        const aepoch = attrEpochNow() // so too for the attributes C may answer GETATTR with
         let path: string
         let stat: Stat
         let span: DirectSpan | null
@@ -824,6 +848,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           log.fuse('lookup %s: nothing planned: %s', path, (err as Error).message)
         }
         fill(attr, 0, stat)
+        attrsToC(aepoch, id, path, attr, ta(stat))
         ll.llReplyEntry(req, id, attr, t, ta(stat))
         return
       }
@@ -839,7 +864,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.FORGET:
         nodes.forget(ino, a as number)
         if ((skipOpen || !ro) && !nodes.has(ino)) dropNodeFile(ino)
-        if (!ro && !nodes.has(ino)) ll.llOpenable(session!, ino, null)
+        if (!ro && !nodes.has(ino)) {
+          ll.llOpenable(session!, ino, null)
+          if (planning) ll.llAttrDrop(session!, ino)
+        }
         return
       case OP.GETATTR: {
         const gone = nodes.lastOf(ino)
@@ -850,14 +878,18 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             ll.llReplyAttr(req, attr, 0)
           })
         }
+        const aepoch = attrEpochNow()
         let st: Stat
+        let path: string
         try {
-          st = fs.getattrNow(nodes.path(ino))
+          path = nodes.path(ino)
+          st = fs.getattrNow(path)
         } catch (err) {
           return fail(req, 'getattr', err)
         }
         nodes.remember(ino, st)
         fill(attr, 0, st)
+        attrsToC(aepoch, ino, path, attr, ta(st))
         return ll.llReplyAttr(req, attr, ta(st))
       }
       case OP.READLINK:
