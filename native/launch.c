@@ -34,8 +34,6 @@
 #include "priority.h"
 
 #define MAGIC "layerfs-standby-2"
-// The longest the next standby's start waits for a quiet machine (wait_quiet), after its second.
-#define STANDBY_QUIET_MAX_MS 5000
 
 extern char **environ;
 
@@ -85,34 +83,6 @@ static void put_num(struct buf *b, long v, int octal) {
   put(b, s, (size_t)n);
 }
 
-// CPU time spent and idle so far over all CPUs, in clock ticks (/proc/stat's first line); 0 if read.
-static int cpu_ticks(unsigned long long *busy, unsigned long long *idle) {
-  FILE *f = fopen("/proc/stat", "re");
-  if (!f) return -1;
-  unsigned long long v[8] = { 0 };
-  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-  fclose(f);
-  if (n < 5) return -1;
-  *busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]; // user nice system irq softirq steal
-  *idle = v[3] + v[4];                              // idle iowait
-  return 0;
-}
-
-// Waits until the machine is quiet: at most a tenth of its CPU time busy over a quarter of a
-// second, for at most `max_ms`. A standby's boot takes ~0.3 s of CPU; started while the mount just
-// made is in use, it competed with that use (a warm walk of the 20k tree right after a cold one:
-// requests 32-45 µs on average instead of 12-14, `/var/tmp/h16/sch3.sh`).
-static void wait_quiet(int max_ms) {
-  unsigned long long b0, i0, b1, i1;
-  if (cpu_ticks(&b0, &i0) != 0) return;
-  for (int waited = 0; waited < max_ms; waited += 250) {
-    struct timespec q = { .tv_sec = 0, .tv_nsec = 250 * 1000 * 1000 };
-    while (nanosleep(&q, &q) != 0 && errno == EINTR) {}
-    if (cpu_ticks(&b1, &i1) != 0 || i1 - i0 >= 9 * (b1 - b0)) return;
-    b0 = b1; i0 = i1;
-  }
-}
-
 // The next standby's starter, forked while the standby works on the request (the ~2 ms this
 // launcher would only wait; forked after the answer, the fork and the child's first steps were on
 // the mount's path: ~0.4 ms, and the child's page faults took CPU from what ran next). Its own
@@ -139,7 +109,6 @@ static int fork_standby_starter(void) {
   // the standby, and a new one would start for nothing, competing with the mount's first reads
   struct timespec delay = { .tv_sec = 1, .tv_nsec = 0 };
   while (nanosleep(&delay, &delay) != 0 && errno == EINTR) {}
-  wait_quiet(STANDBY_QUIET_MAX_MS);
   static char cmdline[65536];
   size_t n = 0;
   for (ssize_t r; n < sizeof cmdline - 1 && (r = read(3, cmdline + n, sizeof cmdline - 1 - n)) != 0; ) {

@@ -12,7 +12,7 @@ import type { StatsReport } from './stats'
 import { displayPath } from './paths'
 import { log, redirectLog } from './log'
 import { saveCodeCache } from './code-cache'
-import { BOOT_JS, STANDBY_ARG, decodeExpected, encodeExpected, frame, runStandby, quietMachine, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby,
+import { BOOT_JS, STANDBY_ARG, decodeExpected, encodeExpected, frame, runStandby, sameBuild, sameEnvironment, standbyCommand, standbyEnabled, startStandby, stopStandby,
   type ExpectedRequest, type PreparedOffer, type StandbyRequest } from './standby'
 
 // The command line: the only place that talks to the user and picks exit codes.
@@ -55,8 +55,6 @@ const DAEMON_ARG = '__layerfs_daemon'
 const DAEMON_V8_FLAGS = ['--max-semi-space-size=2', '--always-sparkplug', '--no-lazy-feedback-allocation', '--heap-growing-percent=40']
 /** How long after its mount is live a daemon Node started (no standby was waiting) starts the next standby. */
 const STANDBY_DELAY_MS = 1000
-/** ... and how much longer at most it waits for a quiet machine (quietMachine; the launcher's starter waits as long). */
-const STANDBY_QUIET_MAX_MS = 5000
 
 function fail(err: unknown): never {
   const message = err instanceof UserError ? err.message : `unexpected error: ${(err as Error)?.message ?? String(err)}`
@@ -171,17 +169,17 @@ async function runDaemon(encoded: string, expected: string | undefined): Promise
   }
   logTo(req.logFile)
   onServed(served)
-  // the next standby a second later, once the machine is quiet, as a launcher starts one
-  // (native/launch.c fork_standby_starter): started at once, its boot competed with the mount's
-  // first requests (a cold `head -c1` right after the mount took 23-31 ms, 17.5 with the standby
-  // started later); at once if the mount ends first, so that the next mount finds one
+  // the next standby a second later, as a launcher starts one (native/launch.c
+  // fork_standby_starter): started at once, its boot competed with the mount's first requests (a
+  // cold `head -c1` right after the mount took 23-31 ms, 17.5 with the standby started later);
+  // at once if the mount ends first, so that the next mount finds one
   let standbyStarted = false
   const startNext = (): void => {
     if (standbyStarted) return
     standbyStarted = true
     startStandby(DAEMON_V8_FLAGS, decodeExpected(expected) ?? undefined)
   }
-  const nextStandby = setTimeout(() => void quietMachine(STANDBY_QUIET_MAX_MS).then(startNext), STANDBY_DELAY_MS)
+  const nextStandby = setTimeout(startNext, STANDBY_DELAY_MS)
   await served.ended
   clearTimeout(nextStandby)
   startNext()

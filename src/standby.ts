@@ -201,33 +201,6 @@ export function sameEnvironment(theirs: Map<string, string>): boolean {
 }
 let ownRelevant: string | undefined
 
-/** CPU time spent and idle so far over all CPUs, in clock ticks (/proc/stat's first line). */
-function cpuTicks(): { busy: number; idle: number } | null {
-  try {
-    const m = /^cpu\s+(.*)$/m.exec(readFileSync('/proc/stat', 'latin1'))
-    if (!m) return null
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = m[1].trim().split(/\s+/).map(Number)
-    return { busy: user + nice + system + (irq || 0) + (softirq || 0) + (steal || 0), idle: idle + (iowait || 0) }
-  } catch {
-    return null
-  }
-}
-
-/**
- * Resolves once the machine is quiet (at most a tenth of its CPU time busy over a quarter of a
- * second), or after `maxMs`: a standby's boot (~0.3 s of CPU) then does not compete with the use
- * of the mount just made. As the launcher's starter waits (native/launch.c wait_quiet).
- */
-export async function quietMachine(maxMs: number): Promise<void> {
-  let last = cpuTicks()
-  for (let waited = 0; last && waited < maxMs; waited += 250) {
-    await new Promise((r) => setTimeout(r, 250))
-    const now = cpuTicks()
-    if (!now || now.idle - last.idle >= 9 * (now.busy - last.busy)) return
-    last = now
-  }
-}
-
 /** A standby's command line; `expected`: the mount it is to prepare. */
 export function standbyCommand(v8Flags: readonly string[], expected?: ExpectedRequest): string[] {
   return [process.execPath, ...v8Flags, BOOT_JS, STANDBY_ARG, ...(expected ? [encodeExpected(expected)] : [])]
