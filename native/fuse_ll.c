@@ -71,7 +71,11 @@ struct Session {
   uint64_t native_dir_fh; // the next directory handle C opens itself (NATIVE_FH + this), on the reader
   int statfs_fd; // what STATFS reports on (llStatfsAt: the upper dir, or the top layer), O_PATH; -1: JS answers
   // INIT answered on the reader thread (see reader_main): what ll_init learnt, for JS's OP_INIT
-  int init_on_reader, init_no_opendir, init_no_open;
+  int init_on_reader, init_no_open;
+  // the kernel lets OPENDIR go unanswered (FUSE_NO_OPENDIR_SUPPORT), and every change on this mount is
+  // an llChange (llPlanRoots): JS keeps listings by node, made stale by the attribute epoch. Set on
+  // two threads (ll_init, llPlanRoots) in either order: each checks the other's
+  atomic_int init_no_opendir, planning;
   // the kernel's INIT, seen by io_read for io_writev (HANDLE_KILLPRIV_V2): its unique, and whether the
   // kernel offered HANDLE_KILLPRIV_V2
   _Atomic uint64_t init_unique; int init_offers_v2, want_v2;
@@ -360,7 +364,7 @@ static napi_value latin1(napi_env env, const char *s) { napi_value r; napi_creat
 // What INIT learnt, told to JS (on Node's thread).
 static void tell_js_init(Session *s) {
   enter_js(s);
-  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, s->init_no_opendir), num(s->env, s->init_no_open), NULL);
+  dispatch_to(s, NULL, OP_INIT, 0, num(s->env, atomic_load(&s->init_no_opendir)), num(s->env, s->init_no_open), NULL);
 }
 
 // Copy-ups the reader thread ran from plans: JS reads them (llNotes) before any later request.
@@ -380,10 +384,12 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   conn->max_write = 1 << 20;
   // tell JS what the kernel offers (it may then answer OPENDIR with ENOSYS: no OPENDIR/RELEASEDIR)
   Session *s = userdata;
-  s->init_no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0;
+  atomic_store(&s->init_no_opendir, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0);
   s->init_no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0;
   atomic_store(&s->enosys_open, s->read_only && s->init_no_open);
-  atomic_store(&s->enosys_opendir, s->read_only && s->init_no_opendir);
+  // a writable mount too, where JS can tell a stale listing (see init_no_opendir): a walk then makes
+  // one request per directory (its GETATTR) where OPENDIR and RELEASEDIR made three
+  if (atomic_load(&s->init_no_opendir) && (s->read_only || atomic_load(&s->planning))) atomic_store(&s->enosys_opendir, 1);
   if (!s->init_on_reader) tell_js_init(s); // else no JS on this thread: on_queued tells it
 }
 
@@ -723,7 +729,8 @@ static int open_by_node(Session *s, const struct kernel_in_header *in, const str
   return 1;
 }
 
-// Directory handles on a writable mount: OPENDIR answered here, with the kernel keeping the listing
+// Directory handles on a writable mount whose kernel still sends OPENDIR (it lacks
+// FUSE_NO_OPENDIR_SUPPORT, or JS does not plan: see init_no_opendir): OPENDIR answered here, with the kernel keeping the listing
 // it reads (FOPEN_CACHE_DIR; a change through the mount drops it, and nothing else changes a
 // directory of the union), so a warm walk makes no call into JS. A READDIR that comes (nothing
 // cached) goes to JS, which makes the listing of the request's node for the handle; the handle is
@@ -1039,7 +1046,7 @@ typedef struct RootList {
 static void root_list_free(RootList *l) { if (l) { free(l->ids); free(l->at); free(l->buf); free(l); } }
 
 static int root_readdir(Session *s, const struct kernel_in_header *in, const struct kernel_rw_in *arg) {
-  if (!atomic_load(&s->enosys_opendir)) return 0;
+  if (!s->read_only || !atomic_load(&s->enosys_opendir)) return 0;
   pthread_mutex_lock(&s->plock);
   RootList *l = s->busy == 0 ? s->root_list : NULL;
   if (!l || arg->offset != l->next || (l->ended ? 0 : arg->size < l->at[l->next + 1] - l->at[l->next])) {
@@ -1606,10 +1613,11 @@ static napi_value js_reply_xattr(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// llReplyDir(req, size, plus, names[], nodeids Float64Array, attrs Float64Array (A_COUNT each), first, timeout)
-// -> entries put in the reply. Entry i gets offset first + i + 1 (where the next readdir resumes).
+// llReplyDir(req, size, plus, names[], nodeids Float64Array, attrs Float64Array (A_COUNT each), first, timeout,
+//            offs?: Float64Array: each entry's offset, the place a READDIR continues after it; else first + i + 1)
+// -> entries put in the reply.
 static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
-  ARGS(8);
+  ARGS(9);
   fuse_req_t req = req_arg(env, argv[0]);
   size_t size = (size_t)dbl(env, argv[1]);
   double timeout = dbl(env, argv[7]);
@@ -1618,6 +1626,7 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   double *ids = attr_arg(env, argv[4], n);
   double *attrs = attr_arg(env, argv[5], (size_t)n * A_COUNT);
   double first = dbl(env, argv[6]);
+  double *offs = attr_arg(env, argv[8], n); // each entry's place, where JS gives them; else first + i + 1
   char *buf = malloc(size ? size : 1);
   size_t used = 0;
   uint32_t added = 0;
@@ -1635,11 +1644,11 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
       e.generation = 1;
       e.attr_timeout = timeout;
       e.entry_timeout = timeout;
-      need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, (off_t)(first + i + 1));
+      need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, (off_t)(offs ? offs[i] : first + i + 1));
     } else {
       struct stat st;
       fill_stat(&st, attrs + (size_t)i * A_COUNT);
-      need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(first + i + 1));
+      need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(offs ? offs[i] : first + i + 1));
     }
     if (need > size - used) break;
     used += need;
@@ -1867,6 +1876,8 @@ static napi_value js_plan_roots(napi_env env, napi_callback_info info) {
   s->plan_upper = dup_buffer(env, argv[1], &s->plan_upper_len);
   s->plan_temp = dup_buffer(env, argv[2], &s->plan_temp_len);
   s->plan_workfd = s->plan_temp ? open(s->plan_temp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+  atomic_store(&s->planning, 1);
+  if (atomic_load(&s->init_no_opendir)) atomic_store(&s->enosys_opendir, 1); // INIT came first (see ll_init)
   return NULL;
 }
 

@@ -40,7 +40,7 @@ interface LowLevel {
   llReplyOpen(req: number, fh: number, keepCache: boolean, cacheDir: boolean): void
   llReplyStatfs(req: number, s: Float64Array): void
   llReplyXattr(req: number, size: number, value: Buffer | null): void
-  llReplyDir(req: number, size: number, plus: boolean, names: string[], ids: Float64Array, attrs: Float64Array, first: number, timeout: number): number
+  llReplyDir(req: number, size: number, plus: boolean, names: string[], ids: Float64Array, attrs: Float64Array, first: number, timeout: number, offs?: Float64Array): number
   llReplyCreate(req: number, nodeid: number, attr: Float64Array, entryTimeout: number, attrTimeout: number, fh: number): void
   llReplyWrite(req: number, count: number): void
   /** [uid, gid, pid, umask] of the requesting process. */
@@ -313,6 +313,56 @@ interface DirHandle {
   readonly stats: Stat[]
   /** The attribute epoch the stats were read in (see attrsToC), or -1. */
   readonly attrEpoch: number
+  /** Each entry's offset (see byCookie), ascending; without them, entry i's is i + 1. */
+  readonly cookies?: Float64Array
+}
+
+/**
+ * A listing in the order of its names' cookies: 1 and 2 for "." and "..", then a 52-bit hash of the
+ * name (above 2), so that a READDIR continuing after an entry continues there however many others
+ * came or went meanwhile. A writable mount makes a listing again once anything changed, while a
+ * reader may be part-way through (rm -rf of a directory the kernel has not cached): with offsets
+ * counted in entries it would skip or repeat some.
+ */
+function byCookie(d: DirHandle): DirHandle {
+  const cookies = d.names.map((name, i) => (d.paths[i] === null ? (name === '.' ? 1 : 2) : cookieOf(name)))
+  const order = cookies.map((_, i) => i).sort((x, y) => cookies[x] - cookies[y] || (d.names[x] < d.names[y] ? -1 : 1))
+  const sorted = new Float64Array(order.length)
+  for (let k = 0; k < order.length; k++) {
+    // equal hashes (one pair in ~10^9 of a 100k-entry directory) made distinct, in name order
+    sorted[k] = k > 0 && cookies[order[k]] <= sorted[k - 1] ? sorted[k - 1] + 1 : cookies[order[k]]
+  }
+  return {
+    names: order.map((i) => d.names[i]),
+    paths: order.map((i) => d.paths[i]),
+    stats: order.map((i) => d.stats[i]),
+    attrEpoch: d.attrEpoch,
+    cookies: sorted,
+  }
+}
+
+/** Two 32-bit FNV-1a hashes of a name (latin1, as names travel), 52 bits of them, above 2. */
+function cookieOf(name: string): number {
+  let h1 = 0x811c9dc5
+  let h2 = 0x050c5d1f
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i)
+    h1 = Math.imul(h1 ^ c, 0x01000193)
+    h2 = Math.imul(h2 ^ c, 0x01000193) ^ (h2 >>> 15)
+  }
+  return (h1 >>> 0) * 0x100000 + ((h2 >>> 0) >>> 12) + 3
+}
+
+/** The index of the first entry after offset `off` (0: the first) of a listing with cookies. */
+function afterCookie(cookies: Float64Array, off: number): number {
+  let lo = 0
+  let hi = cookies.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (cookies[mid] <= off) lo = mid + 1
+    else hi = mid
+  }
+  return lo
 }
 
 /** Mounts `fs`; resolves once the mount is live. */
@@ -394,12 +444,15 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     }
   }
   const dirs = new Map<number, DirHandle>()
-  // read-only mounts on kernels that allow it: no OPENDIR/RELEASEDIR at all; listings by node
+  // on kernels that allow it, no OPENDIR/RELEASEDIR at all: listings by node. Read-only mounts, and
+  // writable ones where every change is an llChange (planning): a listing made before the attribute
+  // epoch last moved is stale there (fuse_ll.c init_no_opendir)
   let skipOpendir = false
   // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache
   let skipOpen = false
   const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
   const listings = new Map<number, Promise<DirHandle>>()
+  const listingEpochs = new Map<number, number>() // node -> the attribute epoch its listing was begun in
   let nextDir = 1
   const attr = new Float64Array(A_COUNT)
   let session: Session | null = null
@@ -784,7 +837,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number): void => {
     const plus = sizeArg > 0
     const { names, ids, attrs, timeout } = dirFields(d, first, Math.min(d.names.length, first + DIR_CHUNK), plus)
-    const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout)
+    const offs = d.cookies?.subarray(first, first + names.length)
+    const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout, offs)
     if (plus && d.attrEpoch >= 0 && timeout > 0) {
       const given = ids.slice(0, added)
       for (let i = 0; i < added; i++) if (given[i] !== 0 && !fs.lowerOnlyNow(d.paths[first + i]!)) given[i] = 0
@@ -937,7 +991,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         if (openFiles.get(ino)?.size === 0) openFiles.delete(ino)
         return handle(req, 'release', () => fs.release(a as number), () => ll.llReplyErr(req, 0))
       case OP.INIT:
-        skipOpendir = ro && (a as number) === 1
+        skipOpendir = (ro || planning) && (a as number) === 1
         skipOpen = ro && (b as number) === 1
         pushRoot()
         return
@@ -956,17 +1010,27 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         })
       case OP.READDIR: {
         if (ino === 1) takeRootList()
-        if (skipOpendir) {
-          // no handle: the listing of the node, kept while the kernel reads it in pieces
-          const first = c as number
-          if (first === 0) listings.delete(ino)
+        if (skipOpendir && (a as number) === 0) {
+          // no handle: the listing of the node, kept while the kernel reads it in pieces (and while
+          // nothing changed, on a writable mount, whose listings carry their entries' cookies: see
+          // byCookie). Handles C opened before INIT reached JS go below
+          const off = c as number
           let p = listings.get(ino)
-          if (!p) {
-            p = listing(nodes.path(ino))
-            listings.set(ino, p)
-            if (listings.size > 64) listings.delete(listings.keys().next().value as number)
+          if (ro ? off === 0 : listingEpochs.get(ino) !== attrEpochNow()) {
+            listings.delete(ino)
+            p = undefined
           }
-          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, first))
+          if (!p) {
+            listingEpochs.set(ino, attrEpochNow())
+            p = ro ? listing(nodes.path(ino)) : listing(nodes.path(ino)).then(byCookie)
+            listings.set(ino, p)
+            if (listings.size > 64) {
+              const oldest = listings.keys().next().value as number
+              listings.delete(oldest)
+              listingEpochs.delete(oldest)
+            }
+          }
+          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, d.cookies ? afterCookie(d.cookies, off) : off))
         }
         const fh = a as number
         const d = dirs.get(fh)

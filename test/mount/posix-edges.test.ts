@@ -285,6 +285,25 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(kernel, /^f 5 100644 1 top f$/m)
   })
 
+  it('directories changed while they are listed (rm -rf as it reads): each entry there at the start is seen once', async () => {
+    // a writable mount lists a directory by node (no OPENDIR), anew once anything changed; offsets
+    // are the entries' cookies, so a reader part-way through neither skips nor repeats an entry
+    const dir = await tempDir('listed')
+    const lower = join(dir, 'lower')
+    for (const d of ['rm', 'add', 'mv']) {
+      await mkdir(join(lower, d), { recursive: true })
+      for (let i = 0; i < 1500; i++) await writeFile(join(lower, d, `entry-with-a-longish-name-${i}`), `${i}`)
+    }
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', LISTED, mnt])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^rm removed 1500 left 0$/m)
+    assert.match(outputs[0], /^add each seen once: True$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -401,6 +420,24 @@ for label, src in [('long', 'a/' + long + '/' + y), ('short', 'b/' + y)]:
         print(label, errno.errorcode[e.errno])
 print(sorted(os.listdir('to')), sorted(os.listdir('a/' + long)), os.listdir('b'))
 print(open('to/short/f').read())
+`
+
+// Each directory is read with scandir (glibc reads 32 KiB at a time: many pieces here) while the
+// loop changes it: whether entries made meanwhile show is unspecified, so only the first ones count
+const LISTED = String.raw`
+import os, sys
+os.chdir(sys.argv[1])
+n = 0
+with os.scandir('rm') as it:
+    for e in it: os.unlink(e.path); n += 1
+print('rm removed', n, 'left', len(os.listdir('rm')))
+for d, change in [('add', lambda p: open(p + '.new', 'w').close()), ('mv', lambda p: os.rename(p, p + '.moved'))]:
+    seen = []
+    with os.scandir(d) as it:
+        for e in it:
+            if e.name.endswith(('.new', '.moved')): continue
+            seen.append(e.name); change(e.path)
+    print(d, 'each seen once:', len(seen) == len(set(seen)) == 1500)
 `
 
 const LINKED = String.raw`
