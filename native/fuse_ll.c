@@ -674,10 +674,14 @@ static uint64_t native_fh_set(Session *s, uint64_t node, int fd, int writable, i
 // OPEN's answer for the file open at fd: the kernel keeps its page cache (FOPEN_KEEP_CACHE), as JS's
 // answers do, unless the file has other names (separate nodes here, whose writes this node's cache
 // would not see).
+static void reply_open(Session *s, uint64_t unique, uint64_t fh, uint32_t open_flags) {
+  struct kernel_open_out oo = { fh, open_flags, 0 };
+  reply_arg(s, unique, &oo, sizeof oo);
+}
+
 static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh, int fd) {
   struct stat st;
-  struct kernel_open_out oo = { fh, fstat(fd, &st) == 0 && st.st_nlink <= 1 ? KERNEL_FOPEN_KEEP_CACHE : 0, 0 };
-  reply_arg(s, unique, &oo, sizeof oo);
+  reply_open(s, unique, fh, fstat(fd, &st) == 0 && st.st_nlink <= 1 ? KERNEL_FOPEN_KEEP_CACHE : 0);
 }
 
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
@@ -724,8 +728,7 @@ static int open_by_node(Session *s, const struct kernel_in_header *in, const str
   int lower = d && d->limit >= 0 && !d->writable;
   pthread_rwlock_unlock(&s->dlock);
   if (!lower) return 0;
-  struct kernel_open_out oo = { 0, KERNEL_FOPEN_KEEP_CACHE, 0 };
-  reply_arg(s, in->unique, &oo, sizeof oo);
+  reply_open(s, in->unique, 0, KERNEL_FOPEN_KEEP_CACHE);
   return 1;
 }
 
@@ -738,8 +741,7 @@ static int open_by_node(Session *s, const struct kernel_in_header *in, const str
 static int open_dir(Session *s, const struct kernel_in_header *in, const char *msg, size_t len) {
   if (s->read_only) return 0;
   if (in->opcode == KERNEL_FUSE_OPENDIR) {
-    struct kernel_open_out oo = { NATIVE_FH + (s->native_dir_fh++ & 0x0fffffffULL), KERNEL_FOPEN_KEEP_CACHE | KERNEL_FOPEN_CACHE_DIR, 0 };
-    reply_arg(s, in->unique, &oo, sizeof oo);
+    reply_open(s, in->unique, NATIVE_FH + (s->native_dir_fh++ & 0x0fffffffULL), KERNEL_FOPEN_KEEP_CACHE | KERNEL_FOPEN_CACHE_DIR);
     return 1;
   }
   if (len < sizeof *in + sizeof(uint64_t)) return 0;

@@ -45,6 +45,19 @@ export interface FsStats {
 const WRITE_FLAGS = C.O_WRONLY | C.O_RDWR | C.O_TRUNC | C.O_APPEND
 
 /** A lower file's bytes, where its layer has them in a descriptor, as a read-only DirectSpan. */
+/** What C may answer for an entry without JavaScript. */
+export interface Below {
+  /** Where a plain tar member's bytes lie (see LayerFs.directOf). */
+  readonly span: DirectSpan | null
+  /**
+   * Whether it lies in the lower layers alone on a writable mount (nothing of it in the upper, as
+   * far as the union knows without waiting): then only a change made through the mount changes
+   * what it shows. False where it cannot tell at once.
+   */
+  readonly lowerOnly: boolean
+}
+const NOTHING_BELOW: Below = { span: null, lowerOnly: false }
+
 function lowerSpan(span: { fd: number; offset: number } | null, from: Resolved['top']): DirectSpan | null {
   return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer: from.layer, writable: false } : null
 }
@@ -241,21 +254,39 @@ export class LayerFs {
    */
   directOf(path: string): DirectSpan | null {
     const r = this.union.resolveNow(path)
-    if (!r || r.top.entry.kind !== 'file') return null
+    return r ? this.spanOf(r) : null
+  }
+
+  /**
+   * What C may answer for `path` without JavaScript (a listing's entry, whose attributes it has);
+   * nothing where the path does not resolve at once.
+   */
+  belowNow(path: string): Below {
+    try {
+      const r = this.union.resolveNow(path)
+      return r ? { span: this.spanOf(r), lowerOnly: this.lowerOnly(r) } : NOTHING_BELOW
+    } catch {
+      return NOTHING_BELOW
+    }
+  }
+
+  /** getattrNow with belowNow, from one resolution (a LOOKUP's answer); throws FsError. */
+  entryNow(path: string): { readonly stat: Stat; readonly below: Below } {
+    const r = this.union.resolveNow(path)
+    if (!r) throw new FsError(Errno.ENOENT, 'no such file or directory', path)
+    return { stat: this.statOf(r), below: { span: this.spanOf(r), lowerOnly: this.lowerOnly(r) } }
+  }
+
+  private spanOf(r: Resolved): DirectSpan | null {
+    if (r.top.entry.kind !== 'file') return null
     const from = r.data ?? r.top
     if (this.upper && from.layer === 0) return null
     return lowerSpan(this.union.layers[from.layer].spanOf?.(from.path, from.entry) ?? null, from)
   }
 
-  /**
-   * Whether `path` lies in the lower layers alone on a writable mount (nothing of it in the upper,
-   * as far as the union knows without waiting): then only a change made through the mount changes
-   * what it shows. False where it cannot tell at once.
-   */
-  lowerOnlyNow(path: string): boolean {
-    if (!this.upper) return false
-    const r = this.union.resolveNow(path)
-    return !!r && r.parts.every((p) => p.layer !== 0) && (r.data === undefined || r.data.layer !== 0)
+  // every part below the upper (a metacopy's data part is then below too)
+  private lowerOnly(r: Resolved): boolean {
+    return !!this.upper && r.parts.every((p) => p.layer !== 0)
   }
 
   /** Calls `fn` with each path whose bytes a copy-up moved into the upper (not a metacopy: its bytes stay below). */

@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
-import type { LayerFs, Stat } from '../core/layerfs'
+import type { Below, LayerFs, Stat } from '../core/layerfs'
 import type { DirectSpan } from '../core/handles'
 import type { Caller } from '../upper/upper'
 import type { PlannedEntry } from '../upper/copy-up'
@@ -429,8 +429,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // llChange (planning): fuse_ll.c answer_getattr. The epoch is read before the attributes are.
   const attrEpochNow = (): number => (planning && session ? ll.llAttrEpoch(session) : -1)
   const one = new Float64Array(1)
-  const attrsToC = (epoch: number, id: number, path: string, a: Float64Array, timeout: number): void => {
-    if (epoch < 0 || timeout <= 0 || !fs.lowerOnlyNow(path)) return
+  const attrsToC = (epoch: number, id: number, below: Below, a: Float64Array, timeout: number): void => {
+    if (epoch < 0 || timeout <= 0 || !below.lowerOnly) return
     one[0] = id
     ll.llAttrs(session!, epoch, one, a, timeout)
   }
@@ -839,22 +839,24 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     const { names, ids, attrs, timeout } = dirFields(d, first, Math.min(d.names.length, first + DIR_CHUNK), plus)
     const offs = d.cookies?.subarray(first, first + names.length)
     const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout, offs)
-    if (plus && d.attrEpoch >= 0 && timeout > 0) {
-      const given = ids.slice(0, added)
-      for (let i = 0; i < added; i++) if (given[i] !== 0 && !fs.lowerOnlyNow(d.paths[first + i]!)) given[i] = 0
-      ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
-    }
-    if (plus) {
-      // each entry that went out is a lookup the kernel now holds; the others are not
-      for (let i = 0; i < names.length; i++) {
-        if (ids[i] === 0) continue
-        if (i < added) {
-          counted(ids[i])
-          // a writable mount's plain tar member: its OPENs for reading and READs go to C, as after a LOOKUP
-          if (!ro && (d.stats[first + i].mode & S_IFMT) === S_IFREG) byNode(ids[i], d.paths[first + i]!)
-        } else if (!pushed.has(ids[i])) nodes.dropIfUnused(ids[i])
+    if (!plus) return
+    // attributes C may answer GETATTR with (writable mounts: see attrsToC), for the entries that went out
+    const given = d.attrEpoch >= 0 && timeout > 0 ? ids.slice(0, added) : null
+    // each entry that went out is a lookup the kernel now holds; the others are not
+    for (let i = 0; i < names.length; i++) {
+      if (ids[i] === 0) continue
+      if (i >= added) {
+        if (!pushed.has(ids[i])) nodes.dropIfUnused(ids[i])
+        continue
       }
+      counted(ids[i])
+      if (ro) continue
+      const below = fs.belowNow(d.paths[first + i]!)
+      if (given && !below.lowerOnly) given[i] = 0
+      // a plain tar member: its OPENs for reading and READs go to C, as after a LOOKUP
+      if ((d.stats[first + i].mode & S_IFMT) === S_IFREG) register(true, ids[i], below.span)
     }
+    if (given) ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
   }
 
   /**
@@ -875,13 +877,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         const aepoch = attrEpochNow() // so too for the attributes C may answer GETATTR with
         let path: string
         let stat: Stat
-        let span: DirectSpan | null
+        let below: Below
         try {
           path = joinPath(nodes.path(ino), name)
-          stat = fs.getattrNow(path)
-          // a plain tar member's READs go to C from the first (and, on a writable mount, its OPENs
-          // for reading: fuse_ll.c open_by_node), until it is copied up
-          span = skipOpen || !ro ? fs.directOf(path) : null
+          ;({ stat, below } = fs.entryNow(path))
         } catch (err) {
           if (errnoOf(err) === Errno.ENOENT) return ll.llReplyNegative(req, t)
           return fail(req, 'lookup', err)
@@ -889,7 +888,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         const id = nodes.idOf(path)
         counted(id)
         nodes.remember(id, stat)
-        if (span) register(true, id, span)
+        // a plain tar member's READs go to C from the first (and, on a writable mount, its OPENs
+        // for reading: fuse_ll.c open_by_node), until it is copied up
+        if (below.span && (skipOpen || !ro)) register(true, id, below.span)
         // a lower file: its first write's copy-up, ready for C (a handle of ours would have to follow it)
         const kind = stat.mode & S_IFMT
         try {
@@ -902,7 +903,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           log.fuse('lookup %s: nothing planned: %s', path, (err as Error).message)
         }
         fill(attr, 0, stat)
-        attrsToC(aepoch, id, path, attr, ta(stat))
+        attrsToC(aepoch, id, below, attr, ta(stat))
         ll.llReplyEntry(req, id, attr, t, ta(stat))
         return
       }
@@ -934,16 +935,15 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         }
         const aepoch = attrEpochNow()
         let st: Stat
-        let path: string
+        let below: Below
         try {
-          path = nodes.path(ino)
-          st = fs.getattrNow(path)
+          ;({ stat: st, below } = fs.entryNow(nodes.path(ino)))
         } catch (err) {
           return fail(req, 'getattr', err)
         }
         nodes.remember(ino, st)
         fill(attr, 0, st)
-        attrsToC(aepoch, ino, path, attr, ta(st))
+        attrsToC(aepoch, ino, below, attr, ta(st))
         return ll.llReplyAttr(req, attr, ta(st))
       }
       case OP.READLINK:
