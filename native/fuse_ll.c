@@ -95,6 +95,8 @@ struct Session {
   struct Pushed **pushed; uint64_t push_epoch;
   // attributes of nodes that only a change can change, for GETATTR (see answer_getattr); under plock
   struct AttrEntry **attrs; uint64_t attr_epoch, attrs_epoch;
+  // the ends of listings JS gave out whole (see dir_end); under plock
+  struct DirEnd *dir_ends;
   // the root's attributes, for the kernel's first GETATTR of it (see root_getattr); under plock
   struct kernel_attr_out *root_attr;
   // the root's listing, for the kernel's READDIRPLUS of it (see root_readdir); under plock
@@ -1099,6 +1101,27 @@ static AttrEntry **attr_slot(Session *s, uint64_t node) {
   return q;
 }
 
+// The end of a listing JS gave out whole: after the READDIR reply that held its last entries the
+// kernel asks once more, at the last entry's offset, and gets nothing. Answered here, a cold walk
+// does not wait for Node's thread for half of its READDIRs. JS registers the end in its reply
+// (llReplyDir), before the reply goes out; a slot per directory hash, used once; on a writable
+// mount only while the attribute epoch the listing was begun in stands (a change moves it).
+typedef struct DirEnd { uint64_t node, off, epoch; } DirEnd;
+#define DIR_ENDS 256
+static DirEnd *dir_end_slot(Session *s, uint64_t node) { return &s->dir_ends[(node * 0x9e3779b97f4a7c15ULL >> 40) & (DIR_ENDS - 1)]; }
+
+static int dir_end(Session *s, const struct kernel_in_header *in, const struct kernel_rw_in *arg) {
+  if (arg->fh != 0) return 0; // listings by node only (no OPENDIR)
+  pthread_mutex_lock(&s->plock);
+  DirEnd *e = s->dir_ends ? dir_end_slot(s, in->nodeid) : NULL;
+  int hit = e && e->node == in->nodeid && e->off == arg->offset
+            && (s->read_only || (s->busy == 0 && !s->notes && e->epoch == s->attr_epoch));
+  if (e && e->node == in->nodeid) e->node = 0;
+  pthread_mutex_unlock(&s->plock);
+  if (hit) reply_status(s, in->unique, 0);
+  return hit;
+}
+
 static int answer_getattr(Session *s, const struct kernel_in_header *in) {
   if (!s->attrs) return 0;
   pthread_mutex_lock(&s->plock);
@@ -1142,6 +1165,8 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_GETATTR) return answer_getattr(s, in);
   if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)
       && root_readdir(s, in, (const void *)(msg + sizeof *in))) return 1;
+  if ((in->opcode == KERNEL_FUSE_READDIRPLUS || in->opcode == KERNEL_FUSE_READDIR) && len >= sizeof *in + sizeof(struct kernel_rw_in)
+      && dir_end(s, in, (const void *)(msg + sizeof *in))) return 1;
   if (in->opcode == KERNEL_FUSE_OPENDIR || in->opcode == KERNEL_FUSE_RELEASEDIR || in->opcode == KERNEL_FUSE_READDIR
       || in->opcode == KERNEL_FUSE_READDIRPLUS) return open_dir(s, in, msg, len);
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
@@ -1313,7 +1338,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   free(s->plan_upper); free(s->plan_temp);
   if (s->plan_workfd >= 0) close(s->plan_workfd);
   if (s->statfs_fd >= 0) close(s->statfs_fd);
-  pushed_clear(s); free(s->pushed); attrs_clear(s); free(s->attrs); free(s->root_attr); root_list_free(s->root_list);
+  pushed_clear(s); free(s->pushed); attrs_clear(s); free(s->attrs); free(s->dir_ends); free(s->root_attr); root_list_free(s->root_list);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -1616,10 +1641,12 @@ static napi_value js_reply_xattr(napi_env env, napi_callback_info info) {
 }
 
 // llReplyDir(req, size, plus, names[], nodeids Float64Array, attrs Float64Array (A_COUNT each), first, timeout,
-//            offs?: Float64Array: each entry's offset, the place a READDIR continues after it; else first + i + 1)
+//            offs?: Float64Array: each entry's offset, the place a READDIR continues after it; else first + i + 1,
+//            endNode?, epoch?: the entries are the listing's last, of node endNode, begun in attribute epoch
+//            `epoch`: if all fit, C answers the READDIR after them (dir_end))
 // -> entries put in the reply.
 static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
-  ARGS(9);
+  ARGS(11);
   fuse_req_t req = req_arg(env, argv[0]);
   size_t size = (size_t)dbl(env, argv[1]);
   double timeout = dbl(env, argv[7]);
@@ -1655,6 +1682,17 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
     if (need > size - used) break;
     used += need;
     added++;
+  }
+  double end_node = 0; napi_get_value_double(env, argv[9], &end_node);
+  Session *s = end_node > 0 && added == n && n > 0 ? fuse_req_userdata(req) : NULL;
+  if (s) {
+    pthread_mutex_lock(&s->plock);
+    if (!s->dir_ends) s->dir_ends = calloc(DIR_ENDS, sizeof *s->dir_ends);
+    if (s->dir_ends) {
+      double epoch = -1; napi_get_value_double(env, argv[10], &epoch);
+      *dir_end_slot(s, (uint64_t)end_node) = (DirEnd){ (uint64_t)end_node, (uint64_t)(offs ? offs[n - 1] : first + n), (uint64_t)(int64_t)epoch };
+    }
+    pthread_mutex_unlock(&s->plock);
   }
   fuse_reply_buf(req, buf, used);
   free(buf);

@@ -40,7 +40,7 @@ interface LowLevel {
   llReplyOpen(req: number, fh: number, keepCache: boolean, cacheDir: boolean): void
   llReplyStatfs(req: number, s: Float64Array): void
   llReplyXattr(req: number, size: number, value: Buffer | null): void
-  llReplyDir(req: number, size: number, plus: boolean, names: string[], ids: Float64Array, attrs: Float64Array, first: number, timeout: number, offs?: Float64Array): number
+  llReplyDir(req: number, size: number, plus: boolean, names: string[], ids: Float64Array, attrs: Float64Array, first: number, timeout: number, offs?: Float64Array, endNode?: number, epoch?: number): number
   llReplyCreate(req: number, nodeid: number, attr: Float64Array, entryTimeout: number, attrTimeout: number, fh: number): void
   llReplyWrite(req: number, count: number): void
   /** [uid, gid, pid, umask] of the requesting process. */
@@ -833,12 +833,16 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     readNotes() // entries C gave out meanwhile are counted before the unused nodes go
     for (const id of ids) if (id !== 0) nodes.dropIfUnused(id)
   }
-  /** Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing. */
-  const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number): void => {
+  /**
+   * Answers a READDIR (plus when `sizeArg` > 0) from entry `first` of a listing; of node `ino`'s, kept
+   * by node (no handle), or 0. C answers the READDIR after a node's last entries (fuse_ll.c dir_end).
+   */
+  const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number, ino: number): void => {
     const plus = sizeArg > 0
-    const { names, ids, attrs, timeout } = dirFields(d, first, Math.min(d.names.length, first + DIR_CHUNK), plus)
-    const offs = d.cookies?.subarray(first, first + names.length)
-    const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout, offs)
+    const end = Math.min(d.names.length, first + DIR_CHUNK)
+    const { names, ids, attrs, timeout } = dirFields(d, first, end, plus)
+    const offs = d.cookies?.subarray(first, end)
+    const added = ll.llReplyDir(req, Math.abs(sizeArg), plus, names, ids, attrs, first, timeout, offs, end === d.names.length ? ino : 0, d.attrEpoch)
     if (!plus) return
     // attributes C may answer GETATTR with (writable mounts: see attrsToC), for the entries that went out
     const given = d.attrEpoch >= 0 && timeout > 0 ? ids.slice(0, added) : null
@@ -1030,7 +1034,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
               listingEpochs.delete(oldest)
             }
           }
-          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, d.cookies ? afterCookie(d.cookies, off) : off))
+          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, d.cookies ? afterCookie(d.cookies, off) : off, ino))
         }
         const fh = a as number
         const d = dirs.get(fh)
@@ -1041,10 +1045,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             const made = await listing(nodes.path(ino))
             dirs.set(fh, made)
             return made
-          }, (made) => readdirReply(req, made, b as number, c as number))
+          }, (made) => readdirReply(req, made, b as number, c as number, 0))
         }
         if (!d) return ll.llReplyErr(req, Errno.EBADF)
-        return readdirReply(req, d, b as number, c as number)
+        return readdirReply(req, d, b as number, c as number, 0)
       }
       case OP.RELEASEDIR:
         dirs.delete(a as number)
