@@ -123,8 +123,13 @@ const CHANGES: readonly number[] = (() => {
   for (const op of [OP.OPEN, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME]) a[op] = 2
   return a
 })()
-/** The largest file whose first write's copy-up C runs from a plan: the reader thread serves nothing else meanwhile (1 MiB: ~0.3 ms). */
-const PLAN_MAX_BYTES = 8 << 20
+/**
+ * The largest file whose first write's copy-up C runs from a plan. The reader thread serves nothing
+ * else meanwhile, as fuse-overlayfs's one thread does not (64 MiB: ~11 ms here, 1 MiB ~0.3); a
+ * bigger one goes to JS, whose own work (~2.5 ms on a daemon that has not copied up before: the
+ * 64 MiB copy-up took 15.1 ms there against 12.5 in C and fuse-overlayfs's 12.7) is small beside its copy.
+ */
+const PLAN_MAX_BYTES = 64 << 20
 /** Directories with more entries than this get no LOOKUP answers pushed ahead (see pushFiles). */
 const PUSH_MAX_ENTRIES = 16
 /**
