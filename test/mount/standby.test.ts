@@ -104,8 +104,15 @@ before(async () => {
 after(async () => {
   for (const m of mounted) if (await mountedAt(m)) await run(LAYERFS, ['umount', m], { env })
   await unmountAll() // any other mountpoint a failed test left mounted
-  await stopStandby()
-  for (const pid of await standbys()) await run('kill', [String(pid)])
+  // a daemon whose mount just ended starts the next standby at once, a launcher's starter a second
+  // after its mount: what comes up over the next seconds is stopped too
+  const quiet = Date.now() + 2500
+  for (;;) {
+    await stopStandby()
+    for (const pid of await standbys()) await run('kill', [String(pid)])
+    await new Promise((r) => setTimeout(r, 500))
+    if (Date.now() > quiet + 10_000 || (Date.now() > quiet && (await standbys()).length === 0)) break
+  }
   await removeTemps()
 })
 
