@@ -1076,9 +1076,6 @@ static int root_readdir(Session *s, const struct kernel_in_header *in, const str
   return 1;
 }
 
-// A direct READ or WRITE answered on the reader thread, straight from the request bytes: pread or
-// pwrite, then the reply written to /dev/fuse (libfuse is not involved: no request object). 1 if
-// answered, 0 if the request is not for a direct handle (it then goes to Node's thread).
 // GETATTR of a node JS gave the attributes of (llAttrs): an entry that lies in the lower layers
 // alone (a tar member or directory nothing has copied up), whose attributes change only through a
 // change made through the mount. On a writable mount the kernel asks again for a directory after
@@ -1101,6 +1098,12 @@ static AttrEntry **attr_slot(Session *s, uint64_t node) {
   return q;
 }
 
+// Whether what JS read in attribute epoch `epoch` still holds: no change of JS's under way, none
+// begun since, no copy-up C ran that JS has not read of (notes). Under plock.
+static int attr_epoch_stands(const Session *s, uint64_t epoch) {
+  return s->busy == 0 && !s->notes && epoch == s->attr_epoch;
+}
+
 // The end of a listing JS gave out whole: after the READDIR reply that held its last entries the
 // kernel asks once more, at the last entry's offset, and gets nothing. Answered here, a cold walk
 // does not wait for Node's thread for half of its READDIRs. JS registers the end in its reply
@@ -1115,7 +1118,7 @@ static int dir_end(Session *s, const struct kernel_in_header *in, const struct k
   pthread_mutex_lock(&s->plock);
   DirEnd *e = s->dir_ends ? dir_end_slot(s, in->nodeid) : NULL;
   int hit = e && e->node == in->nodeid && e->off == arg->offset
-            && (s->read_only || (s->busy == 0 && !s->notes && e->epoch == s->attr_epoch));
+            && (s->read_only || attr_epoch_stands(s, e->epoch));
   if (e && e->node == in->nodeid) e->node = 0;
   pthread_mutex_unlock(&s->plock);
   if (hit) reply_status(s, in->unique, 0);
@@ -1125,7 +1128,7 @@ static int dir_end(Session *s, const struct kernel_in_header *in, const struct k
 static int answer_getattr(Session *s, const struct kernel_in_header *in) {
   if (!s->attrs) return 0;
   pthread_mutex_lock(&s->plock);
-  AttrEntry *a = s->busy == 0 && !s->notes && s->attrs_epoch == s->attr_epoch ? *attr_slot(s, in->nodeid) : NULL;
+  AttrEntry *a = attr_epoch_stands(s, s->attrs_epoch) ? *attr_slot(s, in->nodeid) : NULL;
   struct kernel_attr_out out;
   if (a) out = a->out;
   pthread_mutex_unlock(&s->plock);
@@ -1147,8 +1150,14 @@ static int answer_statfs(Session *s, const struct kernel_in_header *in) {
   return 1;
 }
 
+// A request answered on the reader thread where it can be, straight from the request bytes (libfuse
+// is not involved: no request object): those the functions above answer, then a direct READ or
+// WRITE (pread or pwrite, then the reply written to /dev/fuse). 1 if answered, 0 if not (it then
+// goes to Node's thread).
 static int answer_direct(Session *s, const char *msg, size_t len) {
   const struct kernel_in_header *in = (const void *)msg;
+  // READ, WRITE, READDIR and READDIRPLUS start with it
+  const struct kernel_rw_in *rw = len >= sizeof *in + sizeof(struct kernel_rw_in) ? (const void *)(msg + sizeof *in) : NULL;
   // STATX (Linux 6.6+), which libfuse 3.14 does not know: the kernel asks it first for a stat(2)
   // whose attributes it lacks, and after ENOSYS uses GETATTR for the rest of the mount. Answered
   // here, a fresh mount's first `ls` or `stat` does not wait for Node's thread for it
@@ -1163,10 +1172,8 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_STATFS) return answer_statfs(s, in);
   if (in->opcode == KERNEL_FUSE_GETATTR && in->nodeid == 1 && s->root_attr) return root_getattr(s, in);
   if (in->opcode == KERNEL_FUSE_GETATTR) return answer_getattr(s, in);
-  if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && len >= sizeof *in + sizeof(struct kernel_rw_in)
-      && root_readdir(s, in, (const void *)(msg + sizeof *in))) return 1;
-  if ((in->opcode == KERNEL_FUSE_READDIRPLUS || in->opcode == KERNEL_FUSE_READDIR) && len >= sizeof *in + sizeof(struct kernel_rw_in)
-      && dir_end(s, in, (const void *)(msg + sizeof *in))) return 1;
+  if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && rw && root_readdir(s, in, rw)) return 1;
+  if ((in->opcode == KERNEL_FUSE_READDIRPLUS || in->opcode == KERNEL_FUSE_READDIR) && rw && dir_end(s, in, rw)) return 1;
   if (in->opcode == KERNEL_FUSE_OPENDIR || in->opcode == KERNEL_FUSE_RELEASEDIR || in->opcode == KERNEL_FUSE_READDIR
       || in->opcode == KERNEL_FUSE_READDIRPLUS) return open_dir(s, in, msg, len);
   if (in->opcode == KERNEL_FUSE_OPEN && len >= sizeof *in + sizeof(struct kernel_open_in)) {
@@ -1193,26 +1200,25 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     reply_status(s, in->unique, -ENODATA);
     return 1;
   }
-  if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || len < sizeof *in + sizeof(struct kernel_rw_in)) return 0;
-  const struct kernel_rw_in *arg = (const void *)(msg + sizeof *in);
-  uint64_t key = arg->fh ? arg->fh : (in->nodeid | KEY_BY_NODE);
+  if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || !rw) return 0;
+  uint64_t key = rw->fh ? rw->fh : (in->nodeid | KEY_BY_NODE);
   pthread_rwlock_rdlock(&s->dlock);
   Direct *d = direct_find(s, key);
-  if (!d || (in->opcode == KERNEL_FUSE_WRITE && (!d->writable || !arg->fh))) { pthread_rwlock_unlock(&s->dlock); return 0; }
+  if (!d || (in->opcode == KERNEL_FUSE_WRITE && (!d->writable || !rw->fh))) { pthread_rwlock_unlock(&s->dlock); return 0; }
   struct kernel_out_header out = { sizeof out, 0, in->unique };
   struct iovec iov[2] = { { &out, sizeof out }, { NULL, 0 } };
   int n_iov = 1;
   struct kernel_write_out wout = { 0, 0 };
   int dropped = 0;
-  off_t off = (off_t)arg->offset;
+  off_t off = (off_t)rw->offset;
   if (in->opcode == KERNEL_FUSE_READ) {
-    ssize_t got = direct_pread(d, &s->trbuf, &s->trcap, arg->size, off);
+    ssize_t got = direct_pread(d, &s->trbuf, &s->trcap, rw->size, off);
     if (got < 0) out.error = (int32_t)got;
     else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
   } else {
-    if (sizeof *in + sizeof(struct kernel_rw_in) + arg->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
+    if (sizeof *in + sizeof(struct kernel_rw_in) + rw->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
     dropped = kills_setids(msg, len) && drop_setids(d->fd, NULL, in->gid, in->pid) > 0;
-    ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), arg->size, off);
+    ssize_t done = direct_pwrite(d, msg + sizeof *in + sizeof(struct kernel_rw_in), rw->size, off);
     if (done < 0) out.error = (int32_t)done;
     else { wout.size = (uint32_t)done; iov[1] = (struct iovec){ &wout, sizeof wout }; n_iov = 2; out.len += sizeof wout; }
   }
@@ -2177,7 +2183,7 @@ static napi_value js_attr_epoch(napi_env env, napi_callback_info info) {
   Session *s = session_arg(env, argv[0]);
   if (!s || !s->threaded || s->read_only || s->ended) return num(env, -1);
   pthread_mutex_lock(&s->plock);
-  double e = s->notes || s->busy ? -1 : (double)s->attr_epoch;
+  double e = attr_epoch_stands(s, s->attr_epoch) ? (double)s->attr_epoch : -1;
   pthread_mutex_unlock(&s->plock);
   return num(env, e);
 }
@@ -2194,7 +2200,7 @@ static napi_value js_attrs(napi_env env, napi_callback_info info) {
   double epoch = dbl(env, argv[1]), timeout = dbl(env, argv[4]);
   if (!attrs || epoch < 0) return NULL;
   pthread_mutex_lock(&s->plock);
-  if ((uint64_t)epoch != s->attr_epoch || s->busy || s->notes) { pthread_mutex_unlock(&s->plock); return NULL; }
+  if (!attr_epoch_stands(s, (uint64_t)epoch)) { pthread_mutex_unlock(&s->plock); return NULL; }
   if (!s->attrs) s->attrs = calloc(ATTR_BUCKETS, sizeof *s->attrs);
   if (s->attrs && s->attrs_epoch != s->attr_epoch) { attrs_clear(s); s->attrs_epoch = s->attr_epoch; } // all of a past epoch
   for (size_t i = 0; s->attrs && i < n; i++) {

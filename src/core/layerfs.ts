@@ -44,7 +44,6 @@ export interface FsStats {
 
 const WRITE_FLAGS = C.O_WRONLY | C.O_RDWR | C.O_TRUNC | C.O_APPEND
 
-/** A lower file's bytes, where its layer has them in a descriptor, as a read-only DirectSpan. */
 /** What C may answer for an entry without JavaScript. */
 export interface Below {
   /** Where a plain tar member's bytes lie (see LayerFs.directOf). */
@@ -58,6 +57,7 @@ export interface Below {
 }
 const NOTHING_BELOW: Below = { span: null, lowerOnly: false }
 
+/** A lower file's bytes, where its layer has them in a descriptor, as a read-only DirectSpan. */
 function lowerSpan(span: { fd: number; offset: number } | null, from: Resolved['top']): DirectSpan | null {
   return span ? { fd: span.fd, offset: span.offset, length: from.entry.size, layer: from.layer, writable: false } : null
 }

@@ -456,8 +456,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache
   let skipOpen = false
   const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
-  const listings = new Map<number, Promise<DirHandle>>()
-  const listingEpochs = new Map<number, number>() // node -> the attribute epoch its listing was begun in
+  // node -> its listing, and the attribute epoch it was begun in
+  const listings = new Map<number, { readonly list: Promise<DirHandle>; readonly epoch: number }>()
   let nextDir = 1
   const attr = new Float64Array(A_COUNT)
   let session: Session | null = null
@@ -1024,21 +1024,15 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           // nothing changed, on a writable mount, whose listings carry their entries' cookies: see
           // byCookie). Handles C opened before INIT reached JS go below
           const off = c as number
-          let p = listings.get(ino)
-          if (ro ? off === 0 : listingEpochs.get(ino) !== attrEpochNow()) {
+          const epoch = attrEpochNow()
+          let kept = listings.get(ino)
+          if (!kept || (ro ? off === 0 : kept.epoch !== epoch)) {
             listings.delete(ino)
-            p = undefined
+            kept = { list: ro ? listing(nodes.path(ino)) : listing(nodes.path(ino)).then(byCookie), epoch }
+            listings.set(ino, kept)
+            if (listings.size > 64) listings.delete(listings.keys().next().value as number)
           }
-          if (!p) {
-            listingEpochs.set(ino, attrEpochNow())
-            p = ro ? listing(nodes.path(ino)) : listing(nodes.path(ino)).then(byCookie)
-            listings.set(ino, p)
-            if (listings.size > 64) {
-              const oldest = listings.keys().next().value as number
-              listings.delete(oldest)
-              listingEpochs.delete(oldest)
-            }
-          }
+          const p = kept.list
           return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, d.cookies ? afterCookie(d.cookies, off) : off, ino))
         }
         const fh = a as number
