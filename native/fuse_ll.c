@@ -88,6 +88,7 @@ struct Session {
   int busy;       // JS's changes under way: no plan runs meanwhile
   struct Plan *plans; int nplans; uint32_t plan_seq;
   struct Note *notes, *notes_tail;
+  int plan_notes; // of those, notes of plans run (what JS's view of the upper lacks until it reads them)
   char *plan_upper, *plan_temp; size_t plan_upper_len, plan_temp_len; // llPlanRoots
   uint64_t temp_seq; // names of the entries plans build in plan_temp
   int plan_workfd;   // plan_temp, open
@@ -101,6 +102,9 @@ struct Session {
   struct kernel_attr_out *root_attr;
   // the root's listing, for the kernel's READDIRPLUS of it (see root_readdir); under plock
   struct RootList *root_list;
+  // listings JS made ahead of the kernel's asking, by node (see ahead_readdir); under plock. JS is
+  // woken once no more than ahead_low of them are left (0: not at all)
+  struct Ahead **ahead; int ahead_count, ahead_low;
   // a session made ahead of its mount (llPrepare): /dev/fuse open, the reader parked until
   // session_go mounts it (the standby's gate, standby_gate.c); the mount it made, unmounted here
   int prepared, dev_fd, went;
@@ -940,6 +944,7 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   if (note) {
     note->id = p->id; note->n = (int)p->n; note->done = (int)done; note->err = err;
     note_add(s, note);
+    s->plan_notes++;
   }
   pthread_mutex_unlock(&s->plock);
   // the marker: ahead of every later request (and of this OPEN, if JS answers it)
@@ -1032,6 +1037,37 @@ static int root_getattr(Session *s, const struct kernel_in_header *in) {
   return 1;
 }
 
+static struct kernel_attr kernel_attr_of(const double *a);
+
+// READDIRPLUS records of a listing's n entries (names[i], node ids[i] (0: none), attributes, offset
+// offs[i], else i + 1), as the kernel reads them; each record's start in at[i] and the end in
+// at[n]. NULL if a name is not one (or no memory).
+static char *dirplus_records(napi_env env, napi_value names, uint32_t n, const double *ids, const double *attrs,
+                             uint64_t timeout, const double *offs, size_t *at) {
+  char *buf = malloc((size_t)n * (sizeof(struct kernel_entry_out) + sizeof(struct kernel_dirent) + 264) + 1);
+  if (!buf) return NULL;
+  size_t used = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    char name[256]; size_t len = 0;
+    napi_value v;
+    if (napi_get_element(env, names, i, &v) != napi_ok || napi_get_value_string_latin1(env, v, name, sizeof name, &len) != napi_ok
+        || len == 0 || len >= sizeof name - 1) { free(buf); return NULL; }
+    at[i] = used;
+    struct kernel_entry_out e = { .nodeid = (uint64_t)ids[i], .generation = 1, .entry_valid = timeout, .attr_valid = timeout,
+                                  .attr = kernel_attr_of(attrs + (size_t)i * A_COUNT) };
+    struct kernel_dirent d = { .ino = e.attr.ino, .off = offs ? (uint64_t)offs[i] : i + 1, .namelen = (uint32_t)len,
+                               .type = (e.attr.mode & 0170000) >> 12 };
+    size_t rec = (sizeof e + sizeof d + len + 7) & ~(size_t)7;
+    memset(buf + used, 0, rec);
+    memcpy(buf + used, &e, sizeof e);
+    memcpy(buf + used + sizeof e, &d, sizeof d);
+    memcpy(buf + used + sizeof e + sizeof d, name, len);
+    used += rec;
+  }
+  at[n] = used;
+  return buf;
+}
+
 // The root's listing, given by JS at mount (llRootList) as READDIRPLUS records: the first `ls` of a
 // fresh read-only mount is then answered without Node's thread, which, woken for it, took ~400-700
 // µs to answer where the reader thread takes ~10. Each entry goes out once (its node's lookup, which
@@ -1099,9 +1135,9 @@ static AttrEntry **attr_slot(Session *s, uint64_t node) {
 }
 
 // Whether what JS read in attribute epoch `epoch` still holds: no change of JS's under way, none
-// begun since, no copy-up C ran that JS has not read of (notes). Under plock.
+// begun since, no copy-up C ran that JS has not read of (plan notes). Under plock.
 static int attr_epoch_stands(const Session *s, uint64_t epoch) {
-  return s->busy == 0 && !s->notes && epoch == s->attr_epoch;
+  return s->busy == 0 && !s->plan_notes && epoch == s->attr_epoch;
 }
 
 // The end of a listing JS gave out whole: after the READDIR reply that held its last entries the
@@ -1123,6 +1159,62 @@ static int dir_end(Session *s, const struct kernel_in_header *in, const struct k
   pthread_mutex_unlock(&s->plock);
   if (hit) reply_status(s, in->unique, 0);
   return hit;
+}
+
+// Listings JS made ahead of the kernel's asking (llAhead): after it answers a READDIRPLUS itself, JS
+// lists the subdirectories in the order a walk takes them (depth first) while the walker works, and
+// gives each listing here whole, by node, with its records ready. The READDIRPLUS of such a
+// directory at its start, if the whole listing fits, is then answered on the reader thread: a cold
+// `find` waited for Node's thread at every directory (~300-600 µs each, fuse tracepoints), most of
+// it JavaScript that can as well run while the walker is busy. Each goes out once; its entries'
+// lookups, which the kernel then holds, reach JS in one note. On a writable mount only while the
+// attribute epoch it was made in stands. Anything else goes to JS, which takes the listing back.
+typedef struct Ahead { struct Ahead *next; uint64_t node, epoch, end_off; size_t len; char buf[]; } Ahead;
+#define AHEAD_BUCKETS 1024
+static Ahead **ahead_slot(Session *s, uint64_t node) {
+  Ahead **q = &s->ahead[(node * 0x9e3779b97f4a7c15ULL >> 40) & (AHEAD_BUCKETS - 1)];
+  while (*q && (*q)->node != node) q = &(*q)->next;
+  return q;
+}
+
+// Takes node's listing out of the table (NULL: none). Under plock.
+static Ahead *ahead_take(Session *s, uint64_t node) {
+  if (!s->ahead) return NULL;
+  Ahead **q = ahead_slot(s, node), *a = *q;
+  if (a) { *q = a->next; s->ahead_count--; }
+  return a;
+}
+
+static void ahead_clear(Session *s) {
+  for (size_t i = 0; s->ahead && i < AHEAD_BUCKETS; i++) for (Ahead *a = s->ahead[i], *n; a; a = n) { n = a->next; free(a); }
+  if (s->ahead) memset(s->ahead, 0, AHEAD_BUCKETS * sizeof *s->ahead);
+  s->ahead_count = 0;
+}
+
+static int ahead_readdir(Session *s, const struct kernel_in_header *in, const struct kernel_rw_in *arg) {
+  if (arg->fh != 0 || arg->offset != 0 || !s->ahead || !atomic_load(&s->enosys_opendir)) return 0;
+  Note *note = calloc(1, sizeof *note);
+  if (!note) return 0;
+  pthread_mutex_lock(&s->plock);
+  Ahead **q = ahead_slot(s, in->nodeid), *a = *q;
+  if (!a || a->len > arg->size || !(s->read_only || attr_epoch_stands(s, a->epoch))) {
+    pthread_mutex_unlock(&s->plock);
+    free(note);
+    return 0;
+  }
+  *q = a->next;
+  s->ahead_count--;
+  note->id = a->node; note->n = -3;
+  note_add(s, note);
+  if (!s->dir_ends) s->dir_ends = calloc(DIR_ENDS, sizeof *s->dir_ends);
+  if (s->dir_ends) *dir_end_slot(s, a->node) = (DirEnd){ a->node, a->end_off, a->epoch };
+  int wake = s->ahead_low > 0 && s->ahead_count <= s->ahead_low;
+  if (wake) s->ahead_low = 0;
+  pthread_mutex_unlock(&s->plock);
+  reply_arg(s, in->unique, a->buf, a->len);
+  free(a);
+  queue_add(s, "N", 1, wake); // JS counts the lookups before any later request; woken to list more
+  return 1;
 }
 
 static int answer_getattr(Session *s, const struct kernel_in_header *in) {
@@ -1173,6 +1265,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_GETATTR && in->nodeid == 1 && s->root_attr) return root_getattr(s, in);
   if (in->opcode == KERNEL_FUSE_GETATTR) return answer_getattr(s, in);
   if (in->opcode == KERNEL_FUSE_READDIRPLUS && in->nodeid == 1 && rw && root_readdir(s, in, rw)) return 1;
+  if (in->opcode == KERNEL_FUSE_READDIRPLUS && rw && ahead_readdir(s, in, rw)) return 1;
   if ((in->opcode == KERNEL_FUSE_READDIRPLUS || in->opcode == KERNEL_FUSE_READDIR) && rw && dir_end(s, in, rw)) return 1;
   if (in->opcode == KERNEL_FUSE_OPENDIR || in->opcode == KERNEL_FUSE_RELEASEDIR || in->opcode == KERNEL_FUSE_READDIR
       || in->opcode == KERNEL_FUSE_READDIRPLUS) return open_dir(s, in, msg, len);
@@ -1345,6 +1438,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   if (s->plan_workfd >= 0) close(s->plan_workfd);
   if (s->statfs_fd >= 0) close(s->statfs_fd);
   pushed_clear(s); free(s->pushed); attrs_clear(s); free(s->attrs); free(s->dir_ends); free(s->root_attr); root_list_free(s->root_list);
+  ahead_clear(s); free(s->ahead);
   free(s->rbuf);
   free(s->layer_counts);
   free(s);
@@ -2081,36 +2175,76 @@ static napi_value js_root_list(napi_env env, napi_callback_info info) {
   if (n == 0) { root_list_set(s, NULL); return NULL; }
   double *ids = attr_arg(env, argv[2], n);
   double *attrs = attr_arg(env, argv[3], (size_t)n * A_COUNT);
-  uint64_t timeout = (uint64_t)dbl(env, argv[4]);
   RootList *l = calloc(1, sizeof *l);
   if (!ids || !attrs || !l) { free(l); return NULL; }
   l->n = n;
   l->ids = calloc(n, sizeof *l->ids);
   l->at = calloc((size_t)n + 1, sizeof *l->at);
-  size_t cap = (size_t)n * (sizeof(struct kernel_entry_out) + sizeof(struct kernel_dirent) + 264);
-  l->buf = malloc(cap);
-  if (!l->ids || !l->at || !l->buf) { root_list_free(l); return NULL; }
-  size_t used = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    char name[256]; size_t len = 0;
-    napi_value v;
-    if (napi_get_element(env, argv[1], i, &v) != napi_ok || napi_get_value_string_latin1(env, v, name, sizeof name, &len) != napi_ok
-        || len == 0 || len >= sizeof name - 1) { root_list_free(l); return NULL; }
-    l->at[i] = used;
-    l->ids[i] = (uint64_t)ids[i];
-    struct kernel_entry_out e = { .nodeid = l->ids[i], .generation = 1, .entry_valid = timeout, .attr_valid = timeout,
-                                  .attr = kernel_attr_of(attrs + (size_t)i * A_COUNT) };
-    struct kernel_dirent d = { .ino = e.attr.ino, .off = i + 1, .namelen = (uint32_t)len, .type = (e.attr.mode & 0170000) >> 12 };
-    size_t rec = (sizeof e + sizeof d + len + 7) & ~(size_t)7;
-    memset(l->buf + used, 0, rec);
-    memcpy(l->buf + used, &e, sizeof e);
-    memcpy(l->buf + used + sizeof e, &d, sizeof d);
-    memcpy(l->buf + used + sizeof e + sizeof d, name, len);
-    used += rec;
-  }
-  l->at[n] = used;
+  if (!l->ids || !l->at) { root_list_free(l); return NULL; }
+  for (uint32_t i = 0; i < n; i++) l->ids[i] = (uint64_t)ids[i];
+  l->buf = dirplus_records(env, argv[1], n, ids, attrs, (uint64_t)dbl(env, argv[4]), NULL, l->at);
+  if (!l->buf) { root_list_free(l); return NULL; }
   root_list_set(s, l);
   return NULL;
+}
+
+// llAhead(session, node, names[], nodeids: Float64Array, attrs: Float64Array (A_COUNT each), timeout,
+//         offs: Float64Array | undefined, epoch, wakeAt) -> whether C took it: node's whole listing, made
+// ahead in attribute epoch `epoch` (writable mounts), for C to answer the kernel's READDIRPLUS of it
+// (see ahead_readdir); offsets as llReplyDir's. JS is woken once no more than wakeAt (0: not at all)
+// listings are left.
+static napi_value js_ahead(napi_env env, napi_callback_info info) {
+  ARGS(9);
+  Session *s = session_arg(env, argv[0]);
+  napi_value no; napi_get_boolean(env, false, &no);
+  uint32_t n = 0;
+  if (!s || napi_get_array_length(env, argv[2], &n) != napi_ok || n == 0) return no;
+  uint64_t node = (uint64_t)dbl(env, argv[1]);
+  double *ids = attr_arg(env, argv[3], n);
+  double *attrs = attr_arg(env, argv[4], (size_t)n * A_COUNT);
+  double *offs = attr_arg(env, argv[6], n);
+  double epoch = dbl(env, argv[7]);
+  size_t *at = calloc((size_t)n + 1, sizeof *at);
+  char *records = ids && attrs && at ? dirplus_records(env, argv[2], n, ids, attrs, (uint64_t)dbl(env, argv[5]), offs, at) : NULL;
+  Ahead *a = records ? malloc(sizeof *a + at[n]) : NULL;
+  if (a) {
+    a->node = node; a->epoch = (uint64_t)(int64_t)epoch; a->end_off = offs ? (uint64_t)offs[n - 1] : n; a->len = at[n];
+    memcpy(a->buf, records, at[n]);
+  }
+  free(records); free(at);
+  if (!a) return no;
+  pthread_mutex_lock(&s->plock);
+  if (!s->ahead) s->ahead = calloc(AHEAD_BUCKETS, sizeof *s->ahead);
+  int ok = s->ahead && !s->ended && (s->read_only || (epoch >= 0 && attr_epoch_stands(s, a->epoch)));
+  if (ok) {
+    free(ahead_take(s, node));
+    Ahead **q = ahead_slot(s, node);
+    a->next = NULL;
+    *q = a;
+    s->ahead_count++;
+    s->ahead_low = (int)dbl(env, argv[8]);
+  }
+  pthread_mutex_unlock(&s->plock);
+  if (!ok) { free(a); return no; }
+  napi_value yes; napi_get_boolean(env, true, &yes);
+  return yes;
+}
+
+// llAheadTake(session, node) -> whether node's listing made ahead was still here (not given out):
+// C gives it no more. Node 0: all of them (-> true).
+static napi_value js_ahead_take(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Session *s = session_arg(env, argv[0]);
+  uint64_t node = (uint64_t)dbl(env, argv[1]);
+  int had = 1;
+  if (s) {
+    pthread_mutex_lock(&s->plock);
+    if (node == 0) ahead_clear(s);
+    else { Ahead *a = ahead_take(s, node); had = a != NULL; free(a); }
+    pthread_mutex_unlock(&s->plock);
+  }
+  napi_value r; napi_get_boolean(env, had, &r);
+  return r;
 }
 
 // llNotes(session) -> what the plans run since the last call did, or null: per plan [id, n, done,
@@ -2122,6 +2256,7 @@ static napi_value js_notes(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&s->plock);
   Note *list = s->notes;
   s->notes = s->notes_tail = NULL;
+  s->plan_notes = 0;
   pthread_mutex_unlock(&s->plock);
   napi_value r;
   if (!list) { napi_get_null(env, &r); return r; }
@@ -2279,6 +2414,8 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llPush", NULL, js_push, NULL, NULL, NULL, napi_default, NULL },
     { "llRootAttr", NULL, js_root_attr, NULL, NULL, NULL, napi_default, NULL },
     { "llRootList", NULL, js_root_list, NULL, NULL, NULL, napi_default, NULL },
+    { "llAhead", NULL, js_ahead, NULL, NULL, NULL, napi_default, NULL },
+    { "llAheadTake", NULL, js_ahead_take, NULL, NULL, NULL, napi_default, NULL },
     { "llUnpush", NULL, js_unpush, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -101,6 +101,14 @@ interface LowLevel {
   llRootList(s: Session, names: string[], nodeids: Float64Array, attrs: Float64Array, timeout: number): void
   /** C forgets what it was to answer for LOOKUP(parent, name). */
   llUnpush(s: Session, parent: number, name: string): void
+  /**
+   * Node `node`'s whole listing, made ahead in attribute `epoch` (writable mounts), for C to answer
+   * its READDIRPLUS from (offsets as llReplyDir's); JS is woken once no more than `wakeAt` (0: never)
+   * are left. Whether C took it.
+   */
+  llAhead(s: Session, node: number, names: string[], nodeids: Float64Array, attrs: Float64Array, timeout: number, offs: Float64Array | undefined, epoch: number, wakeAt: number): boolean
+  /** Whether node's listing made ahead was still unused in C (no longer given out now); node 0: all. */
+  llAheadTake(s: Session, node: number): boolean
 }
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -130,6 +138,13 @@ const CHANGES: readonly number[] = (() => {
  * 64 MiB copy-up took 15.1 ms there against 12.5 in C and fuse-overlayfs's 12.7) is small beside its copy.
  */
 const PLAN_MAX_BYTES = 64 << 20
+/**
+ * Listings made ahead of the walker (see listAhead) and not yet used, at most; JS is woken to make
+ * more once this many are left; and the most entries one may have.
+ */
+const AHEAD_MAX = 64
+const AHEAD_WAKE = 32
+const AHEAD_ENTRIES = 128
 /** Directories with more entries than this get no LOOKUP answers pushed ahead (see pushFiles). */
 const PUSH_MAX_ENTRIES = 16
 /**
@@ -459,6 +474,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // node -> its listing, and the attribute epoch it was begun in
   const listings = new Map<number, { readonly list: Promise<DirHandle>; readonly epoch: number }>()
   let nextDir = 1
+  // listings made ahead (see listAhead) that C holds unused: by directory node, its entries' nodes
+  const ahead = new Map<number, { readonly ids: Float64Array; readonly d: DirHandle }>()
+  const aheadTodo: number[] = [] // directories to list ahead, the next last
+  let aheadSoon = false // a step is on its way
+  // directories listed (by JS, or by C from a listing made ahead) since the epoch last moved
+  const listed = new Set<number>()
   const attr = new Float64Array(A_COUNT)
   let session: Session | null = null
   let ended = false
@@ -493,6 +514,13 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     for (let i = 0; a && i < a.length; i += 4 + Math.max(0, a[i + 1])) {
       if (a[i + 1] === -2) { // an entry of the root's listing C gave out (see giveRootList)
         nodes.count(a[i])
+        continue
+      }
+      if (a[i + 1] === -3) { // a listing made ahead that C gave out: its entries' lookups
+        const given = ahead.get(a[i])
+        ahead.delete(a[i])
+        listed.add(a[i])
+        if (given) for (const id of given.ids) if (id !== 0) counted(id)
         continue
       }
       if (a[i + 1] < 0) { // a LOOKUP C answered from a push
@@ -790,9 +818,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
 
   /** A directory's entries with the attributes getattr answers for each (what READDIRPLUS sends). */
-  const listing = async (path: string): Promise<DirHandle> => {
+  const listing = async (path: string): Promise<DirHandle> => (await listingUpTo(path, Infinity))!
+  /** listing(), or null where the directory has more than `max` entries (their attributes not read). */
+  const listingUpTo = async (path: string, max: number): Promise<DirHandle | null> => {
     const attrEpoch = attrEpochNow()
     const list = await fs.readdir(path)
+    if (list.length > max) return null
     const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
     const stats = list.map((e, i) => {
       if (paths[i] === null) return e.stat
@@ -843,6 +874,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
    * by node (no handle), or 0. C answers the READDIR after a node's last entries (fuse_ll.c dir_end).
    */
   const readdirReply = (req: number, d: DirHandle, sizeArg: number, first: number, ino: number): void => {
+    if (ino !== 0 && ahead.size > 0) takeAhead(ino)
     const plus = sizeArg > 0
     const end = Math.min(d.names.length, first + DIR_CHUNK)
     const { names, ids, attrs, timeout } = dirFields(d, first, end, plus)
@@ -866,6 +898,102 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       if ((d.stats[first + i].mode & S_IFMT) === S_IFREG) register(true, ids[i], below.span)
     }
     if (given) ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
+    if (ino !== 0 && first === 0 && (ro || d.attrEpoch >= 0)) {
+      listed.add(ino)
+      listAhead(d)
+    }
+  }
+
+  /**
+   * A directory was listed: its subdirectories are listed ahead, depth first as a walk takes them,
+   * one a turn of the event loop while the walker works on what it got, and each given to C whole
+   * (fuse_ll.c ahead_readdir). The walker's READDIRPLUS of one then makes no call into JavaScript,
+   * and the JavaScript it would have waited for ran meanwhile on the other core. At most AHEAD_MAX
+   * wait unused; C wakes JS (NOTES) once AHEAD_WAKE are left. Listings by node only (no OPENDIR).
+   */
+  const listAhead = (d: DirHandle): void => {
+    if (!skipOpendir || ended) return
+    for (let i = d.names.length - 1; i >= 0; i--) {
+      const p = d.paths[i]
+      const id = p !== null && (d.stats[i].mode & S_IFMT) === S_IFDIR ? nodes.find(p) : undefined
+      if (id !== undefined && !listed.has(id)) aheadTodo.push(id)
+    }
+    if (aheadTodo.length > 4096) aheadTodo.splice(0, aheadTodo.length - 4096) // the oldest, least likely next
+    aheadNext()
+  }
+  const aheadNext = (): void => {
+    if (aheadSoon || ended || aheadTodo.length === 0 || ahead.size >= AHEAD_MAX) return
+    aheadSoon = true
+    setImmediate(aheadStep)
+  }
+  const aheadStep = (): void => {
+    aheadSoon = false
+    while (aheadTodo.length > 0 && ahead.size < AHEAD_MAX && !ended) {
+      const id = aheadTodo.pop()!
+      if (ahead.has(id) || listed.has(id) || !nodes.has(id)) continue
+      aheadSoon = true
+      listingUpTo(nodes.path(id), AHEAD_ENTRIES).then((d) => d && giveAhead(id, d)).catch((err: Error) => log.fuse('listing ahead: %s', err.message)).finally(() => {
+        aheadSoon = false
+        aheadNext()
+      })
+      return
+    }
+  }
+  /** Node `id`'s listing `d0`, made ahead, to C; its subdirectories next. */
+  const giveAhead = (id: number, d0: DirHandle): void => {
+    if (ended || !nodes.has(id) || ahead.has(id) || listed.has(id) || (!ro && d0.attrEpoch < 0)) return
+    const d = ro ? d0 : byCookie(d0)
+    const { names, ids, attrs, timeout } = dirFields(d, 0, d.names.length, true)
+    // as readdirReply does for what goes out: attributes for C's GETATTR answers, tar members' reads by node
+    const given = !ro && timeout > 0 ? ids.slice() : null
+    for (let i = 0; !ro && i < ids.length; i++) {
+      if (ids[i] === 0) continue
+      const below = fs.belowNow(d.paths[i]!)
+      if (given && !below.lowerOnly) given[i] = 0
+      if ((d.stats[i].mode & S_IFMT) === S_IFREG) register(true, ids[i], below.span)
+    }
+    if (!ll.llAhead(session!, id, names, ids, attrs, timeout, d.cookies, d.attrEpoch, ahead.size + 1 >= AHEAD_MAX ? AHEAD_WAKE : 0)) {
+      for (const c of ids) if (c !== 0) dropUnlisted(c)
+      return
+    }
+    ahead.set(id, { ids, d })
+    if (given) ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
+    listAhead(d)
+  }
+  /**
+   * Node `id`'s listing made ahead is not to be given out (JS answers it, or the kernel forgot the
+   * directory). Returned if still unused and `reuse` says so, its nodes kept, for JS's own answer
+   * (the walker came before C had it); else its nodes go.
+   */
+  const takeAhead = (id: number, reuse?: (d: DirHandle) => boolean): DirHandle | null => {
+    const given = ahead.get(id)
+    if (!given) return null
+    const unused = ll.llAheadTake(session!, id)
+    readNotes() // C may have given it out meanwhile: then its lookups are counted now
+    ahead.delete(id)
+    if (unused && reuse?.(given.d)) return given.d
+    if (unused) for (const c of given.ids) if (c !== 0) dropUnlisted(c)
+    return null
+  }
+  /** Every listing made ahead: C gives none out any more (a change begins on a writable mount). */
+  const dropAhead = (): void => {
+    aheadTodo.length = 0
+    listed.clear()
+    if (ahead.size === 0) return
+    ll.llAheadTake(session!, 0)
+    readNotes()
+    const lists = [...ahead.values()]
+    ahead.clear()
+    for (const { ids } of lists) for (const c of ids) if (c !== 0) dropUnlisted(c)
+  }
+  /** A node made for a listing made ahead that did not go out: it goes unless the kernel holds it or a push waits on it. */
+  const dropUnlisted = (id: number): void => {
+    if (pushed.has(id) || pushedNodes.has(id)) return
+    nodes.dropIfUnused(id)
+    if (nodes.has(id)) return
+    listed.delete(id)
+    if (!ro) ll.llDirectDrop(session!, true, id)
+    takeAhead(id)
   }
 
   /**
@@ -918,6 +1046,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       case OP.NOTES: {
         readNotes()
+        aheadNext() // C woke JS to list more ahead, or a listing made ahead went out
         if (takenDirs.length === 0) return
         // directories whose LOOKUPs C answered: what JS's own answer would have pushed (the
         // kernel's next LOOKUP in one may come first: JS then answers it)
@@ -927,6 +1056,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
+        if (!nodes.has(ino)) {
+          listed.delete(ino)
+          takeAhead(ino)
+        }
         if ((skipOpen || !ro) && !nodes.has(ino)) dropNodeFile(ino)
         if (!ro && !nodes.has(ino)) {
           ll.llOpenable(session!, ino, null)
@@ -1026,7 +1159,13 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           const off = c as number
           const epoch = attrEpochNow()
           let kept = listings.get(ino)
-          if (!kept || (ro ? off === 0 : kept.epoch !== epoch)) {
+          // a listing made ahead that C had not given out yet (the walker came first): this one
+          const early = off === 0 && ahead.size > 0 ? takeAhead(ino, (d) => ro || d.attrEpoch === epoch) : null
+          if (early) {
+            listings.delete(ino)
+            kept = { list: Promise.resolve(early), epoch }
+            listings.set(ino, kept)
+          } else if (!kept || (ro ? off === 0 : kept.epoch !== epoch)) {
             listings.delete(ino)
             kept = { list: ro ? listing(nodes.path(ino)) : listing(nodes.path(ino)).then(byCookie), epoch }
             listings.set(ino, kept)
@@ -1172,6 +1311,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       changing.set(req, moves)
       if (ll.llChange(session!, 1, moves)) readNotes()
       if (moves) dropPushed()
+      dropAhead()
     }
     try {
       dispatch(op, req, ino, a, b, c, d)

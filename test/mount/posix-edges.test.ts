@@ -304,6 +304,39 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^add each seen once: True$/m)
   })
 
+  it('listings made ahead (subdirectories listed before a walk asks): true after changes and forgetting, read-only too', async () => {
+    // once JS answers a listing, layerfs lists the subdirectories ahead and gives them to its native
+    // side, which answers their READDIRPLUS: never after a change, each entry's lookup counted
+    const dir = await tempDir('listed-ahead')
+    const lower = join(dir, 'lower')
+    for (const d of 'abcdefgh') {
+      await mkdir(join(lower, 't', d, 'x', 'y'), { recursive: true })
+      for (let i = 0; i < 4; i++) await writeFile(join(lower, 't', d, `f${i}`), `${d}${i}`)
+      await writeFile(join(lower, 't', d, 'x', 'y', 'z'), `${d}z`)
+    }
+    const outputs = await onBoth(dir, lower, [], async (mnt) => {
+      const r = await run('python3', ['-c', LISTED_AHEAD, mnt, 'rw'])
+      assert.equal(r.code, 0, r.stderr)
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.match(outputs[0], /^a \['f0', 'f1', 'f2', 'f3', 'new', 'x'\]$/m)
+    assert.match(outputs[0], /^c \['f0', 'f2', 'f3', 'g1', 'x'\] c1$/m)
+    assert.match(outputs[0], /^e\/x\/y \['z2'\] \['y'\]$/m)
+    const ro = async (m: Mounted): Promise<string> => {
+      try {
+        const r = await run('python3', ['-c', LISTED_AHEAD, m.path, 'ro'])
+        assert.equal(r.code, 0, r.stderr)
+        return r.stdout
+      } finally {
+        await m.unmount()
+      }
+    }
+    const kernel = await ro(await mountKernelOverlay([lower]))
+    assert.equal(await ro(await mountLayerfs([join(dir, 'lower.tar')])), kernel)
+    assert.match(kernel, /^t\/h\/x\/y \[\] \['z'\] hz$/m)
+  })
+
   it('renaming a lower directory to another directory: EXDEV where its redirect would pass 256 bytes', async () => {
     // kernel overlayfs writes an absolute redirect (the directory's lower path) for such a move and
     // refuses one longer than redirect_max (256 by default): mv then copies the tree itself
@@ -396,6 +429,34 @@ os.mkdir('p/q/n')
 forget()
 print('mkdir', st('p/q'), sorted(os.listdir('p/q')))
 os.close(held)
+`
+
+const LISTED_AHEAD = AHEAD_HELPERS("'%o %d' % (s.st_mode, s.st_nlink)") + String.raw`
+import time
+rw = sys.argv[2] == 'rw'
+def ls(p): return sorted(os.listdir(p))
+def walk():
+    for root, dirs, files in os.walk('t'):
+        dirs.sort()
+        print(root, sorted(dirs), sorted(files), ' '.join(read(os.path.join(root, f)) for f in sorted(files)))
+print('t', ls('t'))  # t/a ... t/h listed ahead, then theirs
+time.sleep(0.3)
+if rw:
+    # changes in directories listed ahead, before the walker comes
+    with open('t/a/new', 'w') as f: f.write('new')
+    print('a', ls('t/a'))
+    os.unlink('t/b/f0')
+    print('b', ls('t/b'))
+    os.rename('t/c/f1', 't/c/g1')
+    print('c', ls('t/c'), read('t/c/g1'))
+    print('d', ls('t/d'), st('t/d/x'))  # listed ahead again after the change? answered either way
+    time.sleep(0.3)
+    os.rename('t/e/x/y/z', 't/e/x/y/z2')
+    print('e/x/y', ls('t/e/x/y'), ls('t/e/x'))
+walk()
+forget()  # the kernel forgets what the listings gave it: each lookup must have been counted
+walk()
+for d in 'abcdefgh': print(d, st('t/' + d + '/x/y'))
 `
 
 const ROOT_ATTR = String.raw`
