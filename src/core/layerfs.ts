@@ -28,6 +28,8 @@ export interface Stat {
 export interface DirEntryWithStat {
   readonly name: string
   readonly stat: Stat
+  /** The stat is what getattr answers for the entry (else only its type and inode are). */
+  readonly final?: boolean
 }
 
 export interface FsStats {
@@ -148,8 +150,9 @@ export class LayerFs {
       { name: '.', stat: await this.statOf(dir) },
       { name: '..', stat: await this.statOf(parent) },
     ]
-    // the kernel takes only the type and inode from these; getattr answers the rest
-    for (const m of merged) out.push({ name: m.name, stat: statOfEntry(m.part.entry, m.ino, m.part.entry.nlink) })
+    // the kernel takes only the type and inode from these; getattr answers the rest (the same, for
+    // an entry the listing settles: no layer below merges with it)
+    for (const m of merged) out.push({ name: m.name, stat: statOfEntry(m.part.entry, m.ino, m.part.entry.nlink), final: m.settled })
     return out
   }
 

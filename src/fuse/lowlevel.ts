@@ -826,7 +826,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     if (list.length > max) return null
     const paths = list.map((e) => (e.name === '.' || e.name === '..' ? null : joinPath(path, e.name)))
     const stats = list.map((e, i) => {
-      if (paths[i] === null) return e.stat
+      if (paths[i] === null || e.final) return e.stat
       try {
         return fs.getattrNow(paths[i]!)
       } catch {

@@ -30,6 +30,11 @@ export class LookupCache<T extends object> {
     return value
   }
 
+  /** Caches what `path` resolves to, known without resolving it; not counted as a lookup. */
+  seed(path: string, value: T): void {
+    if (!this.lru.has(path)) this.lru.set(path, value)
+  }
+
   /** Forgets one path (a write changed what it resolves to). */
   forget(path: string): void {
     this.lru.delete(path)

@@ -29,6 +29,8 @@ export interface MergedEntry {
   readonly name: string
   readonly part: Part
   readonly ino: number
+  /** The listing alone settles what the entry resolves to: `part` and nothing below (see readdir). */
+  settled: boolean
 }
 
 /** Per-layer inode spaces: layer entries' ino stays below this (see DirLayer, TarLayer). */
@@ -41,6 +43,8 @@ export const ROOT_INO = 1
  */
 export class Union {
   private readonly cache: LookupCache<Resolved>
+  /** Moves on whenever a cached resolution is forgotten (a listing read meanwhile may be stale). */
+  private generation = 0
 
   constructor(readonly layers: readonly Layer[], opts: { cacheSize?: number } = {}) {
     if (layers.length === 0) throw new Error('a union needs at least one layer')
@@ -113,8 +117,14 @@ export class Union {
     return { path, top: parts[0], parts, ino: this.inoOf(parts[0], path), ...(data ? { data } : {}) }
   }
 
-  /** The merged listing of a directory (without '.' and '..'). */
+  /**
+   * The merged listing of a directory (without '.' and '..'). Each entry the listing alone settles
+   * (a file found in its topmost layer, a directory nothing below can merge with) is cached as
+   * resolved, unless something was forgotten meanwhile: a walk then makes one layer lookup an
+   * entry, not two.
+   */
   async readdir(path: string): Promise<MergedEntry[]> {
+    const generation = this.generation
     const dir = await this.resolve(path)
     if (!dir) throw new FsError(Errno.ENOENT, 'no such directory', path)
     if (dir.top.entry.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory', path)
@@ -125,21 +135,32 @@ export class Union {
       for (const [name, entry] of listing.entries) {
         if (out.has(name) || hidden.has(name)) continue
         const part = { layer, entry, path: joinPath(layerPath, name) }
-        out.set(name, { name, part, ino: this.inoOf(part, joinPath(path, name)) })
+        out.set(name, { name, part, ino: this.inoOf(part, joinPath(path, name)), settled: false })
       }
       // a layer's whiteouts hide names of the layers below it, never its own
       for (const name of listing.whiteouts) hidden.add(name)
     }
-    return [...out.values()]
+    const merged = [...out.values()]
+    if (generation !== this.generation) return merged
+    const last = dir.parts[dir.parts.length - 1].layer
+    for (const m of merged) {
+      const e = m.part.entry
+      m.settled = e.kind === 'dir' ? !e.redirect && (e.opaque || m.part.layer === last) : !e.metacopy
+      const p = joinPath(path, m.name)
+      if (m.settled) this.cache.seed(p, { path: p, top: m.part, parts: [m.part], ino: m.ino })
+    }
+    return merged
   }
 
   /** Forgets the cached resolution of `path`. */
   forget(path: string): void {
+    this.generation++
     this.cache.forget(path)
   }
 
   /** Forgets cached resolutions at and below `path`. */
   invalidateTree(path: string): void {
+    this.generation++
     this.cache.invalidateTree(path)
   }
 
