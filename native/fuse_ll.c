@@ -700,7 +700,8 @@ static int open_native(Session *s, const struct kernel_in_header *in, const stru
   char *path = o ? strdup(o->path) : NULL;
   pthread_rwlock_unlock(&s->dlock);
   if (!path) return 0;
-  int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK: never blocked on a fifo now at the path (as JS's upper opens, upper.ts UPPER_OPEN)
+  int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) { free(path); return 0; }
   int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
   int dropped = kill && drop_setids(fd, NULL, in->gid, in->pid) > 0; // truncated by a caller without CAP_FSETID

@@ -1165,7 +1165,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             listings.delete(ino)
             kept = { list: Promise.resolve(early), epoch }
             listings.set(ino, kept)
-          } else if (!kept || (ro ? off === 0 : kept.epoch !== epoch)) {
+          } else if (!kept || (ro ? off === 0 : kept.epoch !== epoch || epoch < 0)) {
+            // (epoch -1: a change was under way when it was made, or is now: nothing says it still holds)
             listings.delete(ino)
             kept = { list: ro ? listing(nodes.path(ino)) : listing(nodes.path(ino)).then(byCookie), epoch }
             listings.set(ino, kept)

@@ -10,6 +10,13 @@ import { UpperDir } from './upper-dir'
 import { PathLocks } from './path-locks'
 import { isShort } from '../long-paths'
 
+/**
+ * Added to every open of an upper file for a handle: a request whose node the kernel still takes
+ * for a regular file while its name is now a fifo (the soak found a daemon blocked for good in
+ * such an open) must not block Node's thread; regular files ignore it.
+ */
+const UPPER_OPEN = C.O_NONBLOCK
+
 /** Kernel overlayfs's default redirect_max: the longest absolute redirect it writes, in bytes. */
 const REDIRECT_MAX = 256
 
@@ -120,7 +127,7 @@ export class Upper {
       await this.mustBeAbsent(path)
       await this.createEntry(path, caller, async (at) => closeSync(openSync(at, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600)), mode & 0o7777)
       const accmode = flags & (C.O_RDONLY | C.O_WRONLY | C.O_RDWR)
-      return openSync(this.dir.real(path), accmode | (flags & C.O_APPEND))
+      return openSync(this.dir.real(path), accmode | (flags & C.O_APPEND) | UPPER_OPEN)
     })
   }
 
@@ -322,7 +329,7 @@ export class Upper {
       await this.copyUp.ensure(path, 'write', { data: (flags & C.O_TRUNC) === 0 })
       try {
         // descriptors of the local upper are used synchronously (see handles.ts)
-        return openSync(this.dir.real(path), flags & ~(C.O_CREAT | C.O_EXCL))
+        return openSync(this.dir.real(path), (flags & ~(C.O_CREAT | C.O_EXCL)) | UPPER_OPEN)
       } catch (err) {
         throw new FsError(errnoOf(err), 'cannot open', path)
       }
@@ -341,7 +348,7 @@ export class Upper {
     if (!r || r.top.entry.kind === 'dir' || !isShort(real)) return null
     if (!this.copyUp.ensureNow(path, 'write', (flags & C.O_TRUNC) === 0)) return null
     try {
-      return openSync(real, flags & ~(C.O_CREAT | C.O_EXCL))
+      return openSync(real, (flags & ~(C.O_CREAT | C.O_EXCL)) | UPPER_OPEN)
     } catch (err) {
       throw new FsError(errnoOf(err), 'cannot open', path)
     }
@@ -368,6 +375,6 @@ export class Upper {
 
   /** Opens the upper file of an already copied-up path for reading (re-pointing a read handle). */
   async openUpperForRead(path: string): Promise<number> {
-    return this.run(async () => openSync(this.dir.real(path), C.O_RDONLY))
+    return this.run(async () => openSync(this.dir.real(path), C.O_RDONLY | UPPER_OPEN))
   }
 }
