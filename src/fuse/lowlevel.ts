@@ -267,6 +267,11 @@ class Nodes {
     if (n) n.last = st
   }
 
+  /** Whether the node's name is gone (unlinked, or renamed over). */
+  isGone(id: number): boolean {
+    return this.byId.get(id)?.gone === true
+  }
+
   /** The last attributes of a node whose name is gone, or null while its name stands. */
   lastOf(id: number): Stat | null {
     const n = this.byId.get(id)
@@ -1092,6 +1097,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return handle(req, 'readlink', () => fs.readlink(nodes.path(ino)), (target) => ll.llReplyReadlink(req, target))
       case OP.OPEN: {
         if (skipOpen) return ll.llReplyErr(req, Errno.ENOSYS)
+        // a node whose name is gone (its file unlinked while the kernel held it, then opened again,
+        // as through /proc/PID/fd): whatever is at that path now is another file (make soak opened
+        // a fifo made there since, and blocked on it). Kernel overlayfs opens the unlinked file;
+        // with nodes by path the nearest true answer is that the name is gone
+        if (nodes.isGone(ino)) return ll.llReplyErr(req, Errno.ENOENT)
         const flags = a as number
         const answer = (fh: number): void => {
           opened(ino, fh)
