@@ -128,6 +128,7 @@ export class Union {
     const dir = await this.resolve(path)
     if (!dir) throw new FsError(Errno.ENOENT, 'no such directory', path)
     if (dir.top.entry.kind !== 'dir') throw new FsError(Errno.ENOTDIR, 'not a directory', path)
+    if (dir.parts.length === 1) return this.readdirOne(path, dir.parts[0], generation)
     const out = new Map<string, MergedEntry>()
     const hidden = new Set<string>()
     for (const { layer, path: layerPath } of dir.parts) {
@@ -149,6 +150,26 @@ export class Union {
       const p = joinPath(path, m.name)
       if (m.settled) this.cache.seed(p, { path: p, top: m.part, parts: [m.part], ino: m.ino })
     }
+    return merged
+  }
+
+  /**
+   * readdir() of a directory that lies in one layer: nothing to merge or hide (a layer's whiteouts
+   * hide only what lies below it), and each entry settled but a metacopy file or a redirected
+   * directory. The common case (a walk of one image layer, or of the upper alone) without the
+   * merge's maps: ~100 ms of a cold walk's 20k entries were spent there (--cpu-prof).
+   */
+  private async readdirOne(path: string, { layer, path: layerPath }: Part, generation: number): Promise<MergedEntry[]> {
+    const listing = await this.layers[layer].readdir(layerPath)
+    const seed = generation === this.generation
+    const merged: MergedEntry[] = []
+    listing.entries.forEach((entry, name) => {
+      const p = joinPath(path, name)
+      const part = { layer, entry, path: layerPath === path ? p : joinPath(layerPath, name) }
+      const m = { name, part, ino: this.inoOf(part, p), settled: seed && (entry.kind === 'dir' ? !entry.redirect : !entry.metacopy) }
+      if (m.settled) this.cache.seed(p, { path: p, top: part, parts: [part], ino: m.ino })
+      merged.push(m)
+    })
     return merged
   }
 
