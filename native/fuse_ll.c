@@ -803,7 +803,8 @@ typedef struct Note {
   uint64_t id;
   int n, done, err; // entries planned, entries made, the errno that stopped it (0: none); n -1: a
                     // LOOKUP answered here (lookup_pushed) for node `id`; n -2: node `id` went out
-                    // in the root's listing (root_readdir)
+                    // in the root's listing (root_readdir); n -3: node `id`'s listing made ahead
+                    // went out (ahead_readdir)
   double ns[];      // each entry's time; -1: not made here (an earlier plan had made it)
 } Note;
 
@@ -1150,6 +1151,12 @@ typedef struct DirEnd { uint64_t node, off, epoch; } DirEnd;
 #define DIR_ENDS 256
 static DirEnd *dir_end_slot(Session *s, uint64_t node) { return &s->dir_ends[(node * 0x9e3779b97f4a7c15ULL >> 40) & (DIR_ENDS - 1)]; }
 
+// Registers the end of node's listing at offset `off`, read in `epoch`. Under plock.
+static void dir_end_set(Session *s, uint64_t node, uint64_t off, uint64_t epoch) {
+  if (!s->dir_ends) s->dir_ends = calloc(DIR_ENDS, sizeof *s->dir_ends);
+  if (s->dir_ends) *dir_end_slot(s, node) = (DirEnd){ node, off, epoch };
+}
+
 static int dir_end(Session *s, const struct kernel_in_header *in, const struct kernel_rw_in *arg) {
   if (arg->fh != 0) return 0; // listings by node only (no OPENDIR)
   pthread_mutex_lock(&s->plock);
@@ -1170,7 +1177,8 @@ static int dir_end(Session *s, const struct kernel_in_header *in, const struct k
 // it JavaScript that can as well run while the walker is busy. Each goes out once; its entries'
 // lookups, which the kernel then holds, reach JS in one note. On a writable mount only while the
 // attribute epoch it was made in stands. Anything else goes to JS, which takes the listing back.
-typedef struct Ahead { struct Ahead *next; uint64_t node, epoch, end_off; size_t len; char buf[]; } Ahead;
+typedef struct Ahead { struct Ahead *next; uint64_t node, epoch, end_off; size_t len; char *buf; } Ahead;
+static void ahead_free(Ahead *a) { if (a) { free(a->buf); free(a); } }
 #define AHEAD_BUCKETS 1024
 static Ahead **ahead_slot(Session *s, uint64_t node) {
   Ahead **q = &s->ahead[(node * 0x9e3779b97f4a7c15ULL >> 40) & (AHEAD_BUCKETS - 1)];
@@ -1187,7 +1195,7 @@ static Ahead *ahead_take(Session *s, uint64_t node) {
 }
 
 static void ahead_clear(Session *s) {
-  for (size_t i = 0; s->ahead && i < AHEAD_BUCKETS; i++) for (Ahead *a = s->ahead[i], *n; a; a = n) { n = a->next; free(a); }
+  for (size_t i = 0; s->ahead && i < AHEAD_BUCKETS; i++) for (Ahead *a = s->ahead[i], *n; a; a = n) { n = a->next; ahead_free(a); }
   if (s->ahead) memset(s->ahead, 0, AHEAD_BUCKETS * sizeof *s->ahead);
   s->ahead_count = 0;
 }
@@ -1197,23 +1205,21 @@ static int ahead_readdir(Session *s, const struct kernel_in_header *in, const st
   Note *note = calloc(1, sizeof *note);
   if (!note) return 0;
   pthread_mutex_lock(&s->plock);
-  Ahead **q = ahead_slot(s, in->nodeid), *a = *q;
+  Ahead *a = *ahead_slot(s, in->nodeid);
   if (!a || a->len > arg->size || !(s->read_only || attr_epoch_stands(s, a->epoch))) {
     pthread_mutex_unlock(&s->plock);
     free(note);
     return 0;
   }
-  *q = a->next;
-  s->ahead_count--;
+  ahead_take(s, a->node);
   note->id = a->node; note->n = -3;
   note_add(s, note);
-  if (!s->dir_ends) s->dir_ends = calloc(DIR_ENDS, sizeof *s->dir_ends);
-  if (s->dir_ends) *dir_end_slot(s, a->node) = (DirEnd){ a->node, a->end_off, a->epoch };
+  dir_end_set(s, a->node, a->end_off, a->epoch);
   int wake = s->ahead_low > 0 && s->ahead_count <= s->ahead_low;
   if (wake) s->ahead_low = 0;
   pthread_mutex_unlock(&s->plock);
   reply_arg(s, in->unique, a->buf, a->len);
-  free(a);
+  ahead_free(a);
   queue_add(s, "N", 1, wake); // JS counts the lookups before any later request; woken to list more
   return 1;
 }
@@ -1787,12 +1793,9 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   double end_node = 0; napi_get_value_double(env, argv[9], &end_node);
   Session *s = end_node > 0 && added == n && n > 0 ? fuse_req_userdata(req) : NULL;
   if (s) {
+    double epoch = -1; napi_get_value_double(env, argv[10], &epoch);
     pthread_mutex_lock(&s->plock);
-    if (!s->dir_ends) s->dir_ends = calloc(DIR_ENDS, sizeof *s->dir_ends);
-    if (s->dir_ends) {
-      double epoch = -1; napi_get_value_double(env, argv[10], &epoch);
-      *dir_end_slot(s, (uint64_t)end_node) = (DirEnd){ (uint64_t)end_node, (uint64_t)(offs ? offs[n - 1] : first + n), (uint64_t)(int64_t)epoch };
-    }
+    dir_end_set(s, (uint64_t)end_node, (uint64_t)(offs ? offs[n - 1] : first + n), (uint64_t)(int64_t)epoch);
     pthread_mutex_unlock(&s->plock);
   }
   fuse_reply_buf(req, buf, used);
@@ -2207,18 +2210,16 @@ static napi_value js_ahead(napi_env env, napi_callback_info info) {
   double epoch = dbl(env, argv[7]);
   size_t *at = calloc((size_t)n + 1, sizeof *at);
   char *records = ids && attrs && at ? dirplus_records(env, argv[2], n, ids, attrs, (uint64_t)dbl(env, argv[5]), offs, at) : NULL;
-  Ahead *a = records ? malloc(sizeof *a + at[n]) : NULL;
-  if (a) {
-    a->node = node; a->epoch = (uint64_t)(int64_t)epoch; a->end_off = offs ? (uint64_t)offs[n - 1] : n; a->len = at[n];
-    memcpy(a->buf, records, at[n]);
-  }
-  free(records); free(at);
+  Ahead *a = records ? malloc(sizeof *a) : NULL;
+  if (a) *a = (Ahead){ NULL, node, (uint64_t)(int64_t)epoch, offs ? (uint64_t)offs[n - 1] : n, at[n], records };
+  else free(records);
+  free(at);
   if (!a) return no;
   pthread_mutex_lock(&s->plock);
   if (!s->ahead) s->ahead = calloc(AHEAD_BUCKETS, sizeof *s->ahead);
   int ok = s->ahead && !s->ended && (s->read_only || (epoch >= 0 && attr_epoch_stands(s, a->epoch)));
   if (ok) {
-    free(ahead_take(s, node));
+    ahead_free(ahead_take(s, node));
     Ahead **q = ahead_slot(s, node);
     a->next = NULL;
     *q = a;
@@ -2226,7 +2227,7 @@ static napi_value js_ahead(napi_env env, napi_callback_info info) {
     s->ahead_low = (int)dbl(env, argv[8]);
   }
   pthread_mutex_unlock(&s->plock);
-  if (!ok) { free(a); return no; }
+  if (!ok) { ahead_free(a); return no; }
   napi_value yes; napi_get_boolean(env, true, &yes);
   return yes;
 }
@@ -2241,7 +2242,7 @@ static napi_value js_ahead_take(napi_env env, napi_callback_info info) {
   if (s) {
     pthread_mutex_lock(&s->plock);
     if (node == 0) ahead_clear(s);
-    else { Ahead *a = ahead_take(s, node); had = a != NULL; free(a); }
+    else { Ahead *a = ahead_take(s, node); had = a != NULL; ahead_free(a); }
     pthread_mutex_unlock(&s->plock);
   }
   napi_value r; napi_get_boolean(env, had, &r);

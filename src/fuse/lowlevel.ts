@@ -91,7 +91,8 @@ interface LowLevel {
   llChange(s: Session, delta: 1 | -1, moves: boolean): boolean
   /**
    * What C did since the last call: per plan it ran [id, entries, entries done, errno, then each
-   * entry's ns (-1: not made there)]; per LOOKUP it answered from a push [node, -1, 0, 0].
+   * entry's ns (-1: not made there)]; per LOOKUP it answered from a push [node, -1, 0, 0]; per
+   * entry of the root's listing it gave [node, -2, 0, 0]; per listing made ahead it gave [node, -3, 0, 0].
    */
   llNotes(s: Session): Float64Array | null
   /** C answers LOOKUP(parent, name) with node `id` and these attributes, once, if nothing changes before (`epoch`). Whether kept. */
@@ -896,17 +897,24 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         continue
       }
       counted(ids[i])
-      if (ro) continue
-      const below = fs.belowNow(d.paths[first + i]!)
-      if (given && !below.lowerOnly) given[i] = 0
-      // a plain tar member: its OPENs for reading and READs go to C, as after a LOOKUP
-      if ((d.stats[first + i].mode & S_IFMT) === S_IFREG) register(true, ids[i], below.span)
+      if (!ro) entryToC(d, first + i, ids[i], given, i)
     }
     if (given) ll.llAttrs(session!, d.attrEpoch, given, attrs, timeout)
     if (ino !== 0 && first === 0 && (ro || d.attrEpoch >= 0)) {
       listed.add(ino)
       listAhead(d)
     }
+  }
+
+  /**
+   * Writable mounts: what C needs of entry `at` of listing `d` (node `id`, going out): its
+   * attributes (given[i]) only where it lies below the upper alone; a plain tar member's OPENs for
+   * reading and READs, as after a LOOKUP.
+   */
+  const entryToC = (d: DirHandle, at: number, id: number, given: Float64Array | null, i: number): void => {
+    const below = fs.belowNow(d.paths[at]!)
+    if (given && !below.lowerOnly) given[i] = 0
+    if ((d.stats[at].mode & S_IFMT) === S_IFREG) register(true, id, below.span)
   }
 
   /**
@@ -949,14 +957,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     if (ended || !nodes.has(id) || ahead.has(id) || listed.has(id) || (!ro && d0.attrEpoch < 0)) return
     const d = ro ? d0 : byCookie(d0)
     const { names, ids, attrs, timeout } = dirFields(d, 0, d.names.length, true)
-    // as readdirReply does for what goes out: attributes for C's GETATTR answers, tar members' reads by node
     const given = !ro && timeout > 0 ? ids.slice() : null
-    for (let i = 0; !ro && i < ids.length; i++) {
-      if (ids[i] === 0) continue
-      const below = fs.belowNow(d.paths[i]!)
-      if (given && !below.lowerOnly) given[i] = 0
-      if ((d.stats[i].mode & S_IFMT) === S_IFREG) register(true, ids[i], below.span)
-    }
+    for (let i = 0; !ro && i < ids.length; i++) if (ids[i] !== 0) entryToC(d, i, ids[i], given, i)
     if (!ll.llAhead(session!, id, names, ids, attrs, timeout, d.cookies, d.attrEpoch, ahead.size + 1 >= AHEAD_MAX ? AHEAD_WAKE : 0)) {
       for (const c of ids) if (c !== 0) dropUnlisted(c)
       return
@@ -1061,12 +1063,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       case OP.FORGET:
         nodes.forget(ino, a as number)
-        if (!nodes.has(ino)) {
-          listed.delete(ino)
-          takeAhead(ino)
-        }
-        if ((skipOpen || !ro) && !nodes.has(ino)) dropNodeFile(ino)
-        if (!ro && !nodes.has(ino)) {
+        if (nodes.has(ino)) return
+        listed.delete(ino)
+        takeAhead(ino)
+        if (skipOpen || !ro) dropNodeFile(ino)
+        if (!ro) {
           ll.llOpenable(session!, ino, null)
           if (planning) ll.llAttrDrop(session!, ino)
         }

@@ -144,12 +144,7 @@ export class Union {
     const merged = [...out.values()]
     if (generation !== this.generation) return merged
     const last = dir.parts[dir.parts.length - 1].layer
-    for (const m of merged) {
-      const e = m.part.entry
-      m.settled = e.kind === 'dir' ? !e.redirect && (e.opaque || m.part.layer === last) : !e.metacopy
-      const p = joinPath(path, m.name)
-      if (m.settled) this.cache.seed(p, { path: p, top: m.part, parts: [m.part], ino: m.ino })
-    }
+    for (const m of merged) this.settle(joinPath(path, m.name), m, m.part.layer === last)
     return merged
   }
 
@@ -166,11 +161,22 @@ export class Union {
     listing.entries.forEach((entry, name) => {
       const p = joinPath(path, name)
       const part = { layer, entry, path: layerPath === path ? p : joinPath(layerPath, name) }
-      const m = { name, part, ino: this.inoOf(part, p), settled: seed && (entry.kind === 'dir' ? !entry.redirect : !entry.metacopy) }
-      if (m.settled) this.cache.seed(p, { path: p, top: part, parts: [part], ino: m.ino })
+      const m = { name, part, ino: this.inoOf(part, p), settled: false }
+      if (seed) this.settle(p, m, true)
       merged.push(m)
     })
     return merged
+  }
+
+  /**
+   * Whether listed entry `m` (at `path`) is settled by its listing, cached as resolved if so: a file
+   * that is not a metacopy, or a directory without a redirect that is opaque or has nothing below
+   * (`nothingBelow`: no lower layer of its parent could merge with it).
+   */
+  private settle(path: string, m: MergedEntry, nothingBelow: boolean): void {
+    const e = m.part.entry
+    m.settled = e.kind === 'dir' ? !e.redirect && (e.opaque || nothingBelow) : !e.metacopy
+    if (m.settled) this.cache.seed(path, { path, top: m.part, parts: [m.part], ino: m.ino })
   }
 
   /** Forgets the cached resolution of `path`. */
