@@ -692,33 +692,42 @@ static void reply_open_fh(Session *s, uint64_t unique, uint64_t fh, int fd) {
 
 // OPEN of a node JS made openable (KEY_OPENABLE): the upper file opened here, its READs and WRITEs
 // then answered here too; `kill`: its set-ID bits go with it (kills_setids). 1 if answered; 0 to
-// leave it to JS (not openable, or the open failed: JS then opens it, or says why not).
+// leave it to JS (not openable, the open failed, or the path is another file's now: JS then opens
+// it, or says why not).
 static int open_native(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg, int kill) {
+  int flags = (int)arg->flags;
+  int writable = (flags & O_ACCMODE) != O_RDONLY;
+  if ((flags & O_TRUNC) && !writable) return 0;
   // the path copied out, and the file opened, without the lock: Node's thread reads the table meanwhile
   pthread_rwlock_rdlock(&s->dlock);
   Direct *o = direct_find(s, in->nodeid | KEY_OPENABLE);
   char *path = o ? strdup(o->path) : NULL;
   pthread_rwlock_unlock(&s->dlock);
   if (!path) return 0;
-  // O_NONBLOCK: never blocked on a fifo now at the path (as JS's upper opens, upper.ts UPPER_OPEN)
-  int fd = open(path, ((int)arg->flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  // O_NONBLOCK: never blocked on a fifo now at the path (as JS's upper opens, upper.ts UPPER_OPEN).
+  // Not O_TRUNC: a rename JS began since the table was read may have given the path to another
+  // file, which must not lose its data; this one is truncated once it is known to be the node's
+  int fd = open(path, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) { free(path); return 0; }
-  int writable = ((int)arg->flags & O_ACCMODE) != O_RDONLY;
+  struct stat st;
+  // the kernel sends OPEN for regular files only: anything else is another file at the path now
+  int regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  // JS clears the table when it takes a request that changes a name, before it changes anything:
+  // an entry still there after the open means the name stood when the file was opened
+  pthread_rwlock_rdlock(&s->dlock);
+  o = direct_find(s, in->nodeid | KEY_OPENABLE);
+  int stands = o && strcmp(o->path, path) == 0;
+  pthread_rwlock_unlock(&s->dlock);
+  free(path);
+  if (!regular || !stands || ((flags & O_TRUNC) && ftruncate(fd, 0) != 0)) { close(fd); return 0; }
   int dropped = kill && drop_setids(fd, NULL, in->gid, in->pid) > 0; // truncated by a caller without CAP_FSETID
   // as llNoCaps: the kernel asks for security.capability before each write(2)
   int no_caps = writable && without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
-  o = direct_find(s, in->nodeid | KEY_OPENABLE);
-  if (!o || strcmp(o->path, path) != 0) { // a name changed meanwhile: JS opens it
-    pthread_rwlock_unlock(&s->dlock);
-    close(fd); free(path);
-    return 0;
-  }
-  free(path);
   uint64_t fh = native_fh_set(s, in->nodeid, fd, writable, no_caps);
   pthread_rwlock_unlock(&s->dlock);
   if (dropped) inval_attr(s, in->nodeid);
-  reply_open_fh(s, in->unique, fh, fd);
+  reply_open(s, in->unique, fh, st.st_nlink <= 1 ? KERNEL_FOPEN_KEEP_CACHE : 0);
   return 1;
 }
 

@@ -132,6 +132,13 @@ const CHANGES: readonly number[] = (() => {
   for (const op of [OP.OPEN, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME]) a[op] = 2
   return a
 })()
+/** Requests on a node by its path (see `settled`): 1. */
+const BY_PATH: readonly number[] = (() => {
+  const a: number[] = []
+  for (const op of [OP.LOOKUP, OP.GETATTR, OP.READLINK, OP.OPEN, OP.OPENDIR, OP.READDIR, OP.GETXATTR, OP.LISTXATTR, OP.SETATTR,
+    OP.MKNOD, OP.MKDIR, OP.SYMLINK, OP.LINK, OP.UNLINK, OP.RMDIR, OP.RENAME, OP.CREATE, OP.SETXATTR, OP.REMOVEXATTR]) a[op] = 1
+  return a
+})()
 /**
  * The largest file whose first write's copy-up C runs from a plan. The reader thread serves nothing
  * else meanwhile, as fuse-overlayfs's one thread does not (64 MiB: ~11 ms here, 1 MiB ~0.3); a
@@ -226,6 +233,10 @@ function fill(a: Float64Array, at: number, s: Stat): void {
   a[at + 13] = s.ctime.sec; a[at + 14] = s.ctime.nsec
 }
 
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
+
 /** The kernel's nodeids and the paths they stand for; a node lives while the kernel holds lookups on it. */
 class Nodes {
   private readonly byId = new Map<number, { path: string; lookups: number; last?: Stat; gone?: boolean }>([[1, { path: '/', lookups: 1 }]])
@@ -247,9 +258,18 @@ class Nodes {
     return this.byPath.get(path)
   }
 
-  /** The node of `path`, made if needed, without counting a lookup. */
-  idOf(path: string): number {
+  /**
+   * The node of `path`, made if needed, without counting a lookup. `mode`: what the path holds now;
+   * a node that stood for a file of another type stood for another file, whose name went without
+   * this table hearing of it: it is left as gone and the path gets a node of its own (the kernel
+   * would take the old node's new type for a stale inode and fail every use of it with EIO).
+   */
+  idOf(path: string, mode?: number): number {
     let id = this.byPath.get(path)
+    if (id !== undefined && mode !== undefined && this.otherKind(id, mode)) {
+      this.unlinked(path)
+      id = undefined
+    }
     if (id === undefined) {
       id = this.next++
       this.byPath.set(path, id)
@@ -266,6 +286,25 @@ class Nodes {
     if (!this.keepLast) return
     const n = this.byId.get(id)
     if (n) n.last = st
+  }
+
+  /** Whether the node was last shown as a file of another type than `mode`'s. */
+  otherKind(id: number, mode: number): boolean {
+    const last = this.byId.get(id)?.last
+    return last !== undefined && (last.mode & S_IFMT) !== (mode & S_IFMT)
+  }
+
+  /** The type bits of what the node was last shown as (0: not known). */
+  lastKind(id: number): number {
+    return (this.byId.get(id)?.last?.mode ?? 0) & S_IFMT
+  }
+
+  /** The node's name is gone, whatever its path holds now (see idOf). */
+  detach(id: number): void {
+    const n = this.byId.get(id)
+    if (!n || id === 1) return
+    if (this.byPath.get(n.path) === id) this.byPath.delete(n.path)
+    n.gone = true
   }
 
   /** Whether the node's name is gone (unlinked, or renamed over). */
@@ -446,9 +485,6 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // names of a hard-linked file, which are separate nodes here: those attributes are asked for each
   // time. An open file whose name is gone: each time too.
   const t = opts.cacheSeconds
-  const S_IFMT = 0o170000
-  const S_IFDIR = 0o040000
-  const S_IFREG = 0o100000
   const ta = (st: Stat): number => (ro || ((st.mode & S_IFMT) === S_IFDIR || st.nlink <= 1) ? t : 0)
   const nodes = new Nodes(!ro)
   // GETATTR answered by C for entries that lie in the lower layers alone, where every change is an
@@ -500,6 +536,33 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const ll = replying(native, (req) => {
     if (changing.size > 0) endChange(req)
   })
+  // Paths an unlink, rmdir or rename is changing, each with that change's end. The kernel locks the
+  // parent directories and the inodes named for such a change, not a GETATTR or OPEN of the node
+  // whose name goes, nor anything below a renamed directory: those, answered by path here, would
+  // find the path half changed (make soak: a fifo renamed over a file's name answered GETATTR for
+  // the file's node; the kernel took the inode for a stale one, and whoever held it open got EIO).
+  // A request on a node at or below one of them waits for the change to end (see settled).
+  const unsettled = new Set<{ readonly paths: readonly string[]; readonly done: Promise<void> }>()
+  const unsettling = async (paths: readonly string[], work: () => Promise<void>): Promise<void> => {
+    let end!: () => void
+    const u = { paths, done: new Promise<void>((resolve) => { end = resolve }) }
+    unsettled.add(u)
+    try {
+      await work()
+    } finally {
+      unsettled.delete(u)
+      end()
+    }
+  }
+  /** The end of a change under way at or above node `ino`'s path, if one is. */
+  const unsettledAt = (ino: number): Promise<void> | null => {
+    if (!nodes.has(ino)) return null
+    const path = nodes.path(ino)
+    for (const u of unsettled) {
+      for (const p of u.paths) if (path === p || (path.startsWith(p) && path[p.length] === '/')) return u.done
+    }
+    return null
+  }
   const endChange = (req: number): void => {
     const moves = changing.get(req)
     if (moves === undefined) return
@@ -578,7 +641,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       if (!pushOne(id, path, name, S_IFDIR, epoch, null)) return
       budget--
       if (!subFiles || subFiles.length > budget || subFiles.length > pushCredit) continue
-      const sid = nodes.idOf(sub)
+      const sid = nodes.idOf(sub, S_IFDIR)
       if (nodes.lookupsOf(sid) === 0) pushedNodes.add(sid)
       budget = pushDirFiles(sid, sub, subFiles, epoch, budget)
     }
@@ -612,7 +675,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     } catch {
       return true
     }
-    const cid = nodes.idOf(p)
+    const cid = nodes.idOf(p, st.mode)
     if (pushed.has(cid)) return true
     if ((st.mode & S_IFMT) !== kind || nodes.lookupsOf(cid) > 0 || openFiles.has(cid)) {
       if (!pushedNodes.has(cid)) nodes.dropIfUnused(cid)
@@ -757,14 +820,21 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
    * without a call into JS: a second write to a file, ~0.15 ms less), until a name changes.
    */
   const openable = (ino: number): void => {
-    if (ro || nodes.lastOf(ino)) return
+    // not while a name changes: an OPEN answered meanwhile (queued ahead of the change) would let
+    // C open by a path that the change then gives to another file
+    if (ro || namesChanging > 0 || nodes.lastOf(ino)) return
     const real = fs.upperFilePath(nodes.path(ino))
     if (real) ll.llOpenable(session!, ino, real)
   }
-  /** A name changes: C opens nothing itself until JS opens each file again (before and after the change). */
+  let namesChanging = 0
+  /** A name changes: C opens nothing itself until JS opens each file again (from the request to its answer). */
   const renaming = <T>(work: () => Promise<T>): (() => Promise<T>) => {
+    namesChanging++
     ll.llOpenableClear(session!)
-    return () => work().finally(() => ll.llOpenableClear(session!))
+    return () => work().finally(() => {
+      namesChanging--
+      ll.llOpenableClear(session!)
+    })
   }
   /** The attributes of a node unlinked while open: from one of its handles (`fh`, or any), else as last shown. */
   const goneStat = (ino: number, fh: number, gone: Stat): Promise<Stat> | Stat => {
@@ -796,7 +866,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   /** Answers a request that made `path` with its entry (a new node, one lookup). */
   const entry = (req: number, path: string, fh?: number): void => {
     handle(req, 'entry', () => fs.getattr(path), (st) => {
-      const id = nodes.idOf(path)
+      const id = nodes.idOf(path, st.mode)
       counted(id)
       nodes.remember(id, st)
       if (fh !== undefined) {
@@ -849,7 +919,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     let cacheable = true // the attributes, as one timeout for all: none if any entry's must be asked for
     for (let i = first; i < end; i++) {
       const p = d.paths[i]
-      ids[i - first] = plus && p !== null ? nodes.idOf(p) : 0
+      ids[i - first] = plus && p !== null ? nodes.idOf(p, d.stats[i].mode) : 0
       fill(attrs, (i - first) * A_COUNT, d.stats[i])
       if (ta(d.stats[i]) === 0) cacheable = false
     }
@@ -1029,7 +1099,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           if (errnoOf(err) === Errno.ENOENT) return ll.llReplyNegative(req, t)
           return fail(req, 'lookup', err)
         }
-        const id = nodes.idOf(path)
+        const id = nodes.idOf(path, stat.mode)
         counted(id)
         nodes.remember(id, stat)
         // a plain tar member's READs go to C from the first (and, on a writable mount, its OPENs
@@ -1088,6 +1158,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           ;({ stat: st, below } = fs.entryNow(nodes.path(ino)))
         } catch (err) {
           return fail(req, 'getattr', err)
+        }
+        if (nodes.otherKind(ino, st.mode)) {
+          // the path holds another file now (see Nodes.idOf): the node's own is gone
+          log.fuse('getattr %s: a %o where node %d was a %o: its name is gone', nodes.path(ino), st.mode & S_IFMT, ino, nodes.lastKind(ino))
+          nodes.detach(ino)
+          return dispatch(op, req, ino, a, b, c, d)
         }
         nodes.remember(ino, st)
         fill(attr, 0, st)
@@ -1266,17 +1342,22 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           ll.llInvalAttr(session!, ino)
         })
       case OP.UNLINK:
-        return change(req, 'unlink', renaming(async () => { const p = child(ino, a as string); await fs.unlink(p); nodes.unlinked(p) }))
+        return change(req, 'unlink', renaming(async () => {
+          const p = child(ino, a as string)
+          await unsettling([p], async () => { await fs.unlink(p); nodes.unlinked(p) })
+        }))
       case OP.RMDIR:
-        return change(req, 'rmdir', renaming(async () => { const p = child(ino, a as string); await fs.rmdir(p); nodes.unlinked(p) }))
+        return change(req, 'rmdir', renaming(async () => {
+          const p = child(ino, a as string)
+          await unsettling([p], async () => { await fs.rmdir(p); nodes.unlinked(p) })
+        }))
       case OP.RENAME:
         // RENAME_NOREPLACE and RENAME_EXCHANGE are not offered (as through libfuse 2 before)
         if ((d as number) !== 0) return ll.llReplyErr(req, Errno.EINVAL)
         return change(req, 'rename', renaming(async () => {
           const from = child(ino, a as string)
           const to = child(b as number, c as string)
-          await fs.rename(from, to)
-          nodes.renamed(from, to)
+          await unsettling([from, to], async () => { await fs.rename(from, to); nodes.renamed(from, to) })
         }))
       case OP.CREATE: {
         const who = caller(req)
@@ -1333,12 +1414,36 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     }
   }
 
+  /**
+   * dispatch, where a request on a node by its path waits for a change under way at or above that
+   * path (see unsettled); those by handle, and the bookkeeping, never wait.
+   */
+  const settled = (next: Dispatch): Dispatch => {
+    const serve: Dispatch = (op, req, ino, a, b, c, d) => {
+      if (unsettled.size > 0 && BY_PATH[op]) {
+        const wait = unsettledAt(ino) ?? (op === OP.RENAME ? unsettledAt(b as number) : op === OP.LINK ? unsettledAt(a as number) : null)
+        if (wait) {
+          void wait.then(() => {
+            try {
+              serve(op, req, ino, a, b, c, d)
+            } catch (err) {
+              fail(req, 'request', err)
+            }
+          })
+          return
+        }
+      }
+      next(op, req, ino, a, b, c, d)
+    }
+    return serve
+  }
+
   const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${fsnameOf(opts)}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
   if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
-  const started = start(options.join(','), planning ? planned : dispatch)
+  const started = start(options.join(','), ro ? dispatch : settled(planning ? planned : dispatch))
   session = started
   if (roots) ll.llPlanRoots(started, roots.upper, roots.temp)
   ll.llStatfsAt(started, fs.statfsPath())

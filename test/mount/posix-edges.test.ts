@@ -304,6 +304,27 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^add each seen once: True$/m)
   })
 
+  it('open files whose names change under them (a fifo renamed over one, their directory renamed): fstat and I/O go on', async () => {
+    // the kernel locks the parent directories and the inodes named for a rename or an unlink, not
+    // an fstat or an OPEN of a file whose name goes, nor anything below a renamed directory; layerfs
+    // answers those by path, and answered them with what the path held half-way (the fifo's
+    // attributes: the kernel took the file's inode for a stale one and failed it with EIO; the fifo
+    // opened as the file; ENOENT from fstat)
+    const dir = await tempDir('held')
+    const lower = join(dir, 'lower')
+    await mkdir(join(lower, 'd1'), { recursive: true })
+    await mkdir(join(lower, 's'))
+    await writeFile(join(lower, 'd1', 'f'), 'foxtrot')
+    const outputs = await onBoth(dir, lower, ['redirect_dir=on'], async (mnt) => {
+      const r = await run('python3', ['-c', HELD, mnt, '1000'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.match(r.stderr, /^held True$/m, 'the open files were used')
+      return r.stdout
+    })
+    assert.equal(outputs[1], outputs[0])
+    assert.equal(outputs[0], 'errors []\n')
+  })
+
   it('listings made ahead (subdirectories listed before a walk asks): true after changes and forgetting, read-only too', async () => {
     // once JS answers a listing, layerfs lists the subdirectories ahead and gives them to its native
     // side, which answers their READDIRPLUS: never after a change, each entry's lookup counted
@@ -639,4 +660,52 @@ for round in (1, 2):
     for p in paths:
         print(p, st(p), read(p) if os.path.isfile(p) else '')
     forget()
+`
+
+const HELD = String.raw`
+import errno, os, stat, sys, threading
+root, n = sys.argv[1], int(sys.argv[2])
+P, Q = f'{root}/s/p', f'{root}/s/q'
+done = threading.Event(); lock = threading.Lock(); errs = {}; held = [0]
+def note(where, e):
+    k = f'{where} {errno.errorcode.get(e.errno, e.errno) if isinstance(e, OSError) else e}'
+    with lock: errs[k] = errs.get(k, 0) + 1
+def swapper():  # a file made, a fifo renamed over its name, the fifo unlinked; over and over
+    for _ in range(n):
+        try:
+            with open(P, 'w') as f: f.write('hello')
+            os.mkfifo(Q); os.rename(Q, P); os.unlink(P)
+        except OSError as e: note('swap', e)
+    done.set()
+def mover():  # a lower directory renamed back and forth
+    while not done.is_set():
+        for a, b in (('d1', 'd2'), ('d2', 'd1')):
+            try: os.rename(f'{root}/{a}', f'{root}/{b}')
+            except OSError as e: note('move', e)
+def holder(paths):  # opens what a name holds: the open file stays itself whatever the names do
+    while not done.is_set():
+        fd = None
+        for p in paths:
+            try: fd = os.open(p, os.O_RDWR | os.O_NONBLOCK); break
+            except OSError: pass
+        if fd is None: continue
+        try:
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind != stat.S_IFREG: continue  # the fifo
+            for i in range(20):
+                os.pwrite(fd, b'x', i)  # the kernel asks for the attributes again after a write
+                st = os.fstat(fd)
+                if stat.S_IFMT(st.st_mode) != kind or st.st_size < i + 1: note('fstat', f'mode {st.st_mode:o} size {st.st_size}')
+                with lock: held[0] += 1
+        except OSError as e: note('held', e)
+        finally:
+            try: os.close(fd)
+            except OSError as e: note('close', e)
+ts = [threading.Thread(target=swapper), threading.Thread(target=mover)]
+ts += [threading.Thread(target=holder, args=([P],)) for _ in range(3)]
+ts += [threading.Thread(target=holder, args=([f'{root}/d1/f', f'{root}/d2/f'],)) for _ in range(2)]
+for t in ts: t.start()
+for t in ts: t.join()
+print('errors', sorted(errs.items()))
+print('held', held[0] > 1000, file=sys.stderr)
 `
