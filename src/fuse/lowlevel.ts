@@ -239,7 +239,7 @@ const S_IFREG = 0o100000
 
 /** The kernel's nodeids and the paths they stand for; a node lives while the kernel holds lookups on it. */
 class Nodes {
-  private readonly byId = new Map<number, { path: string; lookups: number; last?: Stat; gone?: boolean }>([[1, { path: '/', lookups: 1 }]])
+  private readonly byId = new Map<number, { path: string; lookups: number; kind: number; last?: Stat; gone?: boolean }>([[1, { path: '/', lookups: 1, kind: S_IFDIR }]])
   private readonly byPath = new Map<string, number>([['/', 1]])
   private next = 2
 
@@ -267,13 +267,16 @@ class Nodes {
   idOf(path: string, mode?: number): number {
     let id = this.byPath.get(path)
     if (id !== undefined && mode !== undefined && this.otherKind(id, mode)) {
+      log.fuse('%s: node %d was a %o, the path holds a %o: a node of its own', path, id, this.kindOf(id), mode & S_IFMT)
       this.unlinked(path)
       id = undefined
     }
     if (id === undefined) {
       id = this.next++
       this.byPath.set(path, id)
-      this.byId.set(id, { path, lookups: 0 })
+      this.byId.set(id, { path, lookups: 0, kind: (mode ?? 0) & S_IFMT })
+    } else if (mode !== undefined) {
+      this.byId.get(id)!.kind = mode & S_IFMT
     }
     return id
   }
@@ -283,20 +286,21 @@ class Nodes {
 
   /** What getattr last answered for the node: an open file that was unlinked still has it. */
   remember(id: number, st: Stat): void {
-    if (!this.keepLast) return
     const n = this.byId.get(id)
-    if (n) n.last = st
+    if (!n) return
+    n.kind = st.mode & S_IFMT
+    if (this.keepLast) n.last = st
   }
 
-  /** Whether the node was last shown as a file of another type than `mode`'s. */
+  /** Whether the node was last shown to the kernel as a file of another type than `mode`'s. */
   otherKind(id: number, mode: number): boolean {
-    const last = this.byId.get(id)?.last
-    return last !== undefined && (last.mode & S_IFMT) !== (mode & S_IFMT)
+    const kind = this.kindOf(id)
+    return kind !== 0 && kind !== (mode & S_IFMT)
   }
 
   /** The type bits of what the node was last shown as (0: not known). */
-  lastKind(id: number): number {
-    return (this.byId.get(id)?.last?.mode ?? 0) & S_IFMT
+  kindOf(id: number): number {
+    return this.byId.get(id)?.kind ?? 0
   }
 
   /** The node's name is gone, whatever its path holds now (see idOf). */
@@ -740,7 +744,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
 
   const fail = (req: number, op: string, err: unknown): void => {
-    if (!(err instanceof FsError)) log.fuse('%s: unexpected %s', op, (err as Error)?.stack ?? String(err))
+    // a system call's error (it has its code) is an answer like ours; anything else is a fault
+    if (!(err instanceof FsError) && typeof (err as { code?: unknown } | null)?.code !== 'string') log.fuse('%s: unexpected %s', op, (err as Error)?.stack ?? String(err))
     ll.llReplyErr(req, errnoOf(err))
   }
   /** Runs `work` for a request and answers exactly once. */
@@ -1161,9 +1166,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         }
         if (nodes.otherKind(ino, st.mode)) {
           // the path holds another file now (see Nodes.idOf): the node's own is gone
-          log.fuse('getattr %s: a %o where node %d was a %o: its name is gone', nodes.path(ino), st.mode & S_IFMT, ino, nodes.lastKind(ino))
+          log.fuse('getattr %s: a %o where node %d was a %o: its name is gone', nodes.path(ino), st.mode & S_IFMT, ino, nodes.kindOf(ino))
           nodes.detach(ino)
-          return dispatch(op, req, ino, a, b, c, d)
+          if (nodes.lastOf(ino)) return dispatch(op, req, ino, a, b, c, d)
+          return ll.llReplyErr(req, Errno.ENOENT)
         }
         nodes.remember(ino, st)
         fill(attr, 0, st)
@@ -1190,10 +1196,21 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         // a write's copy-up, at once where it can be (LayerFs.openNow), else awaited
         let path: string
         let fh: number | null
+        /**
+         * An open awaited: a read's resolves the path before it waits its turn behind changes, so
+         * an unlink and a mknod may give the name to another file meanwhile (make soak: a fifo
+         * opened for a file's node). A name that changed while it opened: the handle goes, and the
+         * OPEN is taken again (ENOENT for a name now gone).
+         */
+        const answerIfStands = (fh: number): void => {
+          if (nodes.has(ino) && !nodes.isGone(ino) && nodes.path(ino) === path) return answer(fh)
+          void fs.release(fh).catch(() => undefined)
+          dispatch(op, req, ino, a, b, c, d)
+        }
         try {
           path = nodes.path(ino)
           // a truncation by a caller without CAP_FSETID (b, see kills_setids): set-ID bits go too
-          if (b === 1) return handle(req, 'open', async () => { const opened = await fs.open(path, flags); await dropSetIds(req, ino, path); return opened }, answer)
+          if (b === 1) return handle(req, 'open', async () => { const opened = await fs.open(path, flags); await dropSetIds(req, ino, path); return opened }, answerIfStands)
           fh = fs.openNow(path, flags)
         } catch (err) {
           return fail(req, 'open', err)
@@ -1205,7 +1222,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             return fail(req, 'open', err)
           }
         }
-        return handle(req, 'open', () => fs.open(path, flags), answer)
+        return handle(req, 'open', () => fs.open(path, flags), answerIfStands)
       }
       case OP.READ: {
         // what C did not answer itself: gzip data, sparse members, the first read of a node
@@ -1260,7 +1277,17 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             if (listings.size > 64) listings.delete(listings.keys().next().value as number)
           }
           const p = kept.list
-          return handle(req, 'readdir', () => p, (d) => readdirReply(req, d, b as number, d.cookies ? afterCookie(d.cookies, off) : off, ino))
+          const path = nodes.path(ino)
+          return handle(req, 'readdir', () => p, (list) => {
+            // the directory renamed (or its name given to another) while it was listed by path:
+            // the listing may be another directory's, so it is made again (the kernel locks a
+            // directory it lists, but not against a rename of it or of one above it)
+            if (!ro && (nodes.isGone(ino) || nodes.path(ino) !== path)) {
+              if (listings.get(ino) === kept) listings.delete(ino)
+              return dispatch(op, req, ino, a, b, c, d)
+            }
+            readdirReply(req, list, b as number, list.cookies ? afterCookie(list.cookies, off) : off, ino)
+          })
         }
         const fh = a as number
         const d = dirs.get(fh)

@@ -304,7 +304,7 @@ describe('POSIX corners, as kernel overlayfs answers them', () => {
     assert.match(outputs[0], /^add each seen once: True$/m)
   })
 
-  it('open files whose names change under them (a fifo renamed over one, their directory renamed): fstat and I/O go on', async () => {
+  it('open files whose names change under them (a fifo renamed over one, their directory renamed): fstat and I/O go on, opens open them', async () => {
     // the kernel locks the parent directories and the inodes named for a rename or an unlink, not
     // an fstat or an OPEN of a file whose name goes, nor anything below a renamed directory; layerfs
     // answers those by path, and answered them with what the path held half-way (the fifo's
@@ -701,7 +701,17 @@ def holder(paths):  # opens what a name holds: the open file stays itself whatev
         finally:
             try: os.close(fd)
             except OSError as e: note('close', e)
-ts = [threading.Thread(target=swapper), threading.Thread(target=mover)]
+def reader():  # a file opened for reading reads as one: never EAGAIN, as from a fifo opened in its place
+    while not done.is_set():
+        try: fd = os.open(P, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError: continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode): os.read(fd, 100)
+        except OSError as e: note('read', e)
+        finally:
+            try: os.close(fd)
+            except OSError as e: note('close', e)
+ts = [threading.Thread(target=swapper), threading.Thread(target=mover), threading.Thread(target=reader)]
 ts += [threading.Thread(target=holder, args=([P],)) for _ in range(3)]
 ts += [threading.Thread(target=holder, args=([f'{root}/d1/f', f'{root}/d2/f'],)) for _ in range(2)]
 for t in ts: t.start()
