@@ -325,10 +325,7 @@ class Nodes {
   /** The path is gone (unlink, rmdir): its node stays until forgotten, but no new lookup finds it. */
   unlinked(path: string): void {
     const id = this.byPath.get(path)
-    if (id === undefined) return
-    this.byPath.delete(path)
-    const n = this.byId.get(id)
-    if (n) n.gone = true
+    if (id !== undefined) this.detach(id)
   }
 
   /** A rename: the node at `from` and every node below it now live under `to`. */
@@ -1205,7 +1202,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         const answerIfStands = (fh: number): void => {
           if (nodes.has(ino) && !nodes.isGone(ino) && nodes.path(ino) === path) return answer(fh)
           void fs.release(fh).catch(() => undefined)
-          dispatch(op, req, ino, a, b, c, d)
+          retry(op, req, ino, a, b, c, d)
         }
         try {
           path = nodes.path(ino)
@@ -1284,7 +1281,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
             // directory it lists, but not against a rename of it or of one above it)
             if (!ro && (nodes.isGone(ino) || nodes.path(ino) !== path)) {
               if (listings.get(ino) === kept) listings.delete(ino)
-              return dispatch(op, req, ino, a, b, c, d)
+              return retry(op, req, ino, a, b, c, d)
             }
             readdirReply(req, list, b as number, list.cookies ? afterCookie(list.cookies, off) : off, ino)
           })
@@ -1464,6 +1461,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     }
     return serve
   }
+  /**
+   * A request taken again (its node's name changed while it was answered): past the wait for a
+   * change under way, as any request, but not counted as a change again (see planned).
+   */
+  const retry = settled(dispatch)
 
   const options = [ro ? 'ro' : 'rw', 'default_permissions', `fsname=${fsnameOf(opts)}`, 'subtype=layerfs']
   if (opts.allowOther) options.push('allow_other')
