@@ -110,6 +110,14 @@ struct Session {
   int prepared, dev_fd, went;
   pthread_mutex_t golock; pthread_cond_t gocond;
   char *own_mnt;
+  // the storer (see want_store): a thread that pushes the bytes around random reads of immutable
+  // files into the kernel's page cache; started at its first job
+  _Atomic uint32_t store_window; // bytes, a power of two (llReadaround); 0: none
+  int storer_started, storer_stop;
+  pthread_t storer;
+  pthread_mutex_t slock; pthread_cond_t scond;
+  struct StoreJob *sq; unsigned sq_head, sq_tail;
+  char *sbuf; size_t scap;
 };
 
 typedef struct Queued { struct Queued *next; size_t len; char data[]; } Queued;
@@ -150,6 +158,8 @@ typedef struct Direct {
   int writable;  // WRITEs too (an upper file): pwrite at the offset
   uint64_t node; // a handle C opened itself (NATIVE_FH): its node
   char *path;    // KEY_OPENABLE: the upper file's path (malloc'd)
+  int64_t read_end;     // where the last READ answered from it ended (see want_store)
+  int64_t stored_from;  // the last window queued for storing from it, or -1
   struct Direct *next;
 } Direct;
 
@@ -207,7 +217,7 @@ static Direct *direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_
     free(old);
   }
   Direct *d = malloc(sizeof *d);
-  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, NULL };
+  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, 0, -1, NULL };
   size_t b = direct_slot(s, key);
   d->next = s->direct[b]; s->direct[b] = d;
   s->direct_count++;
@@ -1258,6 +1268,81 @@ static int answer_statfs(Session *s, const struct kernel_in_header *in) {
   return 1;
 }
 
+// Random reads of immutable files. The kernel reads a single page for a read it takes for random
+// (no readahead), so a program reading a big lower file here and there pays a request per 4 KiB
+// page. On a read-only mount nothing changes a file's bytes, so after answering such a READ the
+// window of store_window bytes around it is pushed into the kernel's page cache for the node
+// (FUSE_NOTIFY_STORE): later reads near it need no request. A thread of its own does it: the store
+// waits for any page the kernel has locked for a READ still queued, which only the reader answers.
+#define STORE_QUEUE 64
+#define KERNEL_FUSE_NOTIFY_STORE 4
+typedef struct StoreJob { uint64_t key, node; int64_t off; uint32_t size; } StoreJob;
+struct kernel_notify_store_out { uint64_t nodeid, offset; uint32_t size, padding; };
+
+static void *storer_main(void *arg) {
+  Session *s = arg;
+  sigset_t mask;
+  sigfillset(&mask);
+  pthread_sigmask(SIG_SETMASK, &mask, NULL);
+  for (;;) {
+    pthread_mutex_lock(&s->slock);
+    while (s->sq_head == s->sq_tail && !s->storer_stop) pthread_cond_wait(&s->scond, &s->slock);
+    if (s->storer_stop) { pthread_mutex_unlock(&s->slock); break; }
+    StoreJob job = s->sq[s->sq_head++ % STORE_QUEUE];
+    pthread_mutex_unlock(&s->slock);
+    pthread_rwlock_rdlock(&s->dlock); // the descriptor stays open while it is read
+    Direct *d = direct_find(s, job.key);
+    ssize_t got = d ? direct_pread(d, &s->sbuf, &s->scap, job.size, job.off) : -ENOENT;
+    pthread_rwlock_unlock(&s->dlock);
+    if (got <= 0) continue;
+    struct kernel_notify_store_out st = { job.node, (uint64_t)job.off, (uint32_t)got, 0 };
+    struct kernel_out_header out = { (uint32_t)(sizeof out + sizeof st + (size_t)got), KERNEL_FUSE_NOTIFY_STORE, 0 };
+    struct iovec iov[3] = { { &out, sizeof out }, { &st, sizeof st }, { s->sbuf, (size_t)got } };
+    // ENOENT: the kernel no longer has the node; anything else: the mount is going
+    while (writev(fuse_session_fd(s->se), iov, 3) < 0 && errno == EINTR) {}
+  }
+  return NULL;
+}
+
+// After a READ of `size` bytes at `off` from d (under dlock, on the thread answering it): queues
+// the window around it if the read looks random (small, not where the last one ended, not at the
+// start: the kernel reads ahead for those itself) and the file is big enough for a window to
+// bring more than the read did.
+static void want_store(Session *s, Direct *d, uint64_t node, uint32_t size, int64_t off, ssize_t got) {
+  int64_t end = off + (got > 0 ? got : 0), last = d->read_end;
+  d->read_end = end;
+  uint32_t w = s->store_window;
+  if (!w || !s->read_only || d->limit < 2 * (int64_t)w || d->writable || got <= 0 || size >= w || off == 0 || off == last) return;
+  int64_t from = off & ~(int64_t)(w - 1);
+  if (from == d->stored_from) return;
+  d->stored_from = from;
+  StoreJob job = { d->key, node, from, (uint32_t)(d->limit - from < w ? d->limit - from : w) };
+  pthread_mutex_lock(&s->slock);
+  if (s->storer_stop) { pthread_mutex_unlock(&s->slock); return; }
+  if (!s->storer_started) {
+    s->sq = calloc(STORE_QUEUE, sizeof *s->sq);
+    s->storer_started = s->sq && pthread_create(&s->storer, NULL, storer_main, s) == 0;
+    if (!s->storer_started) s->store_window = 0;
+  }
+  if (s->storer_started && s->sq_tail - s->sq_head < STORE_QUEUE) { // else dropped: it is behind
+    s->sq[s->sq_tail++ % STORE_QUEUE] = job;
+    pthread_cond_signal(&s->scond);
+  }
+  pthread_mutex_unlock(&s->slock);
+}
+
+static void stop_storer(Session *s) {
+  pthread_mutex_lock(&s->slock);
+  s->storer_stop = 1;
+  int started = s->storer_started;
+  pthread_cond_signal(&s->scond);
+  pthread_mutex_unlock(&s->slock);
+  if (started) pthread_join(s->storer, NULL);
+  s->storer_started = 0;
+  free(s->sq); s->sq = NULL;
+  free(s->sbuf); s->sbuf = NULL;
+}
+
 // A request answered on the reader thread where it can be, straight from the request bytes (libfuse
 // is not involved: no request object): those the functions above answer, then a direct READ or
 // WRITE (pread or pwrite, then the reply written to /dev/fuse). 1 if answered, 0 if not (it then
@@ -1324,6 +1409,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     ssize_t got = direct_pread(d, &s->trbuf, &s->trcap, rw->size, off);
     if (got < 0) out.error = (int32_t)got;
     else { count_read(s, d, (size_t)got); iov[1] = (struct iovec){ s->trbuf, (size_t)got }; n_iov = 2; out.len += (uint32_t)got; }
+    want_store(s, d, in->nodeid, rw->size, off, got);
   } else {
     if (sizeof *in + sizeof(struct kernel_rw_in) + rw->size > len) { pthread_rwlock_unlock(&s->dlock); return 0; }
     dropped = kills_setids(msg, len) && drop_setids(d->fd, NULL, in->gid, in->pid) > 0;
@@ -1443,6 +1529,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   Session *s = data;
   if (s->se) {
     unmount_session(s);
+    stop_storer(s);
     if (!s->threaded || stop_reader(s)) fuse_session_destroy(s->se);
   }
   free(s->own_mnt);
@@ -1495,6 +1582,8 @@ static napi_value start_session(napi_env env, const char *mnt, const char *opts,
   pthread_mutex_init(&s->plock, NULL);
   pthread_mutex_init(&s->golock, NULL);
   pthread_cond_init(&s->gocond, NULL);
+  pthread_mutex_init(&s->slock, NULL);
+  pthread_cond_init(&s->scond, NULL);
   s->plan_workfd = -1;
   s->statfs_fd = -1;
   s->threaded = threaded;
@@ -1601,6 +1690,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   session_end(s);
   // stop the reads for good, and drop what the references keep alive (a reader that will not stop
   // keeps the session: the process is ending anyway)
+  stop_storer(s); // it writes to the session's descriptor
   if (s->threaded) {
     if (stop_reader(s)) fuse_session_destroy(s->se);
     if (!s->async_closed) { s->async_closed = 1; uv_close((uv_handle_t *)&s->async, NULL); }
@@ -1858,6 +1948,22 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
 }
 
 // llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
+// llReadaround(session, bytes): the window pushed into the page cache around a random READ (see
+// want_store); 0 or anything not a power of two: none
+static napi_value js_readaround(napi_env env, napi_callback_info info) {
+  size_t argc = 2; napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Session *s = session_arg(env, argv[0]);
+  double bytes = 0;
+  napi_get_value_double(env, argv[1], &bytes);
+  uint32_t w = bytes >= 8192 && bytes <= (1 << 24) ? (uint32_t)bytes : 0;
+  if (!s || (w & (w - 1))) return NULL;
+  pthread_mutex_lock(&s->slock);
+  s->store_window = w;
+  pthread_mutex_unlock(&s->slock);
+  return NULL;
+}
+
 static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
@@ -2404,6 +2510,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llReplyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL },
     { "llCaller", NULL, js_caller, NULL, NULL, NULL, napi_default, NULL },
     { "llDirect", NULL, js_direct, NULL, NULL, NULL, napi_default, NULL },
+    { "llReadaround", NULL, js_readaround, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCaps", NULL, js_no_caps, NULL, NULL, NULL, napi_default, NULL },

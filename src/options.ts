@@ -23,6 +23,11 @@ export interface MountRequest {
   readonly userxattr: boolean
   /** -o metacopy=on: chmod, chown, utimens and xattr changes copy a lower file's metadata only, as kernel overlayfs's metacopy=on. */
   readonly metacopy: boolean
+  /**
+   * -o readaround=SIZE: on a read-only mount, a small read of a big file that looks random brings
+   * the SIZE-aligned window around it into the page cache (bytes; 0: off).
+   */
+  readonly readaround: number
   /** Where to write the stats (JSON) when the mount ends, from -o stats=FILE. */
   readonly statsFile: string | null
   /** Daemon log file (after it detaches), from -o log=FILE or $LAYERFS_LOG. */
@@ -90,6 +95,18 @@ function pathOption(opts: Map<string, string | true>, name: string, cwd: string)
   if (v === undefined) return null
   if (v === true || v === '') throw new UserError(`bad option syntax: ${name} needs a value (${name}=PATH)`)
   return resolve(cwd, v)
+}
+
+/** The kernel's own readahead window: what a random read brings in unless -o readaround says otherwise. */
+export const DEFAULT_READAROUND = 128 * 1024
+
+/** -o readaround=SIZE: 0 (off), or a power of two from 8k to 16m (k and m: KiB and MiB). */
+function readaroundOption(v: string | true | undefined): number {
+  if (v === undefined) return DEFAULT_READAROUND
+  const m = typeof v === 'string' ? /^(\d+)([km]?)$/i.exec(v) : null
+  const bytes = m ? Number(m[1]) * (m[2] === '' ? 1 : m[2].toLowerCase() === 'k' ? 1024 : 1 << 20) : NaN
+  if (bytes === 0 || (bytes >= 8192 && bytes <= 1 << 24 && (bytes & (bytes - 1)) === 0)) return bytes
+  throw new UserError(`bad option: readaround=${v === true ? '' : v} (0, or a power of two from 8k to 16m)`)
 }
 
 function metacopyOption(v: string | true | undefined): boolean {
@@ -186,7 +203,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
   const logOpt = opts.get('log')
   for (const [k, v] of opts) {
-    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats', 'metacopy'].includes(k)) continue
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats', 'metacopy', 'readaround'].includes(k)) continue
     log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
   }
   const fsnameOpt = opts.get('fsname')
@@ -202,6 +219,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
       debug: debug || opts.has('debug'),
       userxattr: opts.has('userxattr'),
       metacopy: metacopyOption(opts.get('metacopy')),
+      readaround: readaroundOption(opts.get('readaround')),
       statsFile: pathOption(opts, 'stats', cwd),
       quiet,
       logFile: typeof logOpt === 'string' ? resolve(cwd, logOpt) : env.LAYERFS_LOG ? resolve(cwd, env.LAYERFS_LOG) : null,

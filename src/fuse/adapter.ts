@@ -129,6 +129,8 @@ export interface FuseMountOptions {
   allowOther: boolean
   /** Seconds the kernel may cache entries (and, read-only, attributes: lowers never change). */
   cacheSeconds: number
+  /** Read-only mounts: the window a random read brings into the page cache, in bytes (0: none; low-level binding only). */
+  readaround: number
   debug: boolean
 }
 

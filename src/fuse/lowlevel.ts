@@ -76,6 +76,11 @@ interface LowLevel {
   llPlanRoots(s: Session, upper: Buffer, temp: Buffer): void
   /** STATFS answered in C from the filesystem holding `path` (LayerFs.statfsPath). */
   llStatfsAt(s: Session, path: string): void
+  /**
+   * Read-only mounts: after a small READ that looks random, C pushes the `bytes`-aligned window
+   * around it into the kernel's page cache (0: never; a power of two from 8 KiB to 16 MiB).
+   */
+  llReadaround(s: Session, bytes: number): void
   /** The epoch attributes read from now on belong to (llAttrs); -1 while they cannot be given. */
   llAttrEpoch(s: Session): number
   /** C answers GETATTR of each node (0: skipped) with its attributes (A_COUNT each), read in `epoch`, until a change. */
@@ -1476,6 +1481,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   session = started
   if (roots) ll.llPlanRoots(started, roots.upper, roots.temp)
   ll.llStatfsAt(started, fs.statfsPath())
+  ll.llReadaround(started, opts.readaround)
   const layers = fs.union.layers.length
   ll.llDirectCounts(started, layers)
   const mounted = (): FuseMount => {

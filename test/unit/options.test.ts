@@ -47,6 +47,16 @@ describe('parseArgs', () => {
     assert.equal(parseArgs(['--help'], '/w', {}).kind, 'help')
   })
 
+  it('-o readaround=SIZE: 128k unless given, 0 turns it off, k and m suffixes, powers of two only', () => {
+    assert.equal(mount(['-o', 'lowerdir=/a', '/m']).readaround, 128 * 1024)
+    assert.equal(mount(['-o', 'lowerdir=/a,readaround=0', '/m']).readaround, 0)
+    assert.equal(mount(['-o', 'lowerdir=/a,readaround=1M', '/m']).readaround, 1 << 20)
+    assert.equal(mount(['-o', 'lowerdir=/a,readaround=65536', '/m']).readaround, 65536)
+    for (const bad of ['readaround', 'readaround=100k', 'readaround=4k', 'readaround=32m', 'readaround=x']) {
+      assert.throws(() => parseArgs(['-o', `lowerdir=/a,${bad}`, '/m'], '/w', {}), UserError, bad)
+    }
+  })
+
   it('bad syntax is a UserError with a message', () => {
     for (const argv of [['mount'], ['-o'], ['-o', 'lowerdir=', '/m'], ['-o', '=x', '/m'], ['-o', 'rw', '/m'],
       ['-o', 'lowerdir=/a::/b', '/m'], ['-o', 'lowerdir=/a,upperdir=/u', '/m'], ['--bogus', '/m'], ['a', 'b', 'c']]) {

@@ -1,0 +1,113 @@
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdir, open, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
+import { LAYERFS, must, removeTemps, tempDir } from '../support/run'
+import type { StatsReport } from '../../src/stats'
+
+// -o readaround: on a read-only mount, a small read of a big lower file that looks random brings
+// the aligned window around it into the kernel's page cache (FUSE_NOTIFY_STORE), so that reads near
+// it need no request. What it stores must be the file's bytes: every read is compared with the
+// source, the page cache dropped first.
+
+after(async () => {
+  await unmountAll()
+  await removeTemps()
+})
+
+const SIZE = 4 << 20
+const WINDOW = 128 << 10
+
+/** Bytes of `file` in the page cache (util-linux fincore). */
+async function resident(file: string): Promise<number> {
+  return Number((await must('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).trim())
+}
+
+async function readsServed(m: Mounted): Promise<number> {
+  const stats = JSON.parse(await must(LAYERFS, ['stats', m.path, '--json'])) as StatsReport
+  return stats.totals.reads
+}
+
+async function dropCaches(): Promise<void> {
+  await must('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches'])
+}
+
+/** A tar (made by tar(1)) holding `big`, SIZE random bytes, and the source file. */
+async function bigFileTar(name: string): Promise<{ tar: string; source: string }> {
+  const dir = await tempDir(name)
+  await mkdir(join(dir, 'src'))
+  const source = join(dir, 'src', 'big')
+  await must('sh', ['-c', `head -c ${SIZE} /dev/urandom > ${source}`])
+  const tar = join(dir, 'l.tar')
+  await must('tar', ['-C', join(dir, 'src'), '-cf', tar, 'big'])
+  return { tar, source }
+}
+
+describe('readaround (read-only mounts)', () => {
+  it('a random 4 KiB read brings its 128 KiB window into the page cache: reads near it make no request, and all read true', async () => {
+    const { tar, source } = await bigFileTar('readaround')
+    const expected = await readFile(source)
+    const m = await mountLayerfs([tar])
+    try {
+      const file = join(m.path, 'big')
+      await dropCaches()
+      const fh = await open(file, 'r')
+      try {
+        const at = 5 * WINDOW + 3 * 4096 // within the window [5 W, 6 W), not at its start
+        const buf = Buffer.alloc(4096)
+        await fh.read(buf, 0, 4096, at)
+        assert.deepEqual(buf, expected.subarray(at, at + 4096))
+        let cached = 0
+        for (let i = 0; i < 100 && (cached = await resident(file)) < WINDOW; i++) await new Promise((r) => setTimeout(r, 20))
+        assert.ok(cached >= WINDOW, `${cached} bytes in the page cache after one random read (window ${WINDOW})`)
+        const before = await readsServed(m)
+        for (let k = 0; k < 32; k++) {
+          const off = 5 * WINDOW + k * 4096
+          await fh.read(buf, 0, 4096, off)
+          assert.deepEqual(buf, expected.subarray(off, off + 4096), `offset ${off}`)
+        }
+        assert.equal(await readsServed(m), before, 'reads within the stored window reached the daemon')
+
+        // reads all over the file, in random order, the page cache dropped: each must read true
+        await dropCaches()
+        let seed = 7
+        const rand = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+        for (let k = 0; k < 3000; k++) {
+          const len = [1, 100, 4096, 5000, 70000][rand(5)]
+          const off = rand(SIZE)
+          const big = Buffer.alloc(len)
+          const { bytesRead } = await fh.read(big, 0, len, off)
+          assert.deepEqual(big.subarray(0, bytesRead), expected.subarray(off, off + len), `read of ${len} at ${off}`)
+        }
+        const whole = Buffer.alloc(SIZE + 10)
+        const { bytesRead } = await fh.read(whole, 0, SIZE + 10, 0)
+        assert.equal(bytesRead, SIZE)
+        assert.ok(whole.subarray(0, SIZE).equals(expected), 'the whole file, through what the stores left')
+      } finally {
+        await fh.close()
+      }
+    } finally {
+      await m.unmount()
+    }
+  })
+
+  it('-o readaround=0: a random read brings in only what it asked for', async () => {
+    const { tar } = await bigFileTar('readaround-off')
+    const m = await mountLayerfs([tar], { options: ['readaround=0'] })
+    try {
+      const file = join(m.path, 'big')
+      await dropCaches()
+      const fh = await open(file, 'r')
+      try {
+        await fh.read(Buffer.alloc(4096), 0, 4096, 5 * WINDOW + 3 * 4096)
+        await new Promise((r) => setTimeout(r, 300))
+        assert.ok(await resident(file) < WINDOW)
+      } finally {
+        await fh.close()
+      }
+    } finally {
+      await m.unmount()
+    }
+  })
+})
