@@ -233,10 +233,12 @@ static void direct_free_all(Session *s) {
   free(s->direct); s->direct = NULL; s->direct_cap = s->direct_count = 0;
 }
 
+// Per layer position: reads answered, their bytes, windows stored by the readaround, their bytes.
+#define LAYER_COUNTS 4
 static void count_read(Session *s, Direct *d, size_t got) {
   if (d->layer >= 0 && (size_t)d->layer < s->nlayers) {
-    atomic_fetch_add(&s->layer_counts[2 * d->layer], 1);
-    atomic_fetch_add(&s->layer_counts[2 * d->layer + 1], got);
+    atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer], 1);
+    atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 1], got);
   }
 }
 
@@ -1293,6 +1295,10 @@ static void *storer_main(void *arg) {
     pthread_rwlock_rdlock(&s->dlock); // the descriptor stays open while it is read
     Direct *d = direct_find(s, job.key);
     ssize_t got = d ? direct_pread(d, &s->sbuf, &s->scap, job.size, job.off) : -ENOENT;
+    if (got > 0 && d->layer >= 0 && (size_t)d->layer < s->nlayers) {
+      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 2], 1);
+      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 3], got);
+    }
     pthread_rwlock_unlock(&s->dlock);
     if (got <= 0) continue;
     struct kernel_notify_store_out st = { job.node, (uint64_t)job.off, (uint32_t)got, 0 };
@@ -2089,15 +2095,15 @@ static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
   size_t n = (size_t)dbl(env, argv[1]);
   if (s && s->nlayers < n) {
     pthread_rwlock_wrlock(&s->dlock);
-    s->layer_counts = realloc(s->layer_counts, 2 * n * sizeof *s->layer_counts);
-    for (size_t i = 2 * s->nlayers; i < 2 * n; i++) atomic_init(&s->layer_counts[i], 0);
+    s->layer_counts = realloc(s->layer_counts, LAYER_COUNTS * n * sizeof *s->layer_counts);
+    for (size_t i = LAYER_COUNTS * s->nlayers; i < LAYER_COUNTS * n; i++) atomic_init(&s->layer_counts[i], 0);
     s->nlayers = n;
     pthread_rwlock_unlock(&s->dlock);
   }
   void *data; napi_value ab, arr;
-  CHECK(napi_create_arraybuffer(env, 2 * n * sizeof(double), &data, &ab));
-  for (size_t i = 0; s && i < 2 * n; i++) ((double *)data)[i] = (double)atomic_load(&s->layer_counts[i]);
-  CHECK(napi_create_typedarray(env, napi_float64_array, 2 * n, ab, 0, &arr));
+  CHECK(napi_create_arraybuffer(env, LAYER_COUNTS * n * sizeof(double), &data, &ab));
+  for (size_t i = 0; s && i < LAYER_COUNTS * n; i++) ((double *)data)[i] = (double)atomic_load(&s->layer_counts[i]);
+  CHECK(napi_create_typedarray(env, napi_float64_array, LAYER_COUNTS * n, ab, 0, &arr));
   return arr;
 }
 

@@ -388,9 +388,9 @@ async function stats(mountpoint: string, json: boolean): Promise<void> {
     `mountpoint  ${st.mountpoint} (daemon pid ${st.pid}${st.mountedBy === 'prepared' ? ', mounted from a prepared standby' : ''})`,
     `copy-ups    ${t.copyUps}, ${t.copyUpBytes} bytes, ${t.copyUpMs} ms`,
     `lookups     ${t.lookups} (${t.cacheHits} from the cache)`,
-    `reads       ${t.reads}, ${t.bytesRead} bytes`,
+    `reads       ${t.reads}, ${t.bytesRead} bytes${t.readaround ? `; readaround ${t.readaround} windows, ${t.readaroundBytes} bytes` : ''}`,
     'layers (0 is the topmost):',
-    ...st.layers.map((l) => `  [${l.index}] ${l.kind.padEnd(4)} ${l.source}  ${l.reads} reads, ${l.bytesRead} bytes`),
+    ...st.layers.map((l) => `  [${l.index}] ${l.kind.padEnd(4)} ${l.source}  ${l.reads} reads, ${l.bytesRead} bytes${l.readaround ? `; readaround ${l.readaround} windows, ${l.readaroundBytes} bytes` : ''}`),
   ]
   if (st.copyUps.length > 0) {
     out.push('copy-ups:', `  ${'ms'.padStart(10)}  ${'bytes'.padStart(12)}  ${'reason'.padEnd(11)} layer  path`)

@@ -32,8 +32,14 @@ export interface StatsReport {
     readonly cacheMisses: number
     readonly reads: number
     readonly bytesRead: number
+    /** Windows the readaround pushed into the page cache around random reads (-o readaround), and their bytes. */
+    readonly readaround: number
+    readonly readaroundBytes: number
   }
-  readonly layers: ReadonlyArray<{ readonly index: number; readonly source: string; readonly kind: string; readonly reads: number; readonly bytesRead: number }>
+  readonly layers: ReadonlyArray<{
+    readonly index: number; readonly source: string; readonly kind: string; readonly reads: number; readonly bytesRead: number
+    readonly readaround: number; readonly readaroundBytes: number
+  }>
 }
 
 export class Stats {
@@ -45,7 +51,7 @@ export class Stats {
    * first in each report, it also brings in the copy-ups the binding ran itself.
    */
   constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
-    private readonly servedElsewhere: () => { reads: number[]; bytes: number[] } | null = () => null,
+    private readonly servedElsewhere: () => { reads: number[]; bytes: number[]; stored?: number[]; storedBytes?: number[] } | null = () => null,
     private readonly mountedBy: MountedBy = 'mount') {
     fs.upper?.copyUp.listen((rec: CopyUpRecord) => this.copyUps.push(rec))
   }
@@ -57,6 +63,7 @@ export class Stats {
     const layers = union.layers.map((l, index) => ({
       index, source: l.source, kind: l.kind,
       reads: this.fs.reads[index] + (more?.reads[index] ?? 0), bytesRead: this.fs.bytesRead[index] + (more?.bytes[index] ?? 0),
+      readaround: more?.stored?.[index] ?? 0, readaroundBytes: more?.storedBytes?.[index] ?? 0,
     }))
     const copyUps: CopyUpEntry[] = this.copyUps.map((rec) => ({
       path: Buffer.from(rec.path, 'latin1').toString('utf8'),
@@ -77,6 +84,8 @@ export class Stats {
         cacheMisses: cache.misses,
         reads: layers.reduce((n, l) => n + l.reads, 0),
         bytesRead: layers.reduce((n, l) => n + l.bytesRead, 0),
+        readaround: layers.reduce((n, l) => n + l.readaround, 0),
+        readaroundBytes: layers.reduce((n, l) => n + l.readaroundBytes, 0),
       },
       layers,
     }

@@ -136,8 +136,11 @@ export interface FuseMountOptions {
 
 export interface FuseMount {
   unmount(): Promise<void>
-  /** Reads answered by the binding itself, per layer position (they never reach LayerFs). */
-  directReads?(): { reads: number[]; bytes: number[] }
+  /**
+   * Reads answered by the binding itself, per layer position (they never reach LayerFs), and the
+   * windows the readaround pushed into the page cache (-o readaround).
+   */
+  directReads?(): { reads: number[]; bytes: number[]; stored?: number[]; storedBytes?: number[] }
   /** What the binding did on its own thread (copy-ups), made known to LayerFs and its stats now. */
   catchUp?(): void
 }

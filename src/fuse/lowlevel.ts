@@ -52,6 +52,7 @@ interface LowLevel {
   llDirect(s: Session, byNode: boolean, id: number, fd: number, base: number, limit: number, layer: number, writable: boolean): void
   llDirectDrop(s: Session, byNode: boolean, id: number): void
   /** [reads, bytes] per layer position of the READs answered in C (sizes the table on first call). */
+  /** Per layer position: [reads answered in C, their bytes, readaround windows stored, their bytes], each layer's four in turn. */
   llDirectCounts(s: Session, layers: number): Float64Array
   /** Node `id` has no security.capability if `fd`'s file has none: C answers the kernel's check before each write. */
   llNoCaps(s: Session, id: number, fd: number): void
@@ -1510,8 +1511,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         if (session && !ended) readNotes()
       },
       directReads: () => {
+        // per layer: reads, bytes, windows the readaround stored, their bytes (fuse_ll.c LAYER_COUNTS)
         const c = ll.llDirectCounts(started, layers)
-        return { reads: fs.union.layers.map((_, i) => c[2 * i]), bytes: fs.union.layers.map((_, i) => c[2 * i + 1]) }
+        const at = (k: number): number[] => fs.union.layers.map((_, i) => c[4 * i + k])
+        return { reads: at(0), bytes: at(1), stored: at(2), storedBytes: at(3) }
       },
     }
   }

@@ -24,9 +24,12 @@ async function resident(file: string): Promise<number> {
   return Number((await must('fincore', ['--bytes', '--noheadings', '--output', 'RES', file])).trim())
 }
 
+async function stats(m: Mounted): Promise<StatsReport['totals']> {
+  return (JSON.parse(await must(LAYERFS, ['stats', m.path, '--json'])) as StatsReport).totals
+}
+
 async function readsServed(m: Mounted): Promise<number> {
-  const stats = JSON.parse(await must(LAYERFS, ['stats', m.path, '--json'])) as StatsReport
-  return stats.totals.reads
+  return (await stats(m)).reads
 }
 
 async function dropCaches(): Promise<void> {
@@ -68,6 +71,9 @@ describe('readaround (read-only mounts)', () => {
           assert.deepEqual(buf, expected.subarray(off, off + 4096), `offset ${off}`)
         }
         assert.equal(await readsServed(m), before, 'reads within the stored window reached the daemon')
+        const counted = await stats(m)
+        assert.equal(counted.readaround, 1, 'layerfs stats counts the window stored')
+        assert.equal(counted.readaroundBytes, WINDOW)
 
         // reads all over the file, in random order, the page cache dropped: each must read true
         await dropCaches()
@@ -103,6 +109,7 @@ describe('readaround (read-only mounts)', () => {
         await fh.read(Buffer.alloc(4096), 0, 4096, 5 * WINDOW + 3 * 4096)
         await new Promise((r) => setTimeout(r, 300))
         assert.ok(await resident(file) < WINDOW)
+        assert.equal((await stats(m)).readaround, 0)
       } finally {
         await fh.close()
       }
