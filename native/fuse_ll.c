@@ -160,6 +160,7 @@ typedef struct Direct {
   char *path;    // KEY_OPENABLE: the upper file's path (malloc'd)
   int64_t read_end;     // where the last READ answered from it ended (see want_store)
   int64_t stored_from;  // the last window queued for storing from it, or -1
+  uint64_t serial;      // which registration this is: a handle's number is used again once released
   struct Direct *next;
 } Direct;
 
@@ -217,7 +218,8 @@ static Direct *direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_
     free(old);
   }
   Direct *d = malloc(sizeof *d);
-  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, 0, -1, NULL };
+  static _Atomic uint64_t serials; // one count for every session of the process
+  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, 0, -1, atomic_fetch_add(&serials, 1) + 1, NULL };
   size_t b = direct_slot(s, key);
   d->next = s->direct[b]; s->direct[b] = d;
   s->direct_count++;
@@ -1278,7 +1280,7 @@ static int answer_statfs(Session *s, const struct kernel_in_header *in) {
 // waits for any page the kernel has locked for a READ still queued, which only the reader answers.
 #define STORE_QUEUE 64
 #define KERNEL_FUSE_NOTIFY_STORE 4
-typedef struct StoreJob { uint64_t key, node; int64_t off; uint32_t size; } StoreJob;
+typedef struct StoreJob { uint64_t key, serial, node; int64_t off; uint32_t size; } StoreJob;
 struct kernel_notify_store_out { uint64_t nodeid, offset; uint32_t size, padding; };
 
 static void *storer_main(void *arg) {
@@ -1294,6 +1296,7 @@ static void *storer_main(void *arg) {
     pthread_mutex_unlock(&s->slock);
     pthread_rwlock_rdlock(&s->dlock); // the descriptor stays open while it is read
     Direct *d = direct_find(s, job.key);
+    if (d && d->serial != job.serial) d = NULL; // released since, and the number given to another file
     ssize_t got = d ? direct_pread(d, &s->sbuf, &s->scap, job.size, job.off) : -ENOENT;
     if (got > 0 && d->layer >= 0 && (size_t)d->layer < s->nlayers) {
       atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 2], 1);
@@ -1322,7 +1325,7 @@ static void want_store(Session *s, Direct *d, uint64_t node, uint32_t size, int6
   int64_t from = off & ~(int64_t)(w - 1);
   if (from == d->stored_from) return;
   d->stored_from = from;
-  StoreJob job = { d->key, node, from, (uint32_t)(d->limit - from < w ? d->limit - from : w) };
+  StoreJob job = { d->key, d->serial, node, from, (uint32_t)(d->limit - from < w ? d->limit - from : w) };
   pthread_mutex_lock(&s->slock);
   if (s->storer_stop) { pthread_mutex_unlock(&s->slock); return; }
   if (!s->storer_started) {

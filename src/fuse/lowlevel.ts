@@ -51,8 +51,7 @@ interface LowLevel {
    */
   llDirect(s: Session, byNode: boolean, id: number, fd: number, base: number, limit: number, layer: number, writable: boolean): void
   llDirectDrop(s: Session, byNode: boolean, id: number): void
-  /** [reads, bytes] per layer position of the READs answered in C (sizes the table on first call). */
-  /** Per layer position: [reads answered in C, their bytes, readaround windows stored, their bytes], each layer's four in turn. */
+  /** Per layer position: [reads answered in C, their bytes, readaround windows stored, their bytes], each layer's four in turn (sizes the table on first call). */
   llDirectCounts(s: Session, layers: number): Float64Array
   /** Node `id` has no security.capability if `fd`'s file has none: C answers the kernel's check before each write. */
   llNoCaps(s: Session, id: number, fd: number): void
