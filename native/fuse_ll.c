@@ -1280,7 +1280,9 @@ static int answer_statfs(Session *s, const struct kernel_in_header *in) {
 // waits for any page the kernel has locked for a READ still queued, which only the reader answers.
 #define STORE_QUEUE 64
 #define KERNEL_FUSE_NOTIFY_STORE 4
-typedef struct StoreJob { uint64_t key, serial, node; int64_t off; uint32_t size; } StoreJob;
+// A job reads its bytes from a registered descriptor (key, serial) or carries them (data, from JS:
+// a gzip member's window it inflated; malloc'd, the storer frees it).
+typedef struct StoreJob { uint64_t key, serial, node; int64_t off; uint32_t size; int layer; char *data; } StoreJob;
 struct kernel_notify_store_out { uint64_t nodeid, offset; uint32_t size, padding; };
 
 static void *storer_main(void *arg) {
@@ -1294,23 +1296,50 @@ static void *storer_main(void *arg) {
     if (s->storer_stop) { pthread_mutex_unlock(&s->slock); break; }
     StoreJob job = s->sq[s->sq_head++ % STORE_QUEUE];
     pthread_mutex_unlock(&s->slock);
+    ssize_t got;
+    const char *bytes = job.data;
     pthread_rwlock_rdlock(&s->dlock); // the descriptor stays open while it is read
-    Direct *d = direct_find(s, job.key);
-    if (d && d->serial != job.serial) d = NULL; // released since, and the number given to another file
-    ssize_t got = d ? direct_pread(d, &s->sbuf, &s->scap, job.size, job.off) : -ENOENT;
-    if (got > 0 && d->layer >= 0 && (size_t)d->layer < s->nlayers) {
-      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 2], 1);
-      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * d->layer + 3], got);
+    if (bytes) got = job.size;
+    else {
+      Direct *d = direct_find(s, job.key);
+      if (d && d->serial != job.serial) d = NULL; // released since, and the number given to another file
+      got = d ? direct_pread(d, &s->sbuf, &s->scap, job.size, job.off) : -ENOENT;
+      bytes = s->sbuf;
+      job.layer = d ? d->layer : -1;
+    }
+    if (got > 0 && job.layer >= 0 && (size_t)job.layer < s->nlayers) {
+      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * job.layer + 2], 1);
+      atomic_fetch_add(&s->layer_counts[LAYER_COUNTS * job.layer + 3], got);
     }
     pthread_rwlock_unlock(&s->dlock);
-    if (got <= 0) continue;
-    struct kernel_notify_store_out st = { job.node, (uint64_t)job.off, (uint32_t)got, 0 };
-    struct kernel_out_header out = { (uint32_t)(sizeof out + sizeof st + (size_t)got), KERNEL_FUSE_NOTIFY_STORE, 0 };
-    struct iovec iov[3] = { { &out, sizeof out }, { &st, sizeof st }, { s->sbuf, (size_t)got } };
-    // ENOENT: the kernel no longer has the node; anything else: the mount is going
-    while (writev(fuse_session_fd(s->se), iov, 3) < 0 && errno == EINTR) {}
+    if (got > 0) {
+      struct kernel_notify_store_out st = { job.node, (uint64_t)job.off, (uint32_t)got, 0 };
+      struct kernel_out_header out = { (uint32_t)(sizeof out + sizeof st + (size_t)got), KERNEL_FUSE_NOTIFY_STORE, 0 };
+      struct iovec iov[3] = { { &out, sizeof out }, { &st, sizeof st }, { (void *)bytes, (size_t)got } };
+      // ENOENT: the kernel no longer has the node; anything else: the mount is going
+      while (writev(fuse_session_fd(s->se), iov, 3) < 0 && errno == EINTR) {}
+    }
+    free(job.data);
   }
   return NULL;
+}
+
+// Hands a job to the storer, started at the first; dropped (its data freed) when the storer is
+// behind or stopped.
+static void store_queue(Session *s, StoreJob job) {
+  pthread_mutex_lock(&s->slock);
+  if (!s->storer_started && !s->storer_stop) {
+    s->sq = calloc(STORE_QUEUE, sizeof *s->sq);
+    s->storer_started = s->sq && pthread_create(&s->storer, NULL, storer_main, s) == 0;
+    if (!s->storer_started) s->store_window = 0;
+  }
+  int queued = !s->storer_stop && s->storer_started && s->sq_tail - s->sq_head < STORE_QUEUE;
+  if (queued) {
+    s->sq[s->sq_tail++ % STORE_QUEUE] = job;
+    pthread_cond_signal(&s->scond);
+  }
+  pthread_mutex_unlock(&s->slock);
+  if (!queued) free(job.data);
 }
 
 // After a READ of `size` bytes at `off` from d (under dlock, on the thread answering it): queues
@@ -1325,19 +1354,7 @@ static void want_store(Session *s, Direct *d, uint64_t node, uint32_t size, int6
   int64_t from = off & ~(int64_t)(w - 1);
   if (from == d->stored_from) return;
   d->stored_from = from;
-  StoreJob job = { d->key, d->serial, node, from, (uint32_t)(d->limit - from < w ? d->limit - from : w) };
-  pthread_mutex_lock(&s->slock);
-  if (s->storer_stop) { pthread_mutex_unlock(&s->slock); return; }
-  if (!s->storer_started) {
-    s->sq = calloc(STORE_QUEUE, sizeof *s->sq);
-    s->storer_started = s->sq && pthread_create(&s->storer, NULL, storer_main, s) == 0;
-    if (!s->storer_started) s->store_window = 0;
-  }
-  if (s->storer_started && s->sq_tail - s->sq_head < STORE_QUEUE) { // else dropped: it is behind
-    s->sq[s->sq_tail++ % STORE_QUEUE] = job;
-    pthread_cond_signal(&s->scond);
-  }
-  pthread_mutex_unlock(&s->slock);
+  store_queue(s, (StoreJob){ d->key, d->serial, node, from, (uint32_t)(d->limit - from < w ? d->limit - from : w), d->layer, NULL });
 }
 
 static void stop_storer(Session *s) {
@@ -1348,6 +1365,7 @@ static void stop_storer(Session *s) {
   pthread_mutex_unlock(&s->slock);
   if (started) pthread_join(s->storer, NULL);
   s->storer_started = 0;
+  for (; s->sq && s->sq_head != s->sq_tail; s->sq_head++) free(s->sq[s->sq_head % STORE_QUEUE].data);
   free(s->sq); s->sq = NULL;
   free(s->sbuf); s->sbuf = NULL;
 }
@@ -1957,6 +1975,26 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
 }
 
 // llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
+// llStore(session, node, offset, bytes, layer): the storer pushes `bytes` (copied) into node's page
+// cache at `offset`: the window around a random READ JS answered (a gzip member's), as want_store
+// does for those C answers. Read-only mounts only.
+static napi_value js_store(napi_env env, napi_callback_info info) {
+  size_t argc = 5; napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  Session *s = session_arg(env, argv[0]);
+  double node = 0, off = 0, layer = -1;
+  napi_get_value_double(env, argv[1], &node);
+  napi_get_value_double(env, argv[2], &off);
+  napi_get_value_double(env, argv[4], &layer);
+  void *data = NULL; size_t len = 0;
+  if (!s || !s->read_only || !atomic_load(&s->store_window) || napi_get_buffer_info(env, argv[3], &data, &len) != napi_ok || len == 0 || len > (1 << 24)) return NULL;
+  char *copy = malloc(len);
+  if (!copy) return NULL;
+  memcpy(copy, data, len);
+  store_queue(s, (StoreJob){ 0, 0, (uint64_t)node, (int64_t)off, (uint32_t)len, (int)layer, copy });
+  return NULL;
+}
+
 // llReadaround(session, bytes): the window pushed into the page cache around a random READ (see
 // want_store); 0 or anything not a power of two: none
 static napi_value js_readaround(napi_env env, napi_callback_info info) {
@@ -2520,6 +2558,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llCaller", NULL, js_caller, NULL, NULL, NULL, napi_default, NULL },
     { "llDirect", NULL, js_direct, NULL, NULL, NULL, napi_default, NULL },
     { "llReadaround", NULL, js_readaround, NULL, NULL, NULL, napi_default, NULL },
+    { "llStore", NULL, js_store, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCaps", NULL, js_no_caps, NULL, NULL, NULL, napi_default, NULL },

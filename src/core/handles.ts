@@ -20,6 +20,8 @@ export interface DirectSpan {
 /** An open file: reads always; writes, truncation and sync when it is an upper file opened for writing. */
 export interface OpenFile {
   read(buf: Buffer, length: number, position: number): Promise<number>
+  /** The layer position a lower file is read from (none for an upper file). */
+  readonly layer?: number
   direct?(): DirectSpan | null
   write?(buf: Buffer, length: number, position: number): Promise<number>
   truncate?(size: number): Promise<void>

@@ -170,6 +170,7 @@ export class LayerFs {
     const file = await this.union.layers[from.layer].open(from.path, from.entry)
     const layer = from.layer
     return this.handles.add({
+      layer,
       read: async (buf, length, position) => {
         const n = await file.read(buf, length, position)
         this.reads[layer]++
@@ -306,6 +307,11 @@ export class LayerFs {
 
   read(fh: number, buf: Buffer, length: number, position: number): Promise<number> {
     return this.handles.get(fh).read(buf, length, position)
+  }
+
+  /** The layer position an open lower file is read from, or -1 (an upper file). */
+  layerOf(fh: number): number {
+    return this.handles.get(fh).layer ?? -1
   }
 
   async write(fh: number, buf: Buffer, length: number, position: number): Promise<number> {

@@ -81,6 +81,8 @@ interface LowLevel {
    * around it into the kernel's page cache (0: never; a power of two from 8 KiB to 16 MiB).
    */
   llReadaround(s: Session, bytes: number): void
+  /** Read-only mounts: C pushes `bytes` (copied) into node `id`'s page cache at `offset`, counted for layer position `layer` (-1: none). */
+  llStore(s: Session, id: number, offset: number, bytes: Buffer, layer: number): void
   /** The epoch attributes read from now on belong to (llAttrs); -1 while they cannot be given. */
   llAttrEpoch(s: Session): number
   /** C answers GETATTR of each node (0: skipped) with its attributes (A_COUNT each), read in `epoch`, until a change. */
@@ -519,6 +521,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache
   let skipOpen = false
   const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
+  // read-only mounts: the window a random READ answered here reads (see OP.READ), and where the last
+  // READs of recent nodes (or handles, negated) ended, oldest first
+  const readaround = ro ? opts.readaround : 0
+  const readEnds = new Map<number, number>()
   // node -> its listing, and the attribute epoch it was begun in
   const listings = new Map<number, { readonly list: Promise<DirHandle>; readonly epoch: number }>()
   let nextDir = 1
@@ -1227,11 +1233,33 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return handle(req, 'open', () => fs.open(path, flags), answerIfStands)
       }
       case OP.READ: {
-        // what C did not answer itself: gzip data, sparse members, the first read of a node
+        // what C did not answer itself: gzip data, sparse members, the first read of a node. On a
+        // read-only mount a small read that looks random reads the aligned window around it, and C
+        // pushes the rest into the page cache (as fuse_ll.c want_store does for the reads it answers)
         const size = b as number
-        const buf = Buffer.allocUnsafe(size)
         const fh = a as number
-        return handle(req, 'read', async () => fs.read(fh === 0 ? await nodeFile(ino) : fh, buf, size, c as number), (n) => ll.llReplyBuf(req, buf, n))
+        const off = c as number
+        const key = fh === 0 ? ino : -fh
+        const last = readEnds.get(key)
+        const wide = readaround > 0 && size < readaround && off !== 0 && off !== last
+        const from = wide ? off - (off % readaround) : off
+        // the whole request, also where it runs past the window's end (a short read means EOF)
+        const buf = Buffer.allocUnsafe(wide ? Math.max(readaround, off - from + size) : size)
+        let layer = -1
+        return handle(req, 'read', async () => {
+          const file = fh === 0 ? await nodeFile(ino) : fh
+          const n = await fs.read(file, buf, buf.length, from)
+          if (wide) layer = fs.layerOf(file)
+          return n
+        }, (n) => {
+          const at = off - from
+          const got = Math.max(0, Math.min(size, n - at))
+          readEnds.delete(key) // to the young end
+          readEnds.set(key, off + got)
+          if (readEnds.size > NODE_FILES) readEnds.delete(readEnds.keys().next().value as number)
+          ll.llReplyBuf(req, at === 0 ? buf : buf.subarray(at), got)
+          if (wide && n > got) ll.llStore(session!, ino, from, buf.subarray(0, n), layer)
+        })
       }
       case OP.RELEASE:
         ll.llDirectDrop(session!, false, a as number) // before its descriptor closes
