@@ -1350,7 +1350,7 @@ static void want_store(Session *s, Direct *d, uint64_t node, uint32_t size, int6
   int64_t end = off + (got > 0 ? got : 0), last = d->read_end;
   d->read_end = end;
   uint32_t w = s->store_window;
-  if (!w || !s->read_only || d->limit < 2 * (int64_t)w || d->writable || got <= 0 || size >= w || off == 0 || off == last) return;
+  if (!w || !s->read_only || d->limit < 2 * (int64_t)w || got <= 0 || size >= w || off == 0 || off == last) return;
   int64_t from = off & ~(int64_t)(w - 1);
   if (from == d->stored_from) return;
   d->stored_from = from;
@@ -1974,43 +1974,33 @@ static napi_value js_direct_drop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
 // llStore(session, node, offset, bytes, layer): the storer pushes `bytes` (copied) into node's page
 // cache at `offset`: the window around a random READ JS answered (a gzip member's), as want_store
 // does for those C answers. Read-only mounts only.
 static napi_value js_store(napi_env env, napi_callback_info info) {
-  size_t argc = 5; napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(5);
   Session *s = session_arg(env, argv[0]);
-  double node = 0, off = 0, layer = -1;
-  napi_get_value_double(env, argv[1], &node);
-  napi_get_value_double(env, argv[2], &off);
-  napi_get_value_double(env, argv[4], &layer);
   void *data = NULL; size_t len = 0;
   if (!s || !s->read_only || !atomic_load(&s->store_window) || napi_get_buffer_info(env, argv[3], &data, &len) != napi_ok || len == 0 || len > (1 << 24)) return NULL;
   char *copy = malloc(len);
   if (!copy) return NULL;
   memcpy(copy, data, len);
-  store_queue(s, (StoreJob){ 0, 0, (uint64_t)node, (int64_t)off, (uint32_t)len, (int)layer, copy });
+  store_queue(s, (StoreJob){ 0, 0, (uint64_t)dbl(env, argv[1]), (int64_t)dbl(env, argv[2]), (uint32_t)len, (int)dbl(env, argv[4]), copy });
   return NULL;
 }
 
 // llReadaround(session, bytes): the window pushed into the page cache around a random READ (see
 // want_store); 0 or anything not a power of two: none
 static napi_value js_readaround(napi_env env, napi_callback_info info) {
-  size_t argc = 2; napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(2);
   Session *s = session_arg(env, argv[0]);
-  double bytes = 0;
-  napi_get_value_double(env, argv[1], &bytes);
+  double bytes = dbl(env, argv[1]);
   uint32_t w = bytes >= 8192 && bytes <= (1 << 24) ? (uint32_t)bytes : 0;
-  if (!s || (w & (w - 1))) return NULL;
-  pthread_mutex_lock(&s->slock);
-  s->store_window = w;
-  pthread_mutex_unlock(&s->slock);
+  if (s && !(w & (w - 1))) atomic_store(&s->store_window, w);
   return NULL;
 }
 
+// llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
 static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);

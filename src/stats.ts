@@ -1,5 +1,6 @@
 import type { CopyUpRecord } from './upper/copy-up'
 import type { LayerFs } from './core/layerfs'
+import type { DirectReads } from './fuse/adapter'
 
 // What the daemon did, for `layerfs stats` and -o stats=FILE: every copy-up with its cost, and
 // lookups, cache hits and reads per layer.
@@ -51,7 +52,7 @@ export class Stats {
    * first in each report, it also brings in the copy-ups the binding ran itself.
    */
   constructor(private readonly fs: LayerFs, private readonly mountpoint: string,
-    private readonly servedElsewhere: () => { reads: number[]; bytes: number[]; stored?: number[]; storedBytes?: number[] } | null = () => null,
+    private readonly servedElsewhere: () => DirectReads | null = () => null,
     private readonly mountedBy: MountedBy = 'mount') {
     fs.upper?.copyUp.listen((rec: CopyUpRecord) => this.copyUps.push(rec))
   }
@@ -63,7 +64,7 @@ export class Stats {
     const layers = union.layers.map((l, index) => ({
       index, source: l.source, kind: l.kind,
       reads: this.fs.reads[index] + (more?.reads[index] ?? 0), bytesRead: this.fs.bytesRead[index] + (more?.bytes[index] ?? 0),
-      readaround: more?.stored?.[index] ?? 0, readaroundBytes: more?.storedBytes?.[index] ?? 0,
+      readaround: more?.stored[index] ?? 0, readaroundBytes: more?.storedBytes[index] ?? 0,
     }))
     const copyUps: CopyUpEntry[] = this.copyUps.map((rec) => ({
       path: Buffer.from(rec.path, 'latin1').toString('utf8'),

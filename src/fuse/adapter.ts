@@ -134,13 +134,21 @@ export interface FuseMountOptions {
   debug: boolean
 }
 
+/**
+ * Per layer position: the reads a FUSE binding answered itself (they never reach LayerFs), their
+ * bytes, and the windows its readaround pushed into the page cache with their bytes (-o readaround).
+ */
+export interface DirectReads {
+  readonly reads: number[]
+  readonly bytes: number[]
+  readonly stored: number[]
+  readonly storedBytes: number[]
+}
+
 export interface FuseMount {
   unmount(): Promise<void>
-  /**
-   * Reads answered by the binding itself, per layer position (they never reach LayerFs), and the
-   * windows the readaround pushed into the page cache (-o readaround).
-   */
-  directReads?(): { reads: number[]; bytes: number[]; stored?: number[]; storedBytes?: number[] }
+  /** What the binding answered itself (the low-level one; fuse-native answers nothing itself). */
+  directReads?(): DirectReads
   /** What the binding did on its own thread (copy-ups), made known to LayerFs and its stats now. */
   catchUp?(): void
 }
