@@ -1,17 +1,20 @@
 // copy_range (see copy_range.h). Measured here (ext4 on virtio, the source in the page cache;
 // native-notes/fuse-lowlevel.md "Copy-up: how the bytes move"): a clone where the filesystem can
-// (FICLONERANGE: xfs, btrfs), else sendfile(2), whose kernel loop moves 64 KiB at a time through
-// the task's own pipe and takes the source at any offset (a tar member's data starts at any
-// 512-byte boundary). A 64 MiB member: sendfile 17.4-18 ms whatever the machine did before, where
-// a 1 MiB pipe of our own took 12-14 ms right after another copy but 110-190 ms after 3 s idle (the
-// writes' 1 MiB folios then come from memory the balloon handed back to the host), and
-// copy_file_range (which moves big chunks too) 89-157 ms; 1 GiB: 0.53-0.64 s against 1.3-3.0 s.
-// The buffer where neither works, and for up to SMALL_COPY bytes: one pread and one pwrite cost
-// less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
+// (FICLONERANGE: xfs, btrfs), else splice through a pipe of our own, 64 KiB at a time, each piece
+// ending on a 64 KiB boundary of the output. A tar member's data starts at any 512-byte boundary:
+// sendfile(2)'s own 16-page pipe then takes a little less than 64 KiB per step and every write to
+// the output starts inside a page; a 64 MiB member took 30-34 ms that way against 22-31 in
+// aligned pieces, as much as sendfile of an extracted (aligned) file, what fuse-overlayfs copies.
+// Not bigger pieces: the output's page cache comes in folios the size of the writes, and big ones
+// come from memory the balloon handed back to the host after the machine idled (a 1 MiB pipe:
+// 110-190 ms; 128 KiB pieces: 42-276 ms in one hour where 64 KiB ones took 27-49). sendfile where
+// no pipe is to be had; the buffer where neither works, and for up to SMALL_COPY bytes: one pread
+// and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
 #define _GNU_SOURCE
 #include "copy_range.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -20,10 +23,36 @@
 #include <linux/fs.h>
 
 #define SMALL_COPY (64 << 10)
+#define PIECE (64 << 10)
 
-// The buffer is kept per thread (Node's thread and the FUSE reader thread copy): a fresh 1 MiB
-// buffer cost its page faults on every copy-up (1 MiB: 0.9-1.6 ms fresh, 0.25 ms warm).
+// The pipe and the buffer are kept per thread (Node's thread and the FUSE reader thread copy): a
+// fresh 1 MiB buffer cost its page faults on every copy-up (1 MiB: 0.9-1.6 ms fresh, 0.25 ms warm).
+// The pipe is -1 until first needed, and again after an error that may have left bytes in it. Both
+// go when their thread ends (a reader thread ends with its mount).
+static __thread int piece_pipe[2] = { -1, -1 };
 static __thread char *buffer = NULL;
+static pthread_key_t kept_key;
+static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
+
+static void drop_piece_pipe(void) {
+  if (piece_pipe[0] >= 0) { close(piece_pipe[0]); close(piece_pipe[1]); }
+  piece_pipe[0] = piece_pipe[1] = -1;
+}
+
+static void drop_kept(void *unused) {
+  (void)unused;
+  drop_piece_pipe();
+  free(buffer);
+  buffer = NULL;
+}
+
+static void make_kept_key(void) { pthread_key_create(&kept_key, drop_kept); }
+
+// This thread keeps a pipe or a buffer: dropped when it ends.
+static void keeping(void) {
+  pthread_once(&kept_once, make_kept_key);
+  pthread_setspecific(kept_key, (void *)1);
+}
 
 // The whole range cloned (shared blocks, nothing copied), where the filesystem can: 1, else 0.
 static int clone_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len) {
@@ -31,24 +60,63 @@ static int clone_range(int in, int64_t off_in, int out, int64_t off_out, int64_t
   return ioctl(out, FICLONERANGE, &r) == 0;
 }
 
+// One piece of up to `len` bytes (at most PIECE) into the pipe and out of it: the count copied, 0
+// at the source's end, or -1 with errno (the pipe dropped where it may hold bytes).
+static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, size_t len) {
+  if (piece_pipe[0] < 0) {
+    if (pipe2(piece_pipe, O_CLOEXEC) < 0) return -1;
+    // a piece that starts inside a page spans 17 pages; a pipe has 16 unless told
+    if (fcntl(piece_pipe[1], F_SETPIPE_SZ, 2 * PIECE) < 2 * PIECE) { int e = errno; drop_piece_pipe(); errno = e; return -1; }
+    keeping();
+  }
+  size_t held = 0;
+  while (held < len) {
+    loff_t a = off_in + (int64_t)held;
+    ssize_t n = splice(in, &a, piece_pipe[1], NULL, len - held, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && held == 0) return -1; // the pipe is still empty
+    if (n <= 0) break; // the source ended, or fails: what the pipe holds goes out first
+    held += (size_t)n;
+  }
+  for (size_t moved = 0; moved < held;) {
+    loff_t b = off_out + (int64_t)moved;
+    ssize_t k = splice(piece_pipe[0], NULL, out, &b, held - moved, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) { int e = k < 0 ? errno : EIO; drop_piece_pipe(); errno = e; return -1; }
+    moved += (size_t)k;
+  }
+  return (ssize_t)held;
+}
+
 int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len, const char **what) {
   if (len > SMALL_COPY && ((off_in ^ off_out) & 4095) == 0 && clone_range(in, off_in, out, off_out, len)) return len;
   int64_t done = 0;
-  enum { SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : SENDFILE;
+  enum { PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : PIPE;
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;
-  if (how == SENDFILE && ((kept = lseek(out, 0, SEEK_CUR)) < 0 || lseek(out, off_out, SEEK_SET) < 0)) how = BUFFER;
   while (done < len) {
     ssize_t n;
     size_t want = (size_t)(len - done);
-    if (how == SENDFILE) {
+    if (how == PIPE) {
+      size_t to_boundary = PIECE - (size_t)((off_out + done) % PIECE);
+      n = splice_piece(in, off_in + done, out, off_out + done, want < to_boundary ? want : to_boundary);
+      // a descriptor that cannot splice (EINVAL), or no pipe of that size to be had
+      if (n < 0 && errno != EINTR && errno != EIO && errno != ENOSPC && errno != EDQUOT && errno != EFBIG) {
+        how = SENDFILE;
+        if ((kept = lseek(out, 0, SEEK_CUR)) < 0 || lseek(out, off_out + done, SEEK_SET) < 0) how = BUFFER;
+        continue;
+      }
+    } else if (how == SENDFILE) {
       off_t a = off_in + done;
       n = sendfile(out, in, &a, want > 0x7ffff000 ? 0x7ffff000 : want);
       // a descriptor sendfile cannot take: the buffer copies the rest, where the file now stands
       if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) { how = BUFFER; continue; }
     } else {
       const size_t cap = 1 << 20;
-      if (!buffer && !(buffer = malloc(cap))) { errno = ENOMEM; *what = "copyRange"; return -1; }
+      if (!buffer) {
+        if (!(buffer = malloc(cap))) { errno = ENOMEM; *what = "copyRange"; return -1; }
+        keeping();
+      }
       if (want > cap) want = cap;
       n = pread(in, buffer, want, off_in + done);
       if (n > 0) {
@@ -61,7 +129,7 @@ int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len
       int e = errno;
       if (kept >= 0) lseek(out, kept, SEEK_SET);
       errno = e;
-      *what = how == SENDFILE ? "sendfile" : "copyRange";
+      *what = how == PIPE ? "splice" : how == SENDFILE ? "sendfile" : "copyRange";
       return -1;
     }
     if (n == 0) break; // the source ended early
