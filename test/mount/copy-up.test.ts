@@ -83,9 +83,9 @@ describe('copy-up', () => {
     assert.ok(caught > 0, 'at least one kill landed during a copy-up')
   })
 
-  it('copies every byte wherever the data lies in the tar or directory (splice, copy_file_range)', async () => {
+  it('copies every byte wherever the data lies in the tar or directory (splice in pieces, clone)', async () => {
     // tar members' data starts at any 512-byte boundary: the eight sizes place it at every offset
-    // within a page; 3 MiB and more crosses several 1 MiB pipe loads
+    // within a page; 3 MiB and more is dozens of 64 KiB pieces, and the last one is short
     const src = join(dir, 'aligned-src')
     await mkdir(src)
     const names = Array.from({ length: 8 }, (_, i) => `f${i}`)
