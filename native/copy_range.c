@@ -113,28 +113,24 @@ int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len
       if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) { how = BUFFER; continue; }
     } else {
       const size_t cap = 1 << 20;
-      if (!buffer) {
-        if (!(buffer = malloc(cap))) { errno = ENOMEM; *what = "copyRange"; return -1; }
-        keeping();
-      }
+      if (!buffer && (buffer = malloc(cap))) keeping();
       if (want > cap) want = cap;
-      n = pread(in, buffer, want, off_in + done);
-      if (n > 0) {
+      if (!buffer) { errno = ENOMEM; n = -1; }
+      else if ((n = pread(in, buffer, want, off_in + done)) > 0) {
         ssize_t w = 0;
         while (w < n) { ssize_t k = pwrite(out, buffer + w, n - w, off_out + done + w); if (k < 0) { if (errno == EINTR) continue; n = -1; break; } w += k; }
       }
     }
     if (n < 0) {
       if (errno == EINTR) continue;
-      int e = errno;
-      if (kept >= 0) lseek(out, kept, SEEK_SET);
-      errno = e;
       *what = how == PIPE ? "splice" : how == SENDFILE ? "sendfile" : "copyRange";
-      return -1;
+      done = -1;
+      break;
     }
     if (n == 0) break; // the source ended early
     done += n;
   }
-  if (kept >= 0) lseek(out, kept, SEEK_SET);
+  // the one way out: the output's position back where sendfile found it (errno kept)
+  if (kept >= 0) { int e = errno; lseek(out, kept, SEEK_SET); errno = e; }
   return done;
 }
