@@ -1499,8 +1499,9 @@ static void *reader_main(void *arg) {
   while (!atomic_load(&s->stopping)) {
     int res = fuse_session_receive_buf(s->se, &buf);
     if (res == -EAGAIN && spin_ns) {
-      if (answered) { last = now_ns(); answered = 0; }
-      if (now_ns() - last < spin_ns) { sched_yield(); continue; } // yields only to what waits for this CPU
+      int64_t now = now_ns();
+      if (answered) { last = now; answered = 0; }
+      if (now - last < spin_ns) { sched_yield(); continue; } // yields only to what waits for this CPU
       struct pollfd p = { fd, POLLIN, 0 };
       poll(&p, 1, -1); // a signal (stop_reader) ends it too
       continue;
