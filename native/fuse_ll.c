@@ -12,6 +12,7 @@
 #include <fuse_lowlevel.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1472,6 +1473,63 @@ static int64_t reader_spin_ns(void) {
   return (int64_t)us * 1000;
 }
 
+// Whether the reader polls after a request, decided by trying both. Polling pays where waking a
+// sleeping vCPU is dear (session 21's machine: the warm read of 20,000 files on a writable mount
+// 2.2-4.4 s asleep, 1.0-2.1 s polling) and costs where it is not: on another machine of the same
+// kind the same pipeline took 1.6-2.2 s asleep and 2.5-2.9 s polling (the program's own kernel
+// time rose by ~12 µs a request while the reader polled; in-process reads there were still faster
+// polling, 29 against 40 µs a file). So the reader times its requests: the interval from one
+// request's arrival to the next, where it is short (a program waiting on us), is what either way
+// costs. A trial alternates blocks of requests polling and sleeping; the cheaper way is kept until
+// the next trial. Polling must win by a little: it takes a CPU.
+enum {
+  POLL_SHORT_NS = 1000000,   // longer intervals: the program was doing something else
+  POLL_BLOCK = 64,           // short intervals per block of a trial
+  POLL_BLOCKS = 8,           // blocks per trial, alternating, polling first
+  POLL_FIRST_TRIAL = 256,    // short intervals before the first trial
+  POLL_PERIOD = 16384,       // short intervals between trials
+};
+typedef struct {
+  int64_t spin_ns;  // 0: never poll
+  int polling;      // the way in use
+  int64_t last;     // the last request's arrival
+  int block, in_block; // in a trial: the block (1-based) and its intervals so far; block 0: none
+  int64_t sum[2]; int n[2]; // a trial's short intervals, by way (1: polling)
+  int until_trial;  // short intervals before the next trial
+  uint32_t trials, polling_kept; // for the curious (a debugger, a later stats field)
+} Poller;
+
+static void poller_init(Poller *p, int64_t spin_ns) {
+  memset(p, 0, sizeof *p);
+  p->spin_ns = spin_ns;
+  p->polling = spin_ns > 0;
+  // LAYERFS_SPIN_TRIALS=0: always poll (to measure one way against the other)
+  const char *env = getenv("LAYERFS_SPIN_TRIALS");
+  p->until_trial = env && *env && atoi(env) == 0 ? INT_MAX : POLL_FIRST_TRIAL;
+}
+
+// A request arrived at `now`; returns the way to wait for the next one (1: poll first).
+static int poller_arrived(Poller *p, int64_t now) {
+  if (!p->spin_ns) return 0;
+  int64_t gap = now - p->last;
+  p->last = now;
+  if (gap <= 0 || gap >= POLL_SHORT_NS) return p->polling;
+  if (!p->block) {
+    if (p->until_trial == INT_MAX || --p->until_trial > 0) return p->polling;
+    p->block = 1, p->in_block = 0, p->polling = 1;
+    p->sum[0] = p->sum[1] = 0, p->n[0] = p->n[1] = 0;
+    return p->polling;
+  }
+  p->sum[p->polling] += gap, p->n[p->polling]++;
+  if (++p->in_block < POLL_BLOCK) return p->polling;
+  p->in_block = 0;
+  if (++p->block <= POLL_BLOCKS) return p->polling = !p->polling;
+  // mean polling < 97% of mean sleeping, in integers
+  p->polling = p->sum[1] * 100 * p->n[0] < p->sum[0] * 97 * p->n[1];
+  p->block = 0, p->until_trial = POLL_PERIOD, p->trials++, p->polling_kept += (uint32_t)p->polling;
+  return p->polling;
+}
+
 static void *reader_main(void *arg) {
   Session *s = arg;
   // signals for the process go to Node's threads; this one takes only the wake-up of stop_reader
@@ -1485,23 +1543,21 @@ static void *reader_main(void *arg) {
   }
   struct fuse_buf buf;
   memset(&buf, 0, sizeof buf);
-  // After each request the reader polls /dev/fuse for a while before it sleeps in poll(2): the next
-  // request of a program at work then finds it running. Asleep, each request woke it on the other
-  // vCPU: here (a VM that halts an idle vCPU at once) a request and its answer took ~40 µs against
-  // ~12 µs on one vCPU, and the bench's warm read of 20,000 files on a writable mount (OPEN,
-  // GETATTR, RELEASE each, all answered here) 2.2-4.4 s; polling for 100 µs, 1.0-1.7 s. Where the
-  // process has one CPU to run on, the poll would only hold up the program that asks.
-  int64_t spin_ns = reader_spin_ns();
+  // After a request the reader may poll /dev/fuse for a while before it sleeps in poll(2), so that
+  // the next request of a program at work finds it running (Poller says whether it does). Where
+  // the process has one CPU to run on, the poll would only hold up the program that asks.
+  Poller poller;
+  poller_init(&poller, reader_spin_ns());
   int fd = fuse_session_fd(s->se);
-  if (spin_ns && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) spin_ns = 0;
+  if (poller.spin_ns && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) poller_init(&poller, 0);
   int64_t last = 0; // when the reader last found nothing after a request
   int answered = 0;
   while (!atomic_load(&s->stopping)) {
     int res = fuse_session_receive_buf(s->se, &buf);
-    if (res == -EAGAIN && spin_ns) {
+    if (res == -EAGAIN && poller.spin_ns) {
       int64_t now = now_ns();
       if (answered) { last = now; answered = 0; }
-      if (now - last < spin_ns) { sched_yield(); continue; } // yields only to what waits for this CPU
+      if (poller.polling && now - last < poller.spin_ns) { sched_yield(); continue; } // yields only to what waits for this CPU
       struct pollfd p = { fd, POLLIN, 0 };
       poll(&p, 1, -1); // a signal (stop_reader) ends it too
       continue;
@@ -1509,6 +1565,7 @@ static void *reader_main(void *arg) {
     if (res == -EINTR || res == -EAGAIN) continue;
     if (res <= 0) break; // ENODEV: unmounted
     answered = 1;
+    poller_arrived(&poller, now_ns());
     if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
     // INIT answered here: the kernel holds every request until it is, and Node's thread may be busy
     // (a daemon just mounted sets up its control socket and record: 0.5-4 ms after a cold cache).
