@@ -5,9 +5,12 @@
 // sendfile(2)'s own 16-page pipe then takes a little less than 64 KiB per step and every write to
 // the output starts inside a page; a 64 MiB member took 30-34 ms that way against 22-31 in
 // aligned pieces, as much as sendfile of an extracted (aligned) file, what fuse-overlayfs copies.
-// Not bigger pieces: the output's page cache comes in folios the size of the writes, and big ones
-// come from memory the balloon handed back to the host after the machine idled (a 1 MiB pipe:
-// 110-190 ms; 128 KiB pieces: 42-276 ms in one hour where 64 KiB ones took 27-49). sendfile where
+// Bigger pieces cost less where a syscall is dear, and more where the output's page cache, which
+// comes in folios the size of the writes, comes from memory the balloon handed back to the host
+// (there, after the machine idled: a 1 MiB pipe 110-190 ms; 128 KiB pieces 42-276 ms in one hour
+// where 64 KiB ones took 27-49; on another machine of the kind, 256 KiB pieces 12-18 ms where
+// 64 KiB ones took 18-25). So a long copy tries both sizes on its first 4 MiB, in alternate 512 KiB
+// groups, and copies on in the cheaper; again every 64 MiB. sendfile where
 // no pipe is to be had; the buffer where neither works, and for up to SMALL_COPY bytes: one pread
 // and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
 #define _GNU_SOURCE
@@ -17,6 +20,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -24,12 +28,18 @@
 
 #define SMALL_COPY (64 << 10)
 #define PIECE (64 << 10)
+#define BIG_PIECE (256 << 10)
+#define GROUP (512 << 10)          // a trial's unit: pieces of either size end on its boundaries
+#define TRIAL_GROUPS 8             // alternating, 64 KiB pieces first
+#define TRIAL_EVERY (64LL << 20)   // a long copy tries again after this much
 
 // The pipe and the buffer are kept per thread (Node's thread and the FUSE reader thread copy): a
 // fresh 1 MiB buffer cost its page faults on every copy-up (1 MiB: 0.9-1.6 ms fresh, 0.25 ms warm).
 // The pipe is -1 until first needed, and again after an error that may have left bytes in it. Both
 // go when their thread ends (a reader thread ends with its mount).
 static __thread int piece_pipe[2] = { -1, -1 };
+static __thread int pipe_takes_big = 0; // the pipe holds an unaligned BIG_PIECE
+static __thread int big_won = 0;        // what this thread's last trial chose, for copies too short to try
 static __thread char *buffer = NULL;
 static pthread_key_t kept_key;
 static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
@@ -65,8 +75,10 @@ static int clone_range(int in, int64_t off_in, int out, int64_t off_out, int64_t
 static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, size_t len) {
   if (piece_pipe[0] < 0) {
     if (pipe2(piece_pipe, O_CLOEXEC) < 0) return -1;
-    // a piece that starts inside a page spans 17 pages; a pipe has 16 unless told
-    if (fcntl(piece_pipe[1], F_SETPIPE_SZ, 2 * PIECE) < 2 * PIECE) { int e = errno; drop_piece_pipe(); errno = e; return -1; }
+    // a piece that starts inside a page spans one page more than its size; a pipe has 16 unless
+    // told (a user's pipes may be held to less than 2 * BIG_PIECE: 64 KiB pieces only, then)
+    pipe_takes_big = fcntl(piece_pipe[1], F_SETPIPE_SZ, 2 * BIG_PIECE) >= 2 * BIG_PIECE;
+    if (!pipe_takes_big && fcntl(piece_pipe[1], F_SETPIPE_SZ, 2 * PIECE) < 2 * PIECE) { int e = errno; drop_piece_pipe(); errno = e; return -1; }
     keeping();
   }
   size_t held = 0;
@@ -88,17 +100,46 @@ static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, si
   return (ssize_t)held;
 }
 
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+// A copy's trial of the two piece sizes: TRIAL_GROUPS groups of the output, timed, alternating.
+typedef struct {
+  int64_t next;      // where (in the output) the next trial starts
+  int group;         // the group being timed, -1: none
+  int64_t group_end, started, ns[2];
+} PieceTrial;
+
+// The piece size to copy with at `at` (output offset), `left` bytes to go; times the trial's groups.
+static size_t piece_size(PieceTrial *t, int64_t at, int64_t left) {
+  if (!pipe_takes_big) return PIECE;
+  if (t->group >= 0 && at >= t->group_end) {
+    t->ns[t->group & 1] += now_ns() - t->started;
+    if (++t->group == TRIAL_GROUPS) { big_won = t->ns[1] < t->ns[0]; t->group = -1; t->next = at + TRIAL_EVERY; }
+  }
+  // a trial starts on a group's boundary (every group then is whole)
+  if (t->group < 0 && at >= t->next && at % GROUP == 0 && left >= TRIAL_GROUPS * GROUP) t->group = 0, t->group_end = at;
+  if (t->group < 0) return big_won ? BIG_PIECE : PIECE;
+  if (at >= t->group_end) { t->group_end = (at / GROUP + 1) * GROUP; t->started = now_ns(); }
+  return t->group & 1 ? BIG_PIECE : PIECE;
+}
+
 int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len, const char **what) {
   if (len > SMALL_COPY && ((off_in ^ off_out) & 4095) == 0 && clone_range(in, off_in, out, off_out, len)) return len;
   int64_t done = 0;
   enum { PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : PIPE;
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;
+  PieceTrial trial = { .next = off_out, .group = -1 };
   while (done < len) {
     ssize_t n;
     size_t want = (size_t)(len - done);
     if (how == PIPE) {
-      size_t to_boundary = PIECE - (size_t)((off_out + done) % PIECE);
+      size_t piece = piece_size(&trial, off_out + done, len - done);
+      size_t to_boundary = piece - (size_t)((off_out + done) % piece);
       n = splice_piece(in, off_in + done, out, off_out + done, want < to_boundary ? want : to_boundary);
       // a descriptor that cannot splice (EINVAL), or no pipe of that size to be had
       if (n < 0 && errno != EINTR && errno != EIO && errno != ENOSPC && errno != EDQUOT && errno != EFBIG) {

@@ -85,11 +85,16 @@ describe('copy-up', () => {
 
   it('copies every byte wherever the data lies in the tar or directory (splice in pieces, clone)', async () => {
     // tar members' data starts at any 512-byte boundary: the eight sizes place it at every offset
-    // within a page; 3 MiB and more is dozens of 64 KiB pieces, and the last one is short
+    // within a page; 5 MiB and more is long enough for copy_range's trial of its two piece sizes
+    // (64 and 256 KiB pieces in alternate 512 KiB groups from 512 KiB on), and the last piece is short
     const src = join(dir, 'aligned-src')
     await mkdir(src)
     const names = Array.from({ length: 8 }, (_, i) => `f${i}`)
-    const contents = names.map((_, i) => Buffer.from(Array.from({ length: (3 << 20) + i * 512 + 17 }, (_, k) => (k * 7 + i) & 255)))
+    const contents = names.map((_, i) => {
+      const b = Buffer.allocUnsafe((5 << 20) + i * 512 + 17)
+      for (let k = 0; k < b.length; k++) b[k] = (k * 7 + i) & 255
+      return b
+    })
     for (let i = 0; i < names.length; i++) await writeFile(join(src, names[i]), contents[i])
     const srcTar = join(dir, 'aligned.tar')
     await must('tar', ['-C', src, '-cf', srcTar, ...names])
