@@ -1,7 +1,7 @@
 // copy_range (see copy_range.h). Measured here (ext4 on virtio, the source in the page cache;
 // native-notes/fuse-lowlevel.md "Copy-up: how the bytes move"): a clone where the filesystem can
-// (FICLONERANGE: xfs, btrfs), else splice through a pipe of our own, 64 KiB at a time, each piece
-// ending on a 64 KiB boundary of the output. A tar member's data starts at any 512-byte boundary:
+// (FICLONERANGE: xfs, btrfs), else splice through a pipe of our own in pieces of 64 KiB (or 256 KiB,
+// below), each ending on a boundary of its size in the output. A tar member's data starts at any 512-byte boundary:
 // sendfile(2)'s own 16-page pipe then takes a little less than 64 KiB per step and every write to
 // the output starts inside a page; a 64 MiB member took 30-34 ms that way against 22-31 in
 // aligned pieces, as much as sendfile of an extracted (aligned) file, what fuse-overlayfs copies.
@@ -15,12 +15,12 @@
 // and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
 #define _GNU_SOURCE
 #include "copy_range.h"
+#include "now_ns.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/types.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -70,7 +70,7 @@ static int clone_range(int in, int64_t off_in, int out, int64_t off_out, int64_t
   return ioctl(out, FICLONERANGE, &r) == 0;
 }
 
-// One piece of up to `len` bytes (at most PIECE) into the pipe and out of it: the count copied, 0
+// One piece of up to `len` bytes (at most BIG_PIECE) into the pipe and out of it: the count copied, 0
 // at the source's end, or -1 with errno (the pipe dropped where it may hold bytes).
 static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, size_t len) {
   if (piece_pipe[0] < 0) {
@@ -98,12 +98,6 @@ static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, si
     moved += (size_t)k;
   }
   return (ssize_t)held;
-}
-
-static int64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 // A copy's trial of the two piece sizes: TRIAL_GROUPS groups of the output, timed, alternating.

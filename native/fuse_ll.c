@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <node_api.h>
 #include "copy_range.h"
+#include "now_ns.h"
 #include "setids.h"
 #include <uv.h>
 #include <fuse_lowlevel.h>
@@ -867,12 +868,6 @@ static void note_add(Session *s, Note *note) {
   s->notes_tail = note;
 }
 
-static int64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
 // One entry, as CopyUp.finishEntry makes it: built in the work dir (the file with its bytes), owner
 // and mode where the work dir gave others, xattrs (those the upper refuses are left out, as JS
 // does), times; then renamed into `dir` (the upper directory it goes in, open) and dir's times put
@@ -1496,7 +1491,6 @@ typedef struct {
   int block, in_block; // in a trial: the block (1-based) and its intervals so far; block 0: none
   int64_t sum[2]; int n[2]; // a trial's short intervals, by way (1: polling)
   int until_trial;  // short intervals before the next trial
-  uint32_t trials, polling_kept; // for the curious (a debugger, a later stats field)
 } Poller;
 
 static void poller_init(Poller *p, int64_t spin_ns) {
@@ -1508,26 +1502,31 @@ static void poller_init(Poller *p, int64_t spin_ns) {
   p->until_trial = env && *env && atoi(env) == 0 ? INT_MAX : POLL_FIRST_TRIAL;
 }
 
-// A request arrived at `now`; returns the way to wait for the next one (1: poll first).
-static int poller_arrived(Poller *p, int64_t now) {
-  if (!p->spin_ns) return 0;
+// A request arrived at `now` (a poller that may poll: spin_ns > 0); p->polling is then the way to
+// wait for the next one.
+static void poller_arrived(Poller *p, int64_t now) {
   int64_t gap = now - p->last;
   p->last = now;
-  if (gap <= 0 || gap >= POLL_SHORT_NS) return p->polling;
+  if (gap <= 0 || gap >= POLL_SHORT_NS) return;
   if (!p->block) {
-    if (p->until_trial == INT_MAX || --p->until_trial > 0) return p->polling;
+    if (p->until_trial == INT_MAX || --p->until_trial > 0) return;
     p->block = 1, p->in_block = 0, p->polling = 1;
     p->sum[0] = p->sum[1] = 0, p->n[0] = p->n[1] = 0;
-    return p->polling;
+    return;
   }
   p->sum[p->polling] += gap, p->n[p->polling]++;
-  if (++p->in_block < POLL_BLOCK) return p->polling;
+  if (++p->in_block < POLL_BLOCK) return;
   p->in_block = 0;
-  if (++p->block <= POLL_BLOCKS) return p->polling = !p->polling;
+  if (++p->block <= POLL_BLOCKS) { p->polling = !p->polling; return; }
   // mean polling < 97% of mean sleeping, in integers
   p->polling = p->sum[1] * 100 * p->n[0] < p->sum[0] * 97 * p->n[1];
-  p->block = 0, p->until_trial = POLL_PERIOD, p->trials++, p->polling_kept += (uint32_t)p->polling;
-  return p->polling;
+  p->block = 0, p->until_trial = POLL_PERIOD;
+}
+
+// O_NONBLOCK on or off: 0, or -1 with errno.
+static int set_nonblocking(int fd, int on) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl < 0 ? -1 : fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
 static void *reader_main(void *arg) {
@@ -1545,16 +1544,19 @@ static void *reader_main(void *arg) {
   memset(&buf, 0, sizeof buf);
   // After a request the reader may poll /dev/fuse for a while before it sleeps in poll(2), so that
   // the next request of a program at work finds it running (Poller says whether it does). Where
-  // the process has one CPU to run on, the poll would only hold up the program that asks.
+  // the process has one CPU to run on, the poll would only hold up the program that asks. The
+  // descriptor is non-blocking only while the reader polls: asleep, it blocks in read(2), one call
+  // a request where a non-blocking read came before each poll(2).
   Poller poller;
   poller_init(&poller, reader_spin_ns());
   int fd = fuse_session_fd(s->se);
-  if (poller.spin_ns && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) poller_init(&poller, 0);
+  int nonblocking = poller.spin_ns && set_nonblocking(fd, 1) == 0;
+  if (!nonblocking) poller_init(&poller, 0);
   int64_t last = 0; // when the reader last found nothing after a request
   int answered = 0;
   while (!atomic_load(&s->stopping)) {
     int res = fuse_session_receive_buf(s->se, &buf);
-    if (res == -EAGAIN && poller.spin_ns) {
+    if (res == -EAGAIN) {
       int64_t now = now_ns();
       if (answered) { last = now; answered = 0; }
       if (poller.polling && now - last < poller.spin_ns) { sched_yield(); continue; } // yields only to what waits for this CPU
@@ -1562,10 +1564,13 @@ static void *reader_main(void *arg) {
       poll(&p, 1, -1); // a signal (stop_reader) ends it too
       continue;
     }
-    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res == -EINTR) continue;
     if (res <= 0) break; // ENODEV: unmounted
     answered = 1;
-    poller_arrived(&poller, now_ns());
+    if (poller.spin_ns) {
+      poller_arrived(&poller, now_ns());
+      if (poller.polling != nonblocking && set_nonblocking(fd, poller.polling) == 0) nonblocking = poller.polling;
+    }
     if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
     // INIT answered here: the kernel holds every request until it is, and Node's thread may be busy
     // (a daemon just mounted sets up its control socket and record: 0.5-4 ms after a cold cache).
