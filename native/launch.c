@@ -83,13 +83,59 @@ static void put_num(struct buf *b, long v, int octal) {
   put(b, s, (size_t)n);
 }
 
+// The mountpoint a mount command names, as src/options.ts parseArgs reads it: the last positional
+// argument (not a flag, not the value of -o or --platform), resolved against `cwd` and through
+// symlinks as the mount table shows it. NULL if there is none.
+static char *mountpoint_of(int argc, char **argv, const char *cwd) {
+  const char *last = NULL;
+  int i = argc > 0 && strcmp(argv[0], "mount") == 0 ? 1 : 0;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) { if (i + 1 < argc) last = argv[argc - 1]; break; }
+    if (strcmp(a, "-o") == 0 || strcmp(a, "--platform") == 0) { i++; continue; }
+    if (a[0] == '-' && a[1] != 0) continue;
+    last = a;
+  }
+  if (!last) return NULL;
+  static char joined[PATH_MAX * 2], resolved[PATH_MAX];
+  if (last[0] == '/') snprintf(joined, sizeof joined, "%s", last);
+  else snprintf(joined, sizeof joined, "%s/%s", cwd, last);
+  return realpath(joined, resolved) ? resolved : joined;
+}
+
+// Whether a FUSE filesystem is mounted at `path` (this mount namespace's table; escapes undone).
+static int fuse_mounted_at(const char *path) {
+  FILE *f = fopen("/proc/self/mountinfo", "re");
+  if (!f) return 1; // cannot tell: as if it were
+  static char line[PATH_MAX * 4 + 512], mnt[PATH_MAX * 4];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) {
+    // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPEROPTS
+    char *q = line;
+    for (int field = 0; field < 4 && q; field++) q = strchr(q, ' '), q = q ? q + 1 : NULL;
+    char *dash = q ? strstr(q, " - ") : NULL;
+    if (!dash) continue;
+    size_t n = 0;
+    for (; *q && *q != ' ' && n < sizeof mnt - 1; q++) {
+      if (q[0] == '\\' && q[1] >= '0' && q[1] <= '3' && q[2] >= '0' && q[2] <= '7' && q[3] >= '0' && q[3] <= '7') {
+        mnt[n++] = (char)((q[1] - '0') * 64 + (q[2] - '0') * 8 + (q[3] - '0'));
+        q += 3;
+      } else mnt[n++] = *q;
+    }
+    mnt[n] = 0;
+    found = strcmp(mnt, path) == 0 && strncmp(dash + 3, "fuse", 4) == 0;
+  }
+  fclose(f);
+  return found;
+}
+
 // The next standby's starter, forked while the standby works on the request (the ~2 ms this
 // launcher would only wait; forked after the answer, the fork and the child's first steps were on
 // the mount's path: ~0.4 ms, and the child's page faults took CPU from what ran next). Its own
 // session, no terminal, stdio on /dev/null, no other descriptor but the pipe's read end (fd 3),
 // on which this launcher writes the next standby's command line once the mount is live (EOF: none
 // is to start: the mount failed, or Node serves it). The write end returned (-1: none forked).
-static int fork_standby_starter(void) {
+static int fork_standby_starter(int argc, char **argv, const char *cwd) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) return -1;
   pid_t pid = fork();
@@ -104,6 +150,7 @@ static int fork_standby_starter(void) {
   if (nul < 0 || dup2(p[0], 3) != 3) _exit(1);
   dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
   syscall(SYS_close_range, 4U, ~0U, 0U); // nothing of the caller's held open (a pipe it waits on)
+  const char *mountpoint = mountpoint_of(argc, argv, cwd);
   if (chdir("/") != 0) _exit(1);
   // a second later, and only if none waits then: a mount that ends soon gives its daemon back as
   // the standby, and a new one would start for nothing, competing with the mount's first reads
@@ -128,6 +175,10 @@ static int fork_standby_starter(void) {
   socklen_t salen = standby_address(&sa);
   if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, salen) == 0) _exit(0);
   if (probe >= 0) close(probe);
+  // none waits, but the mount has ended: its daemon gives itself back as the standby, only busy
+  // now with a mount made since (a loop of short mounts: a new one booting here took CPU from
+  // every mount that followed, 40-56 ms to mount and list against 25-30)
+  if (mountpoint && !fuse_mounted_at(mountpoint)) _exit(0);
   // low priority while it starts (it must not slow the mount just made), given up when it takes
   // a mount (src/standby.ts): idle I/O class, and nice 10 for root only (raising one's priority
   // again needs CAP_SYS_NICE)
@@ -209,7 +260,7 @@ int main(int argc, char **argv) {
   socklen_t clen = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != getuid()) run_node();
   if (write_all(fd, req.p, req.len) != 0) run_node();
-  int starter = fork_standby_starter();
+  int starter = fork_standby_starter(argc, argv, cwd);
 
   int said = 0; // whether anything reached the user: after that, declining is no longer possible
   char *next = NULL;

@@ -163,6 +163,37 @@ describe('the standby daemon', () => {
     await umount(join(base, 'm'))
   })
 
+  it('serves short mounts one after another itself: no other standby boots meanwhile', async () => {
+    const standby = await waitingStandby()
+    assert.ok(standby)
+    // each launcher's starter looks a second after its mount; the mounts here have ended by then,
+    // but the daemon is busy with a later one: no reason to boot another (native/launch.c)
+    const others = new Set<number>()
+    let watching = true
+    const watch = (async () => {
+      while (watching) {
+        for (const pid of await standbys()) if (pid !== standby) others.add(pid)
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    })()
+    let n = 0
+    try {
+      for (const until = Date.now() + 3000; Date.now() < until; n++) {
+        const mnt = await freshMountpoint()
+        mounted.push(mnt)
+        assert.equal((await mount(['mount', '-o', `lowerdir=${tar}`, mnt])).code, 0)
+        assert.equal(await daemonPid(mnt), standby)
+        await umount(mnt)
+      }
+      await new Promise((r) => setTimeout(r, 1500)) // the last starters look
+    } finally {
+      watching = false
+      await watch
+    }
+    assert.deepEqual([...others], [], `no other standby over ${n} mounts`)
+    assert.equal(await waitingStandby(), standby)
+  })
+
   it('fails as a fresh daemon fails: the same one line, nothing mounted', async () => {
     const standby = await waitingStandby()
     assert.ok(standby)
