@@ -7,7 +7,7 @@
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
   }, {
     "target_name": "layerfs_fuse",
-    "sources": ["fuse_ll.c", "standby_gate.c", "fd_io.c", "copy_range.c", "priority.c", "setids.c"],
+    "sources": ["fuse_ll.c", "keep_warm.c", "standby_gate.c", "fd_io.c", "copy_range.c", "priority.c", "setids.c"],
     "include_dirs": ["/usr/include/fuse3"],
     "libraries": ["-lfuse3", "-lpthread"],
     "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]

@@ -30,6 +30,7 @@
 #include <sys/mount.h>
 #include <sys/vfs.h>
 #include "fuse_ll.h"
+#include "keep_warm.h"
 #include "priority.h"
 
 #define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "napi call failed: " #call); return NULL; } } while (0)
@@ -61,6 +62,7 @@ struct Session {
   // itself and queues the rest for Node's thread
   int threaded;
   pthread_t reader;
+  KeepWarm *keep_warm; // wakes the process while the mount is in use (keep_warm.c)
   atomic_int reader_done, stopping;
   uv_async_t async; int async_closed;
   pthread_mutex_t qlock;
@@ -1567,6 +1569,7 @@ static void *reader_main(void *arg) {
     if (res == -EINTR) continue;
     if (res <= 0) break; // ENODEV: unmounted
     answered = 1;
+    keep_warm_request(s->keep_warm);
     if (poller.spin_ns) {
       poller_arrived(&poller, now_ns());
       if (poller.polling != nonblocking && set_nonblocking(fd, poller.polling) == 0) nonblocking = poller.polling;
@@ -1651,7 +1654,8 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   if (s->se) {
     unmount_session(s);
     stop_storer(s);
-    if (!s->threaded || stop_reader(s)) fuse_session_destroy(s->se);
+    // a reader that will not stop may still count a request: its keeper stays (the process is ending)
+    if (!s->threaded || stop_reader(s)) { fuse_session_destroy(s->se); keep_warm_stop(s->keep_warm); }
   }
   free(s->own_mnt);
   free(s->buf.mem);
@@ -1719,9 +1723,12 @@ static napi_value start_session(napi_env env, const char *mnt, const char *opts,
     }
     uv_async_init(loop, &s->async, on_queued);
     s->async.data = s;
+    s->keep_warm = keep_warm_start();
     if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
       uv_close((uv_handle_t *)&s->async, NULL);
       s->threaded = 0;
+      keep_warm_stop(s->keep_warm); // Node's thread reads: nothing counts requests
+      s->keep_warm = NULL;
       if (s->prepared) { // nothing mounted yet: given up
         close(s->dev_fd); fuse_session_destroy(s->se); free(s);
         napi_throw_error(env, NULL, "cannot start the reader thread");
@@ -1813,7 +1820,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   // keeps the session: the process is ending anyway)
   stop_storer(s); // it writes to the session's descriptor
   if (s->threaded) {
-    if (stop_reader(s)) fuse_session_destroy(s->se);
+    if (stop_reader(s)) { fuse_session_destroy(s->se); keep_warm_stop(s->keep_warm); s->keep_warm = NULL; }
     if (!s->async_closed) { s->async_closed = 1; uv_close((uv_handle_t *)&s->async, NULL); }
   } else {
     fuse_session_destroy(s->se);
