@@ -1498,10 +1498,13 @@ typedef struct {
 static void poller_init(Poller *p, int64_t spin_ns) {
   memset(p, 0, sizeof *p);
   p->spin_ns = spin_ns;
-  p->polling = spin_ns > 0;
-  // LAYERFS_SPIN_TRIALS=0: always poll (to measure one way against the other)
+  // LAYERFS_SPIN_TRIALS=0: always poll (to measure one way against the other). Otherwise asleep
+  // until a trial says polling pays: a mount with few requests never has one, and polling cost
+  // there (1-byte appends from new processes, the mounts side by side: 11.79 ms a shell polling,
+  // 11.53 asleep, fuse-overlayfs 11.49)
   const char *env = getenv("LAYERFS_SPIN_TRIALS");
   p->until_trial = env && *env && atoi(env) == 0 ? INT_MAX : POLL_FIRST_TRIAL;
+  p->polling = spin_ns > 0 && p->until_trial == INT_MAX;
 }
 
 // A request arrived at `now` (a poller that may poll: spin_ns > 0); p->polling is then the way to
@@ -1554,6 +1557,7 @@ static void *reader_main(void *arg) {
   int fd = fuse_session_fd(s->se);
   int nonblocking = poller.spin_ns && set_nonblocking(fd, 1) == 0;
   if (!nonblocking) poller_init(&poller, 0);
+  else if (!poller.polling && set_nonblocking(fd, 0) == 0) nonblocking = 0; // asleep until a trial
   int64_t last = 0; // when the reader last found nothing after a request
   int answered = 0;
   while (!atomic_load(&s->stopping)) {
