@@ -10,6 +10,7 @@
 // one (10 s by default) it waits, costing nothing, until the reader's next request wakes it.
 #define _GNU_SOURCE
 #include "keep_warm.h"
+#include <signal.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -24,6 +25,10 @@ static void deadline_in(struct timespec *t, long ms) {
 
 static void *keep_warm_main(void *arg) {
   KeepWarm *k = arg;
+  // signals for the process go to Node's threads, as the reader leaves them
+  sigset_t mask;
+  sigfillset(&mask);
+  pthread_sigmask(SIG_SETMASK, &mask, NULL);
   unsigned seen = atomic_load(&k->requests);
   int idle = KEEP_WARM_TICKS; // starts asleep: a standby's prepared session has no requests yet
   pthread_mutex_lock(&k->lock);
