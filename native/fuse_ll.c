@@ -63,6 +63,8 @@ struct Session {
   int threaded;
   pthread_t reader;
   KeepWarm *keep_warm; // wakes the process while the mount is in use (keep_warm.c)
+  // for the stats (llReaderStats): requests the reader read, whether it polls now, trials run
+  _Atomic uint64_t reader_requests; atomic_int reader_polling, reader_trials;
   atomic_int reader_done, stopping;
   uv_async_t async; int async_closed;
   pthread_mutex_t qlock;
@@ -1560,6 +1562,8 @@ static void *reader_main(void *arg) {
   else if (!poller.polling && set_nonblocking(fd, 0) == 0) nonblocking = 0; // asleep until a trial
   int64_t last = 0; // when the reader last found nothing after a request
   int answered = 0;
+  uint64_t requests = 0;
+  atomic_store(&s->reader_polling, poller.polling);
   while (!atomic_load(&s->stopping)) {
     int res = fuse_session_receive_buf(s->se, &buf);
     if (res == -EAGAIN) {
@@ -1574,9 +1578,14 @@ static void *reader_main(void *arg) {
     if (res <= 0) break; // ENODEV: unmounted
     answered = 1;
     keep_warm_request(s->keep_warm);
+    atomic_store_explicit(&s->reader_requests, ++requests, memory_order_relaxed); // only this thread writes it
     if (poller.spin_ns) {
+      int trial = poller.block;
       poller_arrived(&poller, now_ns());
       if (poller.polling != nonblocking && set_nonblocking(fd, poller.polling) == 0) nonblocking = poller.polling;
+      if (trial && !poller.block) atomic_fetch_add_explicit(&s->reader_trials, 1, memory_order_relaxed);
+      if (poller.polling != atomic_load_explicit(&s->reader_polling, memory_order_relaxed))
+        atomic_store_explicit(&s->reader_polling, poller.polling, memory_order_relaxed);
     }
     if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
     // INIT answered here: the kernel holds every request until it is, and Node's thread may be busy
@@ -2243,6 +2252,21 @@ static napi_value js_direct_counts(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+// llReaderStats(session) -> Float64Array [requests the reader read, 1 if it polls after a request
+// now, polling trials run] (all 0 where Node's thread reads /dev/fuse itself)
+static napi_value js_reader_stats(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Session *s = session_arg(env, argv[0]);
+  void *data; napi_value ab, arr;
+  CHECK(napi_create_arraybuffer(env, 3 * sizeof(double), &data, &ab));
+  double *d = data;
+  d[0] = s ? (double)atomic_load_explicit(&s->reader_requests, memory_order_relaxed) : 0;
+  d[1] = s ? atomic_load_explicit(&s->reader_polling, memory_order_relaxed) : 0;
+  d[2] = s ? atomic_load_explicit(&s->reader_trials, memory_order_relaxed) : 0;
+  CHECK(napi_create_typedarray(env, napi_float64_array, 3, ab, 0, &arr));
+  return arr;
+}
+
 // llCaller(req) -> [uid, gid, pid, umask] of the process that made the request
 static napi_value js_caller(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -2656,6 +2680,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llStore", NULL, js_store, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },
+    { "llReaderStats", NULL, js_reader_stats, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCaps", NULL, js_no_caps, NULL, NULL, NULL, napi_default, NULL },
     { "llNoCapsClear", NULL, js_no_caps_clear, NULL, NULL, NULL, napi_default, NULL },
     { "llOpenable", NULL, js_openable, NULL, NULL, NULL, napi_default, NULL },

@@ -389,6 +389,7 @@ async function stats(mountpoint: string, json: boolean): Promise<void> {
     `copy-ups    ${t.copyUps}, ${t.copyUpBytes} bytes, ${t.copyUpMs} ms`,
     `lookups     ${t.lookups} (${t.cacheHits} from the cache)`,
     `reads       ${t.reads}, ${t.bytesRead} bytes${t.readaround ? `; readaround ${t.readaround} windows, ${t.readaroundBytes} bytes` : ''}`,
+    ...(st.reader ? [`requests    ${st.reader.requests} read by the FUSE reader; after each it ${st.reader.polling ? 'polls for the next' : 'sleeps'} (${st.reader.pollTrials} trial${st.reader.pollTrials === 1 ? '' : 's'} of polling)`] : []),
     'layers (0 is the topmost):',
     ...st.layers.map((l) => `  [${l.index}] ${l.kind.padEnd(4)} ${l.source}  ${l.reads} reads, ${l.bytesRead} bytes${l.readaround ? `; readaround ${l.readaround} windows, ${l.readaroundBytes} bytes` : ''}`),
   ]

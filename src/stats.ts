@@ -1,6 +1,6 @@
 import type { CopyUpRecord } from './upper/copy-up'
 import type { LayerFs } from './core/layerfs'
-import type { DirectReads } from './fuse/adapter'
+import type { DirectReads, ReaderStats } from './fuse/adapter'
 
 // What the daemon did, for `layerfs stats` and -o stats=FILE: every copy-up with its cost, and
 // lookups, cache hits and reads per layer.
@@ -37,6 +37,8 @@ export interface StatsReport {
     readonly readaround: number
     readonly readaroundBytes: number
   }
+  /** The FUSE binding's reader thread; null with the fuse-native adapter. */
+  readonly reader: ReaderStats | null
   readonly layers: ReadonlyArray<{
     readonly index: number; readonly source: string; readonly kind: string; readonly reads: number; readonly bytesRead: number
     readonly readaround: number; readonly readaroundBytes: number
@@ -88,6 +90,7 @@ export class Stats {
         readaround: layers.reduce((n, l) => n + l.readaround, 0),
         readaroundBytes: layers.reduce((n, l) => n + l.readaroundBytes, 0),
       },
+      reader: more?.reader ?? null,
       layers,
     }
   }

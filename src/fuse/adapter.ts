@@ -143,6 +143,17 @@ export interface DirectReads {
   readonly bytes: number[]
   readonly stored: number[]
   readonly storedBytes: number[]
+  /** The low-level binding's reader thread (fuse-native has none). */
+  readonly reader?: ReaderStats
+}
+
+export interface ReaderStats {
+  /** FUSE requests it read from /dev/fuse (those it answered and those it queued for Node's thread). */
+  readonly requests: number
+  /** Whether it polls /dev/fuse for a while after a request now, rather than sleep at once. */
+  readonly polling: boolean
+  /** Trials of polling against sleeping run so far. */
+  readonly pollTrials: number
 }
 
 export interface FuseMount {

@@ -53,6 +53,7 @@ interface LowLevel {
   llDirectDrop(s: Session, byNode: boolean, id: number): void
   /** Per layer position: [reads answered in C, their bytes, readaround windows stored, their bytes], each layer's four in turn (sizes the table on first call). */
   llDirectCounts(s: Session, layers: number): Float64Array
+  llReaderStats(s: Session): Float64Array
   /** Node `id` has no security.capability if `fd`'s file has none: C answers the kernel's check before each write. */
   llNoCaps(s: Session, id: number, fd: number): void
   /** Forgets what llNoCaps remembered (a security.capability was set or removed somewhere). */
@@ -1541,7 +1542,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         // per layer: reads, bytes, windows the readaround stored, their bytes (fuse_ll.c LAYER_COUNTS)
         const c = ll.llDirectCounts(started, layers)
         const at = (k: number): number[] => fs.union.layers.map((_, i) => c[4 * i + k])
-        return { reads: at(0), bytes: at(1), stored: at(2), storedBytes: at(3) }
+        // the reader thread: requests it read, whether it polls after one now, trials (fuse_ll.c Poller)
+        const r = ll.llReaderStats(started)
+        return { reads: at(0), bytes: at(1), stored: at(2), storedBytes: at(3), reader: { requests: r[0], polling: r[1] === 1, pollTrials: r[2] } }
       },
     }
   }

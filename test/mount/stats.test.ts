@@ -55,4 +55,32 @@ describe('layerfs stats', () => {
     const atEnd = JSON.parse(await readFile(statsFile, 'utf8')) as StatsReport
     assert.equal(atEnd.copyUps.length, 2)
   })
+
+  it('counts the reader thread\'s requests and says whether it polls after one', async () => {
+    const dir = await tempDir('stats-reader')
+    await mkdir(join(dir, 'src', 'd'), { recursive: true })
+    await must('sh', ['-c', `for i in $(seq 50); do echo $i > ${dir}/src/d/f$i; done`])
+    const tar = join(dir, 'l.tar')
+    await must('tar', ['-C', join(dir, 'src'), '-cf', tar, '.'])
+    const reader = async (path: string): Promise<NonNullable<StatsReport['reader']>> => {
+      const r = (JSON.parse(await must(LAYERFS, ['stats', path, '--json'])) as StatsReport).reader
+      assert.ok(r, 'the low-level binding reports its reader')
+      return r
+    }
+    // asleep until a trial has shown that polling pays; LAYERFS_SPIN_TRIALS=0 polls from the start
+    for (const [env, polling] of [[{}, false], [{ LAYERFS_SPIN_TRIALS: '0' }, true]] as const) {
+      const m = await mountLayerfs([tar], { env })
+      try {
+        const before = await reader(m.path)
+        assert.equal(before.polling, polling)
+        assert.equal(before.pollTrials, 0)
+        for (let i = 1; i <= 50; i++) assert.equal(await readFile(join(m.path, 'd', `f${i}`), 'utf8'), `${i}\n`)
+        const after = await reader(m.path)
+        assert.ok(after.requests >= before.requests + 50, `${after.requests - before.requests} requests for 50 lookups`)
+        assert.match(await must(LAYERFS, ['stats', m.path]), new RegExp(`requests\\s+${after.requests} read by the FUSE reader; after each it ${polling ? 'polls' : 'sleeps'}`))
+      } finally {
+        await m.unmount()
+      }
+    }
+  })
 })
