@@ -5,16 +5,17 @@
 // 250 ms: partly, every second: not at all). What makes it dear is the host's, not ours (the
 // guest counts the time as the thread running); the daemon's first request after a build step
 // or a shell's command waited that long (a second 1-byte append's OPEN: median 630 µs against
-// fuse-overlayfs's 167; with a 50 ms tick, 131). So while requests come, and for a while after,
-// this thread wakes every LAYERFS_KEEP_WARM_MS (default 50); after KEEP_WARM_TICKS ticks without
-// one (10 s by default) it waits, costing nothing, until the reader's next request wakes it.
+// fuse-overlayfs's 152-167; with a 100 ms tick, 120-149; 50 ms, 131-167). So while requests come,
+// and for a while after, this thread wakes every LAYERFS_KEEP_WARM_MS (default 100; a wake costs
+// ~136 µs of CPU here, the host's work again); after KEEP_WARM_TICKS ticks without one (10 s by
+// default) it waits, costing nothing, until the reader's next request wakes it.
 #define _GNU_SOURCE
 #include "keep_warm.h"
 #include <signal.h>
 #include <stdlib.h>
 #include <time.h>
 
-#define KEEP_WARM_TICKS 200
+#define KEEP_WARM_TICKS 100
 
 static void deadline_in(struct timespec *t, long ms) {
   clock_gettime(CLOCK_MONOTONIC, t);
@@ -57,7 +58,7 @@ static void *keep_warm_main(void *arg) {
 
 KeepWarm *keep_warm_start(void) {
   const char *env = getenv("LAYERFS_KEEP_WARM_MS");
-  long ms = env && *env ? atol(env) : 50;
+  long ms = env && *env ? atol(env) : 100;
   if (ms <= 0) return NULL;
   KeepWarm *k = calloc(1, sizeof *k);
   if (!k) return NULL;

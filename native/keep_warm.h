@@ -1,4 +1,4 @@
-// A thread that wakes the daemon's process every few tens of milliseconds while its mount is in
+// A thread that wakes the daemon's process every 100 ms (by default) while its mount is in
 // use (see keep_warm.c for why). keep_warm_request() is on the reader's path: a counter and a flag.
 #ifndef LAYERFS_KEEP_WARM_H
 #define LAYERFS_KEEP_WARM_H

@@ -6,7 +6,7 @@ import { mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
 import { LAYERFS, must, removeTemps, tempDir } from '../support/run'
 
 // The daemon's keep-warm thread (native/keep_warm.c): while requests come it wakes the process
-// every LAYERFS_KEEP_WARM_MS, and 200 ticks after the last request it sleeps until the next one.
+// every LAYERFS_KEEP_WARM_MS, and 100 ticks after the last request it sleeps until the next one.
 // Seen from outside as the thread's voluntary context switches (/proc/PID/task/TID/status).
 
 after(async () => {
@@ -45,7 +45,7 @@ let asks = 0
 const ask = (m: Mounted): Promise<unknown> => stat(join(m.path, `nothing-${++asks}`)).catch(() => undefined)
 
 describe('keep-warm thread', () => {
-  it('ticks while requests come, sleeps 200 ticks after the last, and wakes with the next', async () => {
+  it('ticks while requests come, sleeps 100 ticks after the last, and wakes with the next', async () => {
     const m = await mountLayerfs([await smallTar()], { env: { LAYERFS_KEEP_WARM_MS: '10' } })
     const pid = await daemonPid(m)
     const tid = await keeper(pid)
@@ -55,7 +55,7 @@ describe('keep-warm thread', () => {
     await sleep(400)
     const b = await wakes(pid, tid)
     assert.ok(b - a >= 10, `ticking after a request: ${b - a} wakes in 0.4 s`)
-    await sleep(2000 + 1000) // 200 ticks of 10 ms, and a margin
+    await sleep(1000 + 1000) // 100 ticks of 10 ms, and a margin
     const c = await wakes(pid, tid)
     await sleep(500)
     const d = await wakes(pid, tid)
