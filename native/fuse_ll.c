@@ -63,7 +63,8 @@ struct Session {
   int threaded;
   pthread_t reader;
   KeepWarm *keep_warm; // wakes the process while the mount is in use (keep_warm.c)
-  // for the stats (llReaderStats): requests the reader read, whether it polls now, trials run
+  // requests the reader read (the keep-warm thread watches it), whether it polls now, its trials
+  // run: for the stats (llReaderStats)
   _Atomic uint64_t reader_requests; atomic_int reader_polling, reader_trials;
   atomic_int reader_done, stopping;
   uv_async_t async; int async_closed;
@@ -1577,8 +1578,8 @@ static void *reader_main(void *arg) {
     if (res == -EINTR) continue;
     if (res <= 0) break; // ENODEV: unmounted
     answered = 1;
+    atomic_store(&s->reader_requests, ++requests); // only this thread writes it; the keep-warm thread reads it
     keep_warm_request(s->keep_warm);
-    atomic_store_explicit(&s->reader_requests, ++requests, memory_order_relaxed); // only this thread writes it
     if (poller.spin_ns) {
       int trial = poller.block;
       poller_arrived(&poller, now_ns());
@@ -1736,7 +1737,7 @@ static napi_value start_session(napi_env env, const char *mnt, const char *opts,
     }
     uv_async_init(loop, &s->async, on_queued);
     s->async.data = s;
-    s->keep_warm = keep_warm_start();
+    s->keep_warm = keep_warm_start(&s->reader_requests);
     if (pthread_create(&s->reader, NULL, reader_main, s) != 0) {
       uv_close((uv_handle_t *)&s->async, NULL);
       s->threaded = 0;

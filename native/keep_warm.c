@@ -30,25 +30,25 @@ static void *keep_warm_main(void *arg) {
   sigset_t mask;
   sigfillset(&mask);
   pthread_sigmask(SIG_SETMASK, &mask, NULL);
-  unsigned seen = atomic_load(&k->requests);
+  uint64_t seen = atomic_load(k->requests);
   int idle = KEEP_WARM_TICKS; // starts asleep: a standby's prepared session has no requests yet
   pthread_mutex_lock(&k->lock);
   while (!atomic_load(&k->stopping)) {
     if (idle >= KEEP_WARM_TICKS) {
       atomic_store(&k->asleep, 1);
       // a request that came before the flag was up did not wake us: look once more
-      if (atomic_load(&k->requests) == seen) {
+      if (atomic_load(k->requests) == seen) {
         while (atomic_load(&k->asleep) && !atomic_load(&k->stopping)) pthread_cond_wait(&k->cond, &k->lock);
       }
       atomic_store(&k->asleep, 0);
-      seen = atomic_load(&k->requests);
+      seen = atomic_load(k->requests);
       idle = 0;
       continue;
     }
     struct timespec t;
     deadline_in(&t, k->tick_ms);
     pthread_cond_timedwait(&k->cond, &k->lock, &t); // the tick: the process runs, nothing more
-    unsigned now = atomic_load(&k->requests);
+    uint64_t now = atomic_load(k->requests);
     if (now != seen) seen = now, idle = 0;
     else idle++;
   }
@@ -56,14 +56,14 @@ static void *keep_warm_main(void *arg) {
   return NULL;
 }
 
-KeepWarm *keep_warm_start(void) {
+KeepWarm *keep_warm_start(const _Atomic uint64_t *requests) {
   const char *env = getenv("LAYERFS_KEEP_WARM_MS");
   long ms = env && *env ? atol(env) : 100;
   if (ms <= 0) return NULL;
   KeepWarm *k = calloc(1, sizeof *k);
   if (!k) return NULL;
   k->tick_ms = ms;
-  atomic_init(&k->requests, 0);
+  k->requests = requests;
   atomic_init(&k->asleep, 1);
   atomic_init(&k->stopping, 0);
   pthread_mutex_init(&k->lock, NULL);
