@@ -1496,6 +1496,7 @@ typedef struct {
   int block, in_block; // in a trial: the block (1-based) and its intervals so far; block 0: none
   int64_t sum[2]; int n[2]; // a trial's short intervals, by way (1: polling)
   int until_trial;  // short intervals before the next trial
+  int trials;       // run to their end (for the stats)
 } Poller;
 
 static void poller_init(Poller *p, int64_t spin_ns) {
@@ -1528,7 +1529,7 @@ static void poller_arrived(Poller *p, int64_t now) {
   if (++p->block <= POLL_BLOCKS) { p->polling = !p->polling; return; }
   // mean polling < 97% of mean sleeping, in integers
   p->polling = p->sum[1] * 100 * p->n[0] < p->sum[0] * 97 * p->n[1];
-  p->block = 0, p->until_trial = POLL_PERIOD;
+  p->block = 0, p->until_trial = POLL_PERIOD, p->trials++;
 }
 
 // O_NONBLOCK on or off: 0, or -1 with errno.
@@ -1581,12 +1582,10 @@ static void *reader_main(void *arg) {
     atomic_store(&s->reader_requests, ++requests); // only this thread writes it; the keep-warm thread reads it
     keep_warm_request(s->keep_warm);
     if (poller.spin_ns) {
-      int trial = poller.block;
       poller_arrived(&poller, now_ns());
       if (poller.polling != nonblocking && set_nonblocking(fd, poller.polling) == 0) nonblocking = poller.polling;
-      if (trial && !poller.block) atomic_fetch_add_explicit(&s->reader_trials, 1, memory_order_relaxed);
-      if (poller.polling != atomic_load_explicit(&s->reader_polling, memory_order_relaxed))
-        atomic_store_explicit(&s->reader_polling, poller.polling, memory_order_relaxed);
+      atomic_store_explicit(&s->reader_polling, poller.polling, memory_order_relaxed);
+      atomic_store_explicit(&s->reader_trials, poller.trials, memory_order_relaxed);
     }
     if (!(buf.flags & FUSE_BUF_IS_FD) && answer_direct(s, buf.mem, (size_t)res)) continue;
     // INIT answered here: the kernel holds every request until it is, and Node's thread may be busy
