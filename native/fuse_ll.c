@@ -1538,6 +1538,14 @@ static int set_nonblocking(int fd, int on) {
   return fl < 0 ? -1 : fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
+// The reader ends: its keep-warm thread with it (nothing counts requests any more; a daemon whose
+// mount ended serves on as the standby), then the flag stop_reader and on_queued wait for.
+static void reader_ends(Session *s) {
+  keep_warm_stop(s->keep_warm);
+  s->keep_warm = NULL;
+  atomic_store(&s->reader_done, 1);
+}
+
 static void *reader_main(void *arg) {
   Session *s = arg;
   // signals for the process go to Node's threads; this one takes only the wake-up of stop_reader
@@ -1546,7 +1554,7 @@ static void *reader_main(void *arg) {
   sigdelset(&mask, SIGRTMIN + 2);
   pthread_sigmask(SIG_SETMASK, &mask, NULL);
   if (s->prepared && !reader_wait_go(s)) {
-    atomic_store(&s->reader_done, 1);
+    reader_ends(s);
     return NULL;
   }
   struct fuse_buf buf;
@@ -1601,7 +1609,7 @@ static void *reader_main(void *arg) {
     queue_push(s, buf.mem, init ? 0 : (size_t)res);
   }
   free(buf.mem);
-  atomic_store(&s->reader_done, 1);
+  reader_ends(s);
   uv_async_send(&s->async);
   return NULL;
 }
@@ -1667,8 +1675,7 @@ static void finalize_session(napi_env env, void *data, void *hint) {
   if (s->se) {
     unmount_session(s);
     stop_storer(s);
-    // a reader that will not stop may still count a request: its keeper stays (the process is ending)
-    if (!s->threaded || stop_reader(s)) { fuse_session_destroy(s->se); keep_warm_stop(s->keep_warm); }
+    if (!s->threaded || stop_reader(s)) fuse_session_destroy(s->se);
   }
   free(s->own_mnt);
   free(s->buf.mem);
@@ -1833,7 +1840,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   // keeps the session: the process is ending anyway)
   stop_storer(s); // it writes to the session's descriptor
   if (s->threaded) {
-    if (stop_reader(s)) { fuse_session_destroy(s->se); keep_warm_stop(s->keep_warm); s->keep_warm = NULL; }
+    if (stop_reader(s)) fuse_session_destroy(s->se);
     if (!s->async_closed) { s->async_closed = 1; uv_close((uv_handle_t *)&s->async, NULL); }
   } else {
     fuse_session_destroy(s->se);

@@ -192,6 +192,13 @@ describe('the standby daemon', () => {
     }
     assert.deepEqual([...others], [], `no other standby over ${n} mounts`)
     assert.equal(await waitingStandby(), standby)
+    // each mount's keep-warm thread ended with its reader (native/keep_warm.c): at most the one of
+    // the mount it has prepared is left
+    const warm: string[] = []
+    for (const tid of await readdir(`/proc/${standby}/task`)) {
+      if ((await readFile(`/proc/${standby}/task/${tid}/comm`, 'utf8').catch(() => '')).trim() === 'layerfs-warm') warm.push(tid)
+    }
+    assert.ok(warm.length <= 1, `${warm.length} keep-warm threads after ${n} mounts`)
   })
 
   it('fails as a fresh daemon fails: the same one line, nothing mounted', async () => {
