@@ -35,7 +35,7 @@ export interface OpenFile {
  * An upper file by its descriptor. Its calls are synchronous, on the daemon's thread: the upper is a
  * local directory, and a thread-pool round trip per read or write cost more than the call itself.
  */
-export function upperFile(fd: number): OpenFile {
+export function upperFile(fd: number, writable = true): OpenFile {
   const run = <T>(fn: () => T): Promise<T> => {
     try {
       return Promise.resolve(fn())
@@ -45,7 +45,7 @@ export function upperFile(fd: number): OpenFile {
   }
   return {
     read: (buf, length, position) => run(() => readSync(fd, buf, 0, length, position)),
-    direct: () => ({ fd, offset: 0, length: -1, layer: 0, writable: true }),
+    direct: () => ({ fd, offset: 0, length: -1, layer: 0, writable }),
     write: (buf, length, position) => run(() => {
       let done = 0
       while (done < length) done += writeSync(fd, buf, done, length - done, position + done)

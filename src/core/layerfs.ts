@@ -164,7 +164,7 @@ export class LayerFs {
     const r = await this.resolve(path)
     if (r.top.entry.kind === 'dir') throw new FsError(Errno.EISDIR, 'is a directory', path)
     if (r.top.entry.metacopy && !r.data) throw new FsError(Errno.EIO, 'metacopy file without data below', path)
-    if (r.top.layer === 0 && this.upper && !r.data) return this.handles.add(upperFile(await this.upper.openUpperForRead(path)))
+    if (r.top.layer === 0 && this.upper && !r.data) return this.handles.add(upperFile(await this.upper.openUpperForRead(path), false))
     // a metacopy file reads its lower data (and follows the file into the upper once it has it)
     const from = r.data ?? r.top
     const file = await this.union.layers[from.layer].open(from.path, from.entry)
@@ -229,7 +229,7 @@ export class LayerFs {
 
   private async copiedUp(path: string): Promise<void> {
     const upper = this.upper
-    if (upper) await this.handles.repoint(path, async () => upperFile(await upper.openUpperForRead(path)))
+    if (upper) await this.handles.repoint(path, async () => upperFile(await upper.openUpperForRead(path), false))
   }
 
   async create(path: string, mode: number, flags: number, caller: Caller): Promise<number> {
