@@ -75,6 +75,9 @@ struct Session {
   // a read-only mount whose kernel lets OPEN/OPENDIR go unanswered (ENOSYS once, then never sent):
   // the reader answers them, without waking Node's thread for a mount's first `ls` or read
   int read_only;
+  // a writable mount that copies up at a file's first write, not at its open for writing (lowlevel.ts
+  // copyUpAtWrite): with the kernel's leave, no OPEN or RELEASE either, READs and WRITEs by node
+  int copy_up_at_write;
   atomic_int enosys_open, enosys_opendir;
   uint64_t native_fh; // the next handle C opens itself (NATIVE_FH + this), under dlock
   uint64_t native_dir_fh; // the next directory handle C opens itself (NATIVE_FH + this), on the reader
@@ -170,6 +173,7 @@ typedef struct Direct {
   int64_t read_end;     // where the last READ answered from it ended (see want_store)
   int64_t stored_from;  // the last window queued for storing from it, or -1
   uint64_t serial;      // which registration this is: a handle's number is used again once released
+  int owned;            // fd is C's, closed when the entry goes (plan_write's upper file, by node)
   struct Direct *next;
 } Direct;
 
@@ -207,6 +211,7 @@ static void direct_drop(Session *s, uint64_t key) {
     if ((*p)->key != key) continue;
     Direct *d = *p;
     *p = d->next;
+    if (d->owned) close(d->fd);
     free(d->path);
     free(d);
     s->direct_count--;
@@ -228,7 +233,7 @@ static Direct *direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_
   }
   Direct *d = malloc(sizeof *d);
   static _Atomic uint64_t serials; // one count for every session of the process
-  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, 0, -1, atomic_fetch_add(&serials, 1) + 1, NULL };
+  *d = (Direct){ key, fd, layer, base, limit, writable, 0, NULL, 0, -1, atomic_fetch_add(&serials, 1) + 1, 0, NULL };
   size_t b = direct_slot(s, key);
   d->next = s->direct[b]; s->direct[b] = d;
   s->direct_count++;
@@ -238,7 +243,7 @@ static Direct *direct_set(Session *s, uint64_t key, int fd, int64_t base, int64_
 static void direct_free_all(Session *s) {
   for (size_t i = 0; i < s->direct_cap; i++) for (Direct *d = s->direct[i], *n; d; d = n) {
     n = d->next;
-    if (is_native_fh(d->key)) close(d->fd); // a handle C opened, still open at the session's end
+    if (is_native_fh(d->key) || d->owned) close(d->fd); // a descriptor C opened, still open at the session's end
     free(d->path); free(d);
   }
   free(s->direct); s->direct = NULL; s->direct_cap = s->direct_count = 0;
@@ -415,7 +420,9 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   Session *s = userdata;
   atomic_store(&s->init_no_opendir, (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) ? 1 : 0);
   s->init_no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) ? 1 : 0;
-  atomic_store(&s->enosys_open, s->read_only && s->init_no_open);
+  atomic_store(&s->enosys_open, (s->read_only || s->copy_up_at_write) && s->init_no_open);
+  // without OPEN the kernel would take an O_TRUNC as done by it (atomic_o_trunc): a SETATTR of the size must come
+  if (!s->read_only && s->copy_up_at_write && s->init_no_open) conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
   // a writable mount too, where JS can tell a stale listing (see init_no_opendir): a walk then makes
   // one request per directory (its GETATTR) where OPENDIR and RELEASEDIR made three
   if (atomic_load(&s->init_no_opendir) && (s->read_only || atomic_load(&s->planning))) atomic_store(&s->enosys_opendir, 1);
@@ -534,7 +541,7 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
   Session *s = fuse_req_userdata(req);
   pthread_rwlock_rdlock(&s->dlock);
-  Direct *d = direct_find(s, fi->fh);
+  Direct *d = direct_find(s, fi->fh ? fi->fh : (ino | KEY_BY_NODE)); // by node: a mount without OPEN
   if (d && d->writable) {
     const struct fuse_ctx *who = fuse_req_ctx(req);
     int dropped = s->kill_now && drop_setids(d->fd, NULL, who->gid, who->pid) > 0;
@@ -937,17 +944,18 @@ static int plan_entry(Session *s, const PlanEntry *e, int dir, int *made) {
   return 0;
 }
 
-// OPEN for writing (not O_TRUNC) of a node JS planned a copy-up for: the plan run, the upper file
-// opened here as open_native does. 1 if answered; 0 to leave the OPEN to JS (no plan, a stale one,
-// or a step failed: JS then reads the note first, and copies or says why not).
-static int plan_open(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
-  int flags = (int)arg->flags;
-  if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC) || s->plan_workfd < 0) return 0;
+// Runs the copy-up JS planned for `node` and opens its upper file with `flags`: the descriptor, with
+// the upper file's path in *real (malloc'd); -1 where nothing was done (no plan, a stale one) or a
+// step failed. Either way the caller then queues the note (queue_note) once it has answered: the
+// marker goes ahead of every later request, and of this one if JS answers it.
+static int plan_run(Session *s, uint64_t node, int flags, char **real) {
+  *real = NULL;
+  if (s->plan_workfd < 0) return -1;
   pthread_mutex_lock(&s->plock);
   Plan **pp = &s->plans;
-  while (*pp && (*pp)->node != in->nodeid) pp = &(*pp)->next;
+  while (*pp && (*pp)->node != node) pp = &(*pp)->next;
   Plan *p = *pp;
-  if (!p || p->epoch != s->epoch || s->busy > 0) { pthread_mutex_unlock(&s->plock); return 0; }
+  if (!p || p->epoch != s->epoch || s->busy > 0) { pthread_mutex_unlock(&s->plock); return -1; }
   s->attr_epoch++; // a copy-up: the attributes C holds (answer_getattr) may be the file's or its directories'
   *pp = p->next;
   s->nplans--;
@@ -975,20 +983,51 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
     s->plan_notes++;
   }
   pthread_mutex_unlock(&s->plock);
-  // the marker: ahead of every later request (and of this OPEN, if JS answers it)
-  if (fd < 0) { queue_note(s); plan_free(p); return 0; }
+  if (fd >= 0) *real = strdup(p->e[p->n - 1].real);
+  plan_free(p);
+  return fd;
+}
+
+// OPEN for writing (not O_TRUNC) of a node JS planned a copy-up for: the plan run, the upper file
+// opened here as open_native does. 1 if answered; 0 to leave the OPEN to JS (no plan, a stale one,
+// or a step failed: JS then reads the note first, and copies or says why not).
+static int plan_open(Session *s, const struct kernel_in_header *in, const struct kernel_open_in *arg) {
+  int flags = (int)arg->flags;
+  if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC)) return 0;
+  char *path;
+  int fd = plan_run(s, in->nodeid, flags, &path);
+  if (fd < 0) { queue_note(s); return 0; }
   int no_caps = without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
   direct_drop(s, in->nodeid | KEY_BY_NODE); // its lower bytes: the node's READs by node go to JS now
   uint64_t fh = native_fh_set(s, in->nodeid, fd, 1, no_caps);
   // its next OPENs as a file in the upper (as JS's openable() would say after its own copy-up)
-  char *path = strdup(p->e[p->n - 1].real);
   if (path) direct_set(s, in->nodeid | KEY_OPENABLE, -1, 0, 0, -1, 0)->path = path;
   pthread_rwlock_unlock(&s->dlock);
-  plan_free(p);
   reply_open_fh(s, in->unique, fh, fd);
   queue_note(s);
   return 1;
+}
+
+// A WRITE by node (a mount that copies up at the first write: no OPEN) of a node with no upper
+// file to write yet, whose copy-up JS planned: the plan run here, and the upper file, opened for
+// reading and writing, then serves the node's READs and WRITEs by node (answer_direct goes on to
+// answer this one), closed when the entry goes. Where no plan runs, JS copies up at the WRITE.
+static void plan_write(Session *s, uint64_t node) {
+  pthread_rwlock_rdlock(&s->dlock);
+  Direct *d = direct_find(s, node | KEY_BY_NODE);
+  int ready = d && d->writable;
+  pthread_rwlock_unlock(&s->dlock);
+  if (ready) return;
+  char *path;
+  int fd = plan_run(s, node, O_RDWR, &path);
+  free(path);
+  if (fd >= 0) {
+    pthread_rwlock_wrlock(&s->dlock);
+    direct_set(s, node | KEY_BY_NODE, fd, 0, -1, 0, 1)->owned = 1; // replaces its lower bytes' entry
+    pthread_rwlock_unlock(&s->dlock);
+  }
+  queue_note(s); // ahead of the WRITE's answer: JS learns of the copy-up before the writer's next request
 }
 
 // ---------------------------------------------------------------- LOOKUPs answered ahead
@@ -1425,10 +1464,11 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     return 1;
   }
   if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || !rw) return 0;
+  if (in->opcode == KERNEL_FUSE_WRITE && !rw->fh && s->copy_up_at_write) plan_write(s, in->nodeid);
   uint64_t key = rw->fh ? rw->fh : (in->nodeid | KEY_BY_NODE);
   pthread_rwlock_rdlock(&s->dlock);
   Direct *d = direct_find(s, key);
-  if (!d || (in->opcode == KERNEL_FUSE_WRITE && (!d->writable || !rw->fh))) { pthread_rwlock_unlock(&s->dlock); return 0; }
+  if (!d || (in->opcode == KERNEL_FUSE_WRITE && !d->writable)) { pthread_rwlock_unlock(&s->dlock); return 0; }
   struct kernel_out_header out = { sizeof out, 0, in->unique };
   struct iovec iov[2] = { { &out, sizeof out }, { NULL, 0 } };
   int n_iov = 1;
@@ -1701,8 +1741,11 @@ static napi_value start_session(napi_env env, const char *mnt, const char *opts,
   Session *s = calloc(1, sizeof *s);
   s->env = env;
   s->dev_fd = -1;
+  // lowlevel.ts puts ro or rw first, after "w:" for a mount that copies up at the first write
+  s->copy_up_at_write = strncmp(opts, "w:", 2) == 0;
+  if (s->copy_up_at_write) opts += 2;
   char *fargv[] = { "layerfs", "-o", (char *)opts, NULL };
-  s->read_only = strncmp(opts, "ro,", 3) == 0; // lowlevel.ts puts ro or rw first
+  s->read_only = strncmp(opts, "ro,", 3) == 0;
   struct fuse_args args = FUSE_ARGS_INIT(3, fargv);
   s->se = fuse_session_new(&args, &ops, sizeof ops, s);
   if (!s->se) { free(s); napi_throw_error(env, NULL, "fuse_session_new failed (bad options?)"); return NULL; }

@@ -36,6 +36,8 @@ oci:DIR[:REF] (an OCI image layout), or a path to either. Without upperdir the m
 mount returns once the mount is live and leaves a daemon serving it; -f keeps it in the foreground;
 -q hides progress bars. End it with 'umount MOUNTPOINT'. -o userxattr writes user.overlay.* xattrs;
 -o metacopy=on copies only metadata for chmod/chown/utimens/xattr changes (kernel metacopy form).
+A lower file is copied up at its first change (write, truncate, chmod, ...); -o copyup=open copies it
+up already when it is opened for writing, as kernel overlayfs and fuse-overlayfs do.
 -o readaround=SIZE (read-only mounts; default 128k, 0: off): a small read of a big file that looks
 random brings the SIZE-aligned window around it into the page cache, so reads near it need no request.
 Options it does not know are accepted and ignored. DEBUG=layerfs:* logs what it does.

@@ -24,6 +24,11 @@ export interface MountRequest {
   /** -o metacopy=on: chmod, chown, utimens and xattr changes copy a lower file's metadata only, as kernel overlayfs's metacopy=on. */
   readonly metacopy: boolean
   /**
+   * -o copyup=write (default): a lower file is copied up at its first change (a write, truncation,
+   * chmod, ...); copyup=open: already at an open for writing, as kernel overlayfs and fuse-overlayfs do.
+   */
+  readonly copyUpAt: 'open' | 'write'
+  /**
    * -o readaround=SIZE: on a read-only mount, a small read of a big file that looks random brings
    * the SIZE-aligned window around it into the page cache (bytes; 0: off).
    */
@@ -107,6 +112,12 @@ function readaroundOption(v: string | true | undefined): number {
   const bytes = m ? Number(m[1]) * (m[2] === '' ? 1 : m[2].toLowerCase() === 'k' ? 1024 : 1 << 20) : NaN
   if (bytes === 0 || (bytes >= 8192 && bytes <= 1 << 24 && (bytes & (bytes - 1)) === 0)) return bytes
   throw new UserError(`bad option: readaround=${v === true ? '' : v} (0, or a power of two from 8k to 16m)`)
+}
+
+function copyUpOption(v: string | true | undefined): 'open' | 'write' {
+  if (v === undefined || v === 'write') return 'write'
+  if (v === 'open') return 'open'
+  throw new UserError(`bad option: copyup=${v === true ? '' : v} (write or open)`)
 }
 
 function metacopyOption(v: string | true | undefined): boolean {
@@ -203,7 +214,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
   if ((upper === null) !== (work === null)) throw new UserError('upperdir and workdir go together: give both or neither')
   const logOpt = opts.get('log')
   for (const [k, v] of opts) {
-    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats', 'metacopy', 'readaround'].includes(k)) continue
+    if (['lowerdir', 'upperdir', 'workdir', 'log', 'fsname', 'debug', 'userxattr', 'stats', 'metacopy', 'readaround', 'copyup'].includes(k)) continue
     log.cli('ignoring option %s%s%s', k, v === true ? '' : '=', v === true ? '' : v, KNOWN_IGNORED.has(k.split('=')[0]) ? '' : ' (unknown)')
   }
   const fsnameOpt = opts.get('fsname')
@@ -219,6 +230,7 @@ export function parseArgs(argv: readonly string[], cwd = process.cwd(), env: Nod
       debug: debug || opts.has('debug'),
       userxattr: opts.has('userxattr'),
       metacopy: metacopyOption(opts.get('metacopy')),
+      copyUpAt: copyUpOption(opts.get('copyup')),
       readaround: readaroundOption(opts.get('readaround')),
       statsFile: pathOption(opts, 'stats', cwd),
       quiet,

@@ -147,7 +147,7 @@ async function openFs(req: MountRequest, lowers: Layer[]): Promise<LayerFs> {
  * adapter (libfuse 2) keeps its second.
  */
 function fuseOptions(req: MountRequest, readOnly: boolean, lowLevel: boolean): FuseMountOptions {
-  return { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, readaround: req.readaround, debug: req.debug }
+  return { fsname: req.fsname, readOnly, allowOther: process.getuid?.() === 0, cacheSeconds: readOnly || lowLevel ? 86400 : 1, readaround: req.readaround, copyUpAtWrite: req.copyUpAt === 'write', debug: req.debug }
 }
 
 /** Opens the layers, mounts, and keeps serving until unmounted. */

@@ -131,6 +131,11 @@ export interface FuseMountOptions {
   cacheSeconds: number
   /** Read-only mounts: the window a random read brings into the page cache, in bytes (0: none; low-level binding only). */
   readaround: number
+  /**
+   * Writable mounts: copy a lower file up at its first write (truncate, chmod, ...), not at an open
+   * for writing (low-level binding only: the kernel then sends no OPEN or RELEASE).
+   */
+  copyUpAtWrite?: boolean
   debug: boolean
 }
 

@@ -227,6 +227,7 @@ const A_COUNT = 15
 const DIR_CHUNK = 512
 
 const O_ACCMODE = 3
+const O_RDWR = 2
 /** Handles C opened itself (llOpenable) are numbered from here; ours stay below (Handles: uint32). */
 const NATIVE_FH = 2 ** 32
 
@@ -519,9 +520,16 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // writable ones where every change is an llChange (planning): a listing made before the attribute
   // epoch last moved is stale there (fuse_ll.c init_no_opendir)
   let skipOpendir = false
-  // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache
+  // ... and no OPEN/RELEASE: reads come by node (fh 0); the kernel keeps the page cache as with keep_cache.
+  // Read-only mounts, and writable ones that copy up at the first write (copyUpAtWrite): there the
+  // WRITEs come by node too, and a file's first one copies it up (nodeWriter)
+  const copyUpAtWrite = !ro && opts.copyUpAtWrite === true
   let skipOpen = false
   const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
+  const nodeWriters = new Set<number>() // nodes whose handle in nodeFiles is the upper file's, for writing
+  // nodes whose name went while the kernel held them (copyUpAtWrite): their handle, opened before,
+  // is the file's only way in until the kernel forgets them; never dropped for room
+  const pinned = new Set<number>()
   // read-only mounts: the window a random READ answered here reads (see OP.READ), and where the last
   // READs of recent nodes (or handles, negated) ended, oldest first
   const readaround = ro ? opts.readaround : 0
@@ -546,6 +554,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const planning = roots !== null
   const changing = new Map<number, boolean>() // request -> whether it moves the epoch
   const plans = new Map<number, readonly PlannedEntry[]>() // by id, oldest first
+  const planNodes = new Map<number, number>() // copyUpAtWrite: plan id -> its node
+  // copyUpAtWrite: nodes whose upper file C opened at the WRITE that ran their plan (plan_write),
+  // and reads and writes by node, until JS registers a handle of its own or drops the node's
+  const cWriters = new Set<number>()
   const ll = replying(native, (req) => {
     if (changing.size > 0) endChange(req)
   })
@@ -616,6 +628,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       const plan = plans.get(a[i])
       plans.delete(a[i])
+      const node = planNodes.get(a[i])
+      planNodes.delete(a[i])
+      // run at a WRITE (fuse_ll.c plan_write): C reads and writes the node's upper file by node now
+      if (node !== undefined && a[i + 2] === a[i + 1] && !a[i + 3]) cWriters.add(node)
       if (a[i + 3]) log.fuse('a planned copy-up stopped after %d of %d entries: errno %d', a[i + 2], a[i + 1], a[i + 3])
       if (plan) fs.plannedDone(plan, a[i + 2], Array.from(a.subarray(i + 4, i + 4 + a[i + 1])))
     }
@@ -628,8 +644,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     const planId = ll.llPlan(session!, id, epoch, path, nums, xattrs)
     if (planId === 0) return
     plans.set(planId, entries)
+    if (copyUpAtWrite && skipOpen) planNodes.set(planId, id) // run at a WRITE, not an OPEN
     // C keeps 64; older ones can only be gone there
-    if (plans.size > 256) plans.delete(plans.keys().next().value as number)
+    if (plans.size > 256) {
+      planNodes.delete(plans.keys().next().value as number)
+      plans.delete(plans.keys().next().value as number)
+    }
   }
   /**
    * Directory `path` (node `id`) was looked up: the answers to the LOOKUPs of the regular files in
@@ -790,7 +810,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // a file copied up: C no longer opens or reads it by node from its lower bytes (see directOf)
   fs.onCopiedUp((path) => {
     const id = nodes.find(path)
-    if (id !== undefined && session) ll.llDirectDrop(session, true, id)
+    if (id !== undefined && session && !cWriters.has(id)) ll.llDirectDrop(session, true, id)
   })
   /** The handle a node is read through when the kernel sends no OPEN: opened on first read, kept for the next. */
   const nodeFile = (ino: number): Promise<number> => {
@@ -800,11 +820,68 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       nodeFiles.set(ino, p)
       return p
     }
-    p = fs.open(nodes.path(ino), 0)
+    // a node whose name is gone, with no handle kept: whatever has that name now is another file
+    if (nodes.isGone(ino)) return Promise.reject(new FsError(Errno.ENOENT, 'no such file', nodes.path(ino)))
+    return openNodeFile(ino, 0)
+  }
+  const openNodeFile = (ino: number, flags: number): Promise<number> => {
+    const p = fs.open(nodes.path(ino), flags)
+    const before = nodeFiles.get(ino)
+    nodeFiles.delete(ino)
     nodeFiles.set(ino, p)
-    p.then((fh) => direct(fh, true, ino), () => nodeFiles.delete(ino))
-    if (nodeFiles.size > NODE_FILES) dropNodeFile(nodeFiles.keys().next().value as number)
+    if (flags === O_RDWR) nodeWriters.add(ino)
+    else nodeWriters.delete(ino)
+    cWriters.delete(ino)
+    // C reads (and writes) through the new handle once it is open; the old one then closes
+    p.then((fh) => {
+      if (nodeFiles.get(ino) === p) direct(fh, true, ino)
+      before?.then((old) => fs.release(old), () => undefined).catch(() => undefined)
+    }, () => {
+      if (nodeFiles.get(ino) !== p) return
+      nodeFiles.delete(ino)
+      nodeWriters.delete(ino)
+      if (before) nodeFiles.set(ino, before)
+    })
+    trimNodeFiles()
     return p
+  }
+  const trimNodeFiles = (): void => {
+    if (nodeFiles.size <= NODE_FILES + pinned.size) return
+    for (const id of nodeFiles.keys()) {
+      if (pinned.has(id)) continue
+      dropNodeFile(id)
+      return
+    }
+  }
+  /**
+   * The handle a node is written through when the kernel sends no OPEN (copyUpAtWrite): the upper
+   * file, opened for reading and writing at the node's first WRITE (or truncation through a
+   * descriptor), which copies a lower file up; kept with the node's reads.
+   */
+  const nodeWriter = (ino: number): Promise<number> => {
+    const p = nodeFiles.get(ino)
+    if (p && nodeWriters.has(ino)) return p
+    // unlinked while open, and only in a lower layer when its name went (see pinNode): no upper file to write
+    if (nodes.isGone(ino)) return Promise.reject(new FsError(Errno.EIO, 'cannot copy up a file whose name is gone', nodes.path(ino)))
+    return openNodeFile(ino, O_RDWR)
+  }
+  /**
+   * A name goes (unlink, or a rename over it) while the kernel may hold its node open
+   * (copyUpAtWrite: no OPEN told us): a handle on the file is opened first, to read, write and fstat
+   * it through until the kernel forgets the node.
+   */
+  const pinNode = async (path: string): Promise<void> => {
+    if (!copyUpAtWrite) return
+    const id = nodes.find(path)
+    if (id === undefined || nodes.lookupsOf(id) === 0 || nodes.kindOf(id) !== S_IFREG) return
+    try {
+      const upper = fs.upperFilePath(path) !== null
+      if (!nodeFiles.has(id) || (upper && !nodeWriters.has(id))) await openNodeFile(id, upper ? O_RDWR : 0)
+      else await nodeFiles.get(id)
+      pinned.add(id)
+    } catch (err) {
+      log.fuse('%s: no handle kept for its node: %s', path, (err as Error).message)
+    }
   }
   /** C answers the node's READs, and on a writable mount its OPENs for reading, where its bytes lie in a lower tar (LayerFs.directOf). */
   const byNode = (id: number, path: string): void => {
@@ -815,9 +892,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   /** C stops answering the node's READs (registered here or at LOOKUP); its file, if open, is closed. */
   const dropNodeFile = (ino: number): void => {
     ll.llDirectDrop(session!, true, ino) // before its descriptor closes
+    cWriters.delete(ino)
     const p = nodeFiles.get(ino)
     if (!p) return
     nodeFiles.delete(ino)
+    nodeWriters.delete(ino)
+    pinned.delete(ino)
     p.then((fh) => fs.release(fh), () => undefined).catch(() => undefined)
   }
 
@@ -852,6 +932,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
   /** The attributes of a node unlinked while open: from one of its handles (`fh`, or any), else as last shown. */
   const goneStat = (ino: number, fh: number, gone: Stat): Promise<Stat> | Stat => {
+    if (fh <= 0 && copyUpAtWrite) { // no handles: the node's own, kept since its name went (pinNode)
+      const p = nodeFiles.get(ino)
+      return p ? p.then((h) => fs.fgetattr(h, gone), () => gone) : gone
+    }
     if (fh === 0) return gone // opened by C from the node's lower bytes (open_by_node), which never change
     const h = fh > 0 ? fh : openFiles.get(ino)?.values().next().value
     if (h !== undefined && h >= NATIVE_FH) return nativeStat(h, false, gone) ?? { ...gone, nlink: 0 }
@@ -868,7 +952,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     }
   }
   /** On handle `fh`, C's or ours: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). */
-  const onHandle = async (fh: number, op: 1 | 2, arg: number): Promise<void> => {
+  const onHandle = async (fh: number, op: 1 | 2, arg: number, ino = 0): Promise<void> => {
+    if (fh === 0 && copyUpAtWrite) { // by node (no OPEN): truncation copies up as a write does
+      if (op === 1) return fs.ftruncate(await nodeWriter(ino), arg)
+      const p = nodeWriters.has(ino) ? nodeFiles.get(ino) : undefined
+      return p ? fs.fsync(await p, arg !== 0) : undefined // nothing written through the mount since it was opened here
+    }
     if (fh === 0) { // opened for reading by C from a lower file's bytes (open_by_node)
       if (op === 1) throw new FsError(Errno.EINVAL, 'not open for writing')
       return
@@ -1199,7 +1288,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           opened(ino, fh)
           const span = direct(fh)
           if ((flags & O_ACCMODE) !== 0) writing(ino, span)
-          if (span?.writable) openable(ino)
+          if (span && span.length < 0) openable(ino) // an upper file (lower spans have their length)
           ll.llReplyOpen(req, fh, ro || singleName(ino), false)
         }
         // a write's copy-up, at once where it can be (LayerFs.openNow), else awaited
@@ -1269,7 +1358,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return handle(req, 'release', () => fs.release(a as number), () => ll.llReplyErr(req, 0))
       case OP.INIT:
         skipOpendir = (ro || planning) && (a as number) === 1
-        skipOpen = ro && (b as number) === 1
+        skipOpen = (ro || copyUpAtWrite) && (b as number) === 1
         pushRoot()
         return
       case OP.OPENDIR:
@@ -1357,11 +1446,12 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           if (gone) {
             // unlinked while open: what its descriptor can do (ftruncate, whose time change comes with it)
             if (!(valid & SET.SIZE) || fh < 0 || (valid & (SET.MODE | SET.UID | SET.GID))) throw new FsError(Errno.ENOENT, 'no such file', nodes.path(ino))
-            await onHandle(fh, 1, size)
+            await onHandle(fh, 1, size, ino)
             return goneStat(ino, fh, gone)
           }
           const path = nodes.path(ino)
-          if (valid & SET.SIZE) await (fh >= 0 ? onHandle(fh, 1, size) : fs.truncate(path, size))
+          // by node where no OPEN came (fh 0): by name, which stands (a truncation's copy-up)
+          if (valid & SET.SIZE) await (fh > 0 || (fh === 0 && !copyUpAtWrite) ? onHandle(fh, 1, size) : fs.truncate(path, size))
           // a truncation by a caller without CAP_FSETID: set-ID bits go (the reply shows the mode)
           if ((valid & SET.SIZE) && (valid & SET.KILL_SUIDGID)) await fs.dropSetIds(path, caller(req))
           if (valid & SET.MODE) await fs.chmod(path, mode & 0o7777)
@@ -1402,7 +1492,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.UNLINK:
         return change(req, 'unlink', renaming(async () => {
           const p = child(ino, a as string)
-          await unsettling([p], async () => { await fs.unlink(p); nodes.unlinked(p) })
+          await unsettling([p], async () => {
+            await pinNode(p)
+            await fs.unlink(p)
+            nodes.unlinked(p)
+          })
         }))
       case OP.RMDIR:
         return change(req, 'rmdir', renaming(async () => {
@@ -1415,7 +1509,11 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         return change(req, 'rename', renaming(async () => {
           const from = child(ino, a as string)
           const to = child(b as number, c as string)
-          await unsettling([from, to], async () => { await fs.rename(from, to); nodes.renamed(from, to) })
+          await unsettling([from, to], async () => {
+            if (from !== to) await pinNode(to)
+            await fs.rename(from, to)
+            nodes.renamed(from, to)
+          })
         }))
       case OP.CREATE: {
         const who = caller(req)
@@ -1430,12 +1528,14 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.WRITE: {
         const buf = b as Buffer
         return handle(req, 'write', async () => {
+          // by node where no OPEN came (copyUpAtWrite): the first copies the file up
+          const file = (a as number) === 0 && copyUpAtWrite ? await nodeWriter(ino) : a as number
           if (d === 1 && !nodes.lastOf(ino)) await dropSetIds(req, ino, nodes.path(ino)) // a caller without CAP_FSETID (see kills_setids)
-          return fs.write(a as number, buf, buf.length, c as number)
+          return fs.write(file, buf, buf.length, c as number)
         }, (n) => ll.llReplyWrite(req, n))
       }
       case OP.FSYNC:
-        return change(req, 'fsync', () => onHandle(a as number, 2, b as number))
+        return change(req, 'fsync', () => onHandle(a as number, 2, b as number, ino))
       case OP.SETXATTR:
         if ((a as string) === 'security.capability') ll.llNoCapsClear(session!)
         return change(req, 'setxattr', renaming(() => fs.setxattr(nodes.path(ino), a as string, b as Buffer, c as number)))
@@ -1506,7 +1606,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   if (opts.debug) options.push('debug') // libfuse prints each request and reply on stderr
   // as root, behave as kernel overlayfs: devices and setuid bits work
   if (process.getuid?.() === 0) options.push('dev', 'suid')
-  const started = start(options.join(','), ro ? dispatch : settled(planning ? planned : dispatch))
+  const started = start((copyUpAtWrite ? 'w:' : '') + options.join(','), ro ? dispatch : settled(planning ? planned : dispatch))
   session = started
   if (roots) ll.llPlanRoots(started, roots.upper, roots.temp)
   ll.llStatfsAt(started, fs.statfsPath())

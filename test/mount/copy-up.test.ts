@@ -260,4 +260,43 @@ describe('copy-up', () => {
     assert.equal(outcomes[1], outcomes[0])
     assert.equal(outcomes[0], 'small\n|CHANGED')
   })
+
+  it('copies up at the first write, not at an open for writing (-o copyup=open: at the open, as kernel overlayfs)', async () => {
+    // what each system's upper holds after: an open for reading and writing that writes nothing; the
+    // same, then a write through that descriptor and an fstat; an O_TRUNC open that writes nothing
+    const steps = async (mnt: string, upper: string): Promise<string[]> => {
+      const seen: string[] = []
+      const inUpper = async (): Promise<string> => (await readdir(upper)).filter((n) => n === 'small' || n === 'big').sort().join(',') || '-'
+      const fh = await open(join(mnt, 'small'), 'r+')
+      await fh.close()
+      seen.push(`after open: ${await inUpper()}`)
+      const w = await open(join(mnt, 'small'), 'r+')
+      seen.push(`before write: ${await inUpper()}`)
+      await w.write('S', 0)
+      seen.push(`after write: ${await inUpper()} size ${(await w.stat()).size} ${await readFile(join(mnt, 'small'), 'utf8')}`.trim())
+      await w.close()
+      await (await open(join(mnt, 'big'), 'r+')).truncate(0).catch(() => undefined)
+      seen.push(`after ftruncate: ${await inUpper()} ${(await stat(join(mnt, 'big'))).size}`)
+      return seen
+    }
+    const outcomes: string[][] = []
+    for (const kind of ['kernel', 'open', 'write']) {
+      const upper = join(dir, `at-${kind}-upper`)
+      const work = join(dir, `at-${kind}-work`)
+      await mkdir(upper)
+      await mkdir(work)
+      const m = kind === 'kernel'
+        ? await mountKernelOverlay([join(dir, 'src')], { upper, work })
+        : await mountLayerfs([tar], { upper, work, options: [`copyup=${kind}`] })
+      try {
+        outcomes.push(await steps(m.path, upper))
+      } finally {
+        await m.unmount()
+      }
+    }
+    const expectKernel = ['after open: small', 'before write: small', 'after write: small size 6 Small', 'after ftruncate: big,small 0']
+    assert.deepEqual(outcomes[0], expectKernel)
+    assert.deepEqual(outcomes[1], expectKernel)
+    assert.deepEqual(outcomes[2], ['after open: -', 'before write: -', 'after write: small size 6 Small', 'after ftruncate: big,small 0'])
+  })
 })
