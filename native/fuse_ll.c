@@ -88,6 +88,9 @@ struct Session {
   // an llChange (llPlanRoots): JS keeps listings by node, made stale by the attribute epoch. Set on
   // two threads (ll_init, llPlanRoots) in either order: each checks the other's
   atomic_int init_no_opendir, planning;
+  // moves whenever JS drops the KEY_NO_CAPS marks (a security.capability set or removed): a plan
+  // made before then no longer tells whether its file has one (planned_without_caps)
+  atomic_int caps_gen;
   // the kernel's INIT, seen by io_read for io_writev (HANDLE_KILLPRIV_V2): its unique, and whether the
   // kernel offered HANDLE_KILLPRIV_V2
   _Atomic uint64_t init_unique; int init_offers_v2, want_v2;
@@ -831,6 +834,7 @@ typedef struct PlanEntry {
 typedef struct Plan {
   struct Plan *next;
   uint64_t node, epoch;
+  int caps_gen; // the session's caps_gen when it was made
   uint32_t id;
   size_t n;
   PlanEntry *e;
@@ -1009,6 +1013,32 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   return 1;
 }
 
+// Whether node's current plan says its file has no security.capability (the kernel asks before
+// the first write to a file, which on a mount without OPEN is the one that copies it up; with
+// OPEN, plan_open's upper file tells, see KEY_NO_CAPS).
+static int planned_without_caps(Session *s, uint64_t node) {
+  int none = 0;
+  pthread_mutex_lock(&s->plock);
+  for (Plan *p = s->plans; p; p = p->next) {
+    if (p->node != node) continue;
+    if (p->epoch != s->epoch || p->caps_gen != atomic_load(&s->caps_gen)) break;
+    const PlanEntry *e = &p->e[p->n - 1];
+    none = 1;
+    for (size_t at = 0; at < e->xattrs_len;) { // name, NUL, 4-byte length, value (js_plan checked the lengths)
+      const char *xname = e->xattrs + at;
+      size_t nlen = strnlen(xname, e->xattrs_len - at);
+      uint32_t vlen;
+      if (at + nlen + 5 > e->xattrs_len) { none = 0; break; }
+      if (strcmp(xname, "security.capability") == 0) { none = 0; break; }
+      memcpy(&vlen, xname + nlen + 1, 4);
+      at += nlen + 5 + vlen;
+    }
+    break;
+  }
+  pthread_mutex_unlock(&s->plock);
+  return none;
+}
+
 // A WRITE by node (a mount that copies up at the first write: no OPEN) of a node with no upper
 // file to write yet, whose copy-up JS planned: the plan run here, and the upper file, opened for
 // reading and writing, then serves the node's READs and WRITEs by node (answer_direct goes on to
@@ -1022,9 +1052,11 @@ static void plan_write(Session *s, uint64_t node) {
   char *path;
   int fd = plan_run(s, node, O_RDWR, &path);
   free(path);
+  int no_caps = fd >= 0 && without_caps(fd);
   if (fd >= 0) {
     pthread_rwlock_wrlock(&s->dlock);
     direct_set(s, node | KEY_BY_NODE, fd, 0, -1, 0, 1)->owned = 1; // replaces its lower bytes' entry
+    if (no_caps) direct_set(s, node | KEY_NO_CAPS, -1, 0, 0, -1, 0); // as native_fh_set
     pthread_rwlock_unlock(&s->dlock);
   }
   queue_note(s); // ahead of the WRITE's answer: JS learns of the copy-up before the writer's next request
@@ -1459,7 +1491,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   if (in->opcode == KERNEL_FUSE_GETXATTR && len >= sizeof *in + 8 + sizeof "security.capability"
       && memcmp(msg + sizeof *in + 8, "security.capability", sizeof "security.capability") == 0) {
     // the kernel's check before each write(2): answered here for a node known to have none
-    if (!known_without_caps(s, in->nodeid)) return 0;
+    if (!known_without_caps(s, in->nodeid) && !(s->copy_up_at_write && planned_without_caps(s, in->nodeid))) return 0;
     reply_status(s, in->unique, -ENODATA);
     return 1;
   }
@@ -2191,7 +2223,7 @@ static void drop_all_of_kind(Session *s, uint64_t kind) {
 static napi_value js_no_caps_clear(napi_env env, napi_callback_info info) {
   ARGS(1);
   Session *s = session_arg(env, argv[0]);
-  if (s) drop_all_of_kind(s, KEY_NO_CAPS);
+  if (s) { atomic_fetch_add(&s->caps_gen, 1); drop_all_of_kind(s, KEY_NO_CAPS); }
   return NULL;
 }
 
@@ -2398,7 +2430,7 @@ static napi_value js_plan(napi_env env, napi_callback_info info) {
   p->e = calloc(n, sizeof *p->e);
   p->blob = malloc(need);
   if (!p->e || !p->blob) { plan_free(p); return num(env, 0); }
-  p->n = n; p->node = (uint64_t)node; p->epoch = (uint64_t)epoch;
+  p->n = n; p->node = (uint64_t)node; p->epoch = (uint64_t)epoch; p->caps_gen = atomic_load(&s->caps_gen);
   char *at = p->blob;
   const char *x = xattrs;
   size_t xleft = xlen;

@@ -834,7 +834,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     cWriters.delete(ino)
     // C reads (and writes) through the new handle once it is open; the old one then closes
     p.then((fh) => {
-      if (nodeFiles.get(ino) === p) direct(fh, true, ino)
+      if (nodeFiles.get(ino) === p) {
+        const span = direct(fh, true, ino)
+        if (flags === O_RDWR) writing(ino, span)
+      }
       before?.then((old) => fs.release(old), () => undefined).catch(() => undefined)
     }, () => {
       if (nodeFiles.get(ino) !== p) return
