@@ -525,6 +525,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   // WRITEs come by node too, and a file's first one copies it up (nodeWriter)
   const copyUpAtWrite = !ro && opts.copyUpAtWrite === true
   let skipOpen = false
+  // copyUpAtWrite where the kernel sends no OPEN (INIT tells): WRITEs, truncations and fsyncs by node
+  let writesByNode = false
   const nodeFiles = new Map<number, Promise<number>>() // node -> handle, oldest first
   const nodeWriters = new Set<number>() // nodes whose handle in nodeFiles is the upper file's, for writing
   // nodes whose name went while the kernel held them (copyUpAtWrite): their handle, opened before,
@@ -644,7 +646,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     const planId = ll.llPlan(session!, id, epoch, path, nums, xattrs)
     if (planId === 0) return
     plans.set(planId, entries)
-    if (copyUpAtWrite && skipOpen) planNodes.set(planId, id) // run at a WRITE, not an OPEN
+    if (writesByNode) planNodes.set(planId, id) // run at a WRITE, not an OPEN
     // C keeps 64; older ones can only be gone there
     if (plans.size > 256) {
       planNodes.delete(plans.keys().next().value as number)
@@ -874,7 +876,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
    * it through until the kernel forgets the node.
    */
   const pinNode = async (path: string): Promise<void> => {
-    if (!copyUpAtWrite) return
+    if (!writesByNode) return
     const id = nodes.find(path)
     if (id === undefined || nodes.lookupsOf(id) === 0 || nodes.kindOf(id) !== S_IFREG) return
     try {
@@ -935,7 +937,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
   /** The attributes of a node unlinked while open: from one of its handles (`fh`, or any), else as last shown. */
   const goneStat = (ino: number, fh: number, gone: Stat): Promise<Stat> | Stat => {
-    if (fh <= 0 && copyUpAtWrite) { // no handles: the node's own, kept since its name went (pinNode)
+    if (fh <= 0 && writesByNode) { // no handles: the node's own, kept since its name went (pinNode)
       const p = nodeFiles.get(ino)
       return p ? p.then((h) => fs.fgetattr(h, gone), () => gone) : gone
     }
@@ -956,7 +958,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   }
   /** On handle `fh`, C's or ours: op 1 ftruncate(arg), op 2 fsync (arg 1: data only). */
   const onHandle = async (fh: number, op: 1 | 2, arg: number, ino = 0): Promise<void> => {
-    if (fh === 0 && copyUpAtWrite) { // by node (no OPEN): truncation copies up as a write does
+    if (fh === 0 && writesByNode) { // by node (no OPEN): truncation copies up as a write does
       if (op === 1) return fs.ftruncate(await nodeWriter(ino), arg)
       const p = nodeWriters.has(ino) ? nodeFiles.get(ino) : undefined
       return p ? fs.fsync(await p, arg !== 0) : undefined // nothing written through the mount since it was opened here
@@ -1362,6 +1364,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       case OP.INIT:
         skipOpendir = (ro || planning) && (a as number) === 1
         skipOpen = (ro || copyUpAtWrite) && (b as number) === 1
+        writesByNode = copyUpAtWrite && skipOpen
         pushRoot()
         return
       case OP.OPENDIR:
@@ -1454,7 +1457,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
           }
           const path = nodes.path(ino)
           // by node where no OPEN came (fh 0): by name, which stands (a truncation's copy-up)
-          if (valid & SET.SIZE) await (fh > 0 || (fh === 0 && !copyUpAtWrite) ? onHandle(fh, 1, size) : fs.truncate(path, size))
+          if (valid & SET.SIZE) await (fh > 0 || (fh === 0 && !writesByNode) ? onHandle(fh, 1, size) : fs.truncate(path, size))
           // a truncation by a caller without CAP_FSETID: set-ID bits go (the reply shows the mode)
           if ((valid & SET.SIZE) && (valid & SET.KILL_SUIDGID)) await fs.dropSetIds(path, caller(req))
           if (valid & SET.MODE) await fs.chmod(path, mode & 0o7777)
@@ -1532,7 +1535,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         const buf = b as Buffer
         return handle(req, 'write', async () => {
           // by node where no OPEN came (copyUpAtWrite): the first copies the file up
-          const file = (a as number) === 0 && copyUpAtWrite ? await nodeWriter(ino) : a as number
+          const file = (a as number) === 0 && writesByNode ? await nodeWriter(ino) : a as number
           if (d === 1 && !nodes.lastOf(ino)) await dropSetIds(req, ino, nodes.path(ino)) // a caller without CAP_FSETID (see kills_setids)
           return fs.write(file, buf, buf.length, c as number)
         }, (n) => ll.llReplyWrite(req, n))
@@ -1581,7 +1584,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
    */
   const settled = (next: Dispatch): Dispatch => {
     const serve: Dispatch = (op, req, ino, a, b, c, d) => {
-      if (unsettled.size > 0 && BY_PATH[op]) {
+      // READs, WRITEs and FSYNCs without a handle (no OPEN) open the node's file by its path when
+      // none is kept: they wait as well (a WRITE opened what a rename had half put there: ENOENT)
+      if (unsettled.size > 0 && (BY_PATH[op] || (!ro && (op === OP.READ || op === OP.WRITE || op === OP.FSYNC) && a === 0))) {
         const wait = unsettledAt(ino) ?? (op === OP.RENAME ? unsettledAt(b as number) : op === OP.LINK ? unsettledAt(a as number) : null)
         if (wait) {
           void wait.then(() => {
