@@ -961,9 +961,10 @@ static int plan_entry(Session *s, const PlanEntry *e, int dir, int *made) {
 }
 
 // Runs the copy-up JS planned for `node` and opens its upper file with `flags`: the descriptor, with
-// the upper file's path in *real (malloc'd); -1 where nothing was done (no plan, a stale one) or a
-// step failed. Either way the caller then queues the note (queue_note) once it has answered: the
-// marker goes ahead of every later request, and of this one if JS answers it.
+// the upper file's path in *real (malloc'd); -1 where nothing was done (no plan, a stale one), -2
+// where a step failed. Where it ran (a descriptor or -2) the caller then queues its note
+// (queue_note) once it has answered: the marker goes ahead of every later request, and of this one
+// if JS answers it.
 static int plan_run(Session *s, uint64_t node, int flags, char **real) {
   *real = NULL;
   if (s->plan_workfd < 0) return -1;
@@ -1001,7 +1002,7 @@ static int plan_run(Session *s, uint64_t node, int flags, char **real) {
   pthread_mutex_unlock(&s->plock);
   if (fd >= 0) *real = strdup(p->e[p->n - 1].real);
   plan_free(p);
-  return fd;
+  return fd >= 0 ? fd : -2;
 }
 
 // OPEN for writing (not O_TRUNC) of a node JS planned a copy-up for: the plan run, the upper file
@@ -1012,7 +1013,10 @@ static int plan_open(Session *s, const struct kernel_in_header *in, const struct
   if ((flags & O_ACCMODE) == O_RDONLY || (flags & O_TRUNC)) return 0;
   char *path;
   int fd = plan_run(s, in->nodeid, flags, &path);
-  if (fd < 0) { queue_note(s); return 0; }
+  if (fd < 0) {
+    if (fd == -2) queue_note(s);
+    return 0;
+  }
   int no_caps = without_caps(fd);
   pthread_rwlock_wrlock(&s->dlock);
   direct_drop(s, in->nodeid | KEY_BY_NODE); // its lower bytes: the node's READs by node go to JS now
@@ -1049,24 +1053,22 @@ static int planned_without_caps(Session *s, uint64_t node) {
 // A WRITE by node (a mount that copies up at the first write: no OPEN) of a node with no upper
 // file to write yet, whose copy-up JS planned: the plan run here, and the upper file, opened for
 // reading and writing, then serves the node's READs and WRITEs by node (answer_direct goes on to
-// answer this one), closed when the entry goes. Where no plan runs, JS copies up at the WRITE.
-static void plan_write(Session *s, uint64_t node) {
-  pthread_rwlock_rdlock(&s->dlock);
-  Direct *d = direct_find(s, node | KEY_BY_NODE);
-  int ready = d && d->writable;
-  pthread_rwlock_unlock(&s->dlock);
-  if (ready) return;
+// answer this one), closed when the entry goes. 1 if so; 0 where no plan ran (JS copies up at the
+// WRITE).
+static int plan_write(Session *s, uint64_t node) {
   char *path;
   int fd = plan_run(s, node, O_RDWR, &path);
   free(path);
-  int no_caps = fd >= 0 && without_caps(fd);
   if (fd >= 0) {
+    int no_caps = without_caps(fd);
     pthread_rwlock_wrlock(&s->dlock);
     direct_set(s, node | KEY_BY_NODE, fd, 0, -1, 0, 1)->owned = 1; // replaces its lower bytes' entry
     if (no_caps) direct_set(s, node | KEY_NO_CAPS, -1, 0, 0, -1, 0); // as native_fh_set
     pthread_rwlock_unlock(&s->dlock);
   }
-  queue_note(s); // ahead of the WRITE's answer: JS learns of the copy-up before the writer's next request
+  // ahead of the WRITE's answer: JS learns of the copy-up before the writer's next request
+  if (fd != -1) queue_note(s);
+  return fd >= 0;
 }
 
 // ---------------------------------------------------------------- LOOKUPs answered ahead
@@ -1503,10 +1505,16 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     return 1;
   }
   if ((in->opcode != KERNEL_FUSE_READ && in->opcode != KERNEL_FUSE_WRITE) || !rw) return 0;
-  if (in->opcode == KERNEL_FUSE_WRITE && !rw->fh && s->copy_up_at_write) plan_write(s, in->nodeid);
   uint64_t key = rw->fh ? rw->fh : (in->nodeid | KEY_BY_NODE);
   pthread_rwlock_rdlock(&s->dlock);
   Direct *d = direct_find(s, key);
+  if (in->opcode == KERNEL_FUSE_WRITE && !rw->fh && s->copy_up_at_write && !(d && d->writable)) {
+    // a node's first WRITE on a mount without OPEN: its planned copy-up, else JS's
+    pthread_rwlock_unlock(&s->dlock);
+    if (!plan_write(s, in->nodeid)) return 0;
+    pthread_rwlock_rdlock(&s->dlock);
+    d = direct_find(s, key);
+  }
   if (!d || (in->opcode == KERNEL_FUSE_WRITE && !d->writable)) { pthread_rwlock_unlock(&s->dlock); return 0; }
   struct kernel_out_header out = { sizeof out, 0, in->unique };
   struct iovec iov[2] = { { &out, sizeof out }, { NULL, 0 } };
