@@ -555,8 +555,7 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
   const roots = ro || process.env.LAYERFS_NATIVE_COPYUP === '0' ? null : fs.planRoots()
   const planning = roots !== null
   const changing = new Map<number, boolean>() // request -> whether it moves the epoch
-  const plans = new Map<number, readonly PlannedEntry[]>() // by id, oldest first
-  const planNodes = new Map<number, number>() // copyUpAtWrite: plan id -> its node
+  const plans = new Map<number, { readonly entries: readonly PlannedEntry[]; readonly node: number }>() // by id, oldest first
   // copyUpAtWrite: nodes whose upper file C opened at the WRITE that ran their plan (plan_write),
   // and reads and writes by node, until JS registers a handle of its own or drops the node's
   const cWriters = new Set<number>()
@@ -630,12 +629,10 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
       }
       const plan = plans.get(a[i])
       plans.delete(a[i])
-      const node = planNodes.get(a[i])
-      planNodes.delete(a[i])
       // run at a WRITE (fuse_ll.c plan_write): C reads and writes the node's upper file by node now
-      if (node !== undefined && a[i + 2] === a[i + 1] && !a[i + 3]) cWriters.add(node)
+      if (plan && writesByNode && a[i + 2] === a[i + 1] && !a[i + 3]) cWriters.add(plan.node)
       if (a[i + 3]) log.fuse('a planned copy-up stopped after %d of %d entries: errno %d', a[i + 2], a[i + 1], a[i + 3])
-      if (plan) fs.plannedDone(plan, a[i + 2], Array.from(a.subarray(i + 4, i + 4 + a[i + 1])))
+      if (plan) fs.plannedDone(plan.entries, a[i + 2], Array.from(a.subarray(i + 4, i + 4 + a[i + 1])))
     }
   }
   /** Plans the copy-up of `path` (node `id`, a lower file without handles) for C, in `epoch`. */
@@ -645,13 +642,9 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
     const [nums, xattrs] = planFields(entries)
     const planId = ll.llPlan(session!, id, epoch, path, nums, xattrs)
     if (planId === 0) return
-    plans.set(planId, entries)
-    if (writesByNode) planNodes.set(planId, id) // run at a WRITE, not an OPEN
+    plans.set(planId, { entries, node: id })
     // C keeps 64; older ones can only be gone there
-    if (plans.size > 256) {
-      planNodes.delete(plans.keys().next().value as number)
-      plans.delete(plans.keys().next().value as number)
-    }
+    if (plans.size > 256) plans.delete(plans.keys().next().value as number)
   }
   /**
    * Directory `path` (node `id`) was looked up: the answers to the LOOKUPs of the regular files in
