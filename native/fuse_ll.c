@@ -111,6 +111,10 @@ struct Session {
   struct Pushed **pushed; uint64_t push_epoch;
   // attributes of nodes that only a change can change, for GETATTR (see answer_getattr); under plock
   struct AttrEntry **attrs; uint64_t attr_epoch, attrs_epoch;
+  // GETATTR of a node whose upper file is written by node (see upper_getattr; llUpperAttrs): the
+  // upper's inode space (JS's inode numbers there are this plus st_ino), the attribute timeout of a
+  // single-name file in seconds; upper_attrs 0: JS answers them
+  _Atomic uint64_t upper_ino_base; _Atomic double upper_attr_valid; atomic_int upper_attrs;
   // the ends of listings JS gave out whole (see dir_end); under plock
   struct DirEnd *dir_ends;
   // the root's attributes, for the kernel's first GETATTR of it (see root_getattr); under plock
@@ -1330,14 +1334,45 @@ static int ahead_readdir(Session *s, const struct kernel_in_header *in, const st
   return 1;
 }
 
+// GETATTR of a node whose upper file is open by node for writing (plan_write's, or JS's for a first
+// write it copied up): that file's attributes, as LayerFs gives an upper file's (its inode number in
+// the upper's space, blksize 4096), from fstat. The kernel asks for them after a write, at the next
+// open from another process (its mode went stale): JS answered after a wake of Node's thread and,
+// after a copy-up C ran, a walk of the path in the upper again (~1.4 ms of a second `printf >>` in
+// a new shell, fuse tracepoints; fuse-overlayfs ~70 µs). The descriptor is the node's own file
+// whatever happened to its name since: a rename keeps it, an unlink leaves it at nlink 0, as JS's
+// answer through the handle it keeps (goneStat). Only a file of one name keeps the timeout.
+static int upper_getattr(Session *s, const struct kernel_in_header *in) {
+  if (!atomic_load(&s->upper_attrs)) return 0;
+  struct stat st;
+  pthread_rwlock_rdlock(&s->dlock); // the entry's descriptor stays open meanwhile
+  Direct *d = direct_find(s, in->nodeid | KEY_BY_NODE);
+  int ok = d && d->writable && d->base == 0 && d->limit < 0 && fstat(d->fd, &st) == 0 && S_ISREG(st.st_mode);
+  pthread_rwlock_unlock(&s->dlock);
+  if (!ok) return 0;
+  double valid = st.st_nlink == 1 ? atomic_load(&s->upper_attr_valid) : 0;
+  struct kernel_attr_out out = {
+    .attr_valid = (uint64_t)valid, .attr_valid_nsec = (uint32_t)((valid - (double)(uint64_t)valid) * 1e9),
+    .attr = {
+      .ino = atomic_load(&s->upper_ino_base) + (st.st_ino ? (uint64_t)st.st_ino : 1), .size = (uint64_t)st.st_size,
+      .blocks = (uint64_t)st.st_blocks, .atime = (uint64_t)st.st_atim.tv_sec, .mtime = (uint64_t)st.st_mtim.tv_sec,
+      .ctime = (uint64_t)st.st_ctim.tv_sec, .atimensec = (uint32_t)st.st_atim.tv_nsec, .mtimensec = (uint32_t)st.st_mtim.tv_nsec,
+      .ctimensec = (uint32_t)st.st_ctim.tv_nsec, .mode = st.st_mode, .nlink = (uint32_t)st.st_nlink, .uid = st.st_uid,
+      .gid = st.st_gid, .rdev = (uint32_t)st.st_rdev, .blksize = 4096,
+    },
+  };
+  reply_arg(s, in->unique, &out, sizeof out);
+  return 1;
+}
+
 static int answer_getattr(Session *s, const struct kernel_in_header *in) {
-  if (!s->attrs) return 0;
+  if (!s->attrs) return upper_getattr(s, in);
   pthread_mutex_lock(&s->plock);
   AttrEntry *a = attr_epoch_stands(s, s->attrs_epoch) ? *attr_slot(s, in->nodeid) : NULL;
   struct kernel_attr_out out;
   if (a) out = a->out;
   pthread_mutex_unlock(&s->plock);
-  if (!a) return 0;
+  if (!a) return upper_getattr(s, in);
   reply_arg(s, in->unique, &out, sizeof out);
   return 1;
 }
@@ -2211,6 +2246,19 @@ static napi_value js_readaround(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// llUpperAttrs(session, inoBase, timeout): C answers GETATTR of a node whose upper file is open by
+// node for writing (see upper_getattr), its inode number inoBase + st_ino, kept `timeout` seconds
+static napi_value js_upper_attrs(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Session *s = session_arg(env, argv[0]);
+  double base = dbl(env, argv[1]), timeout = dbl(env, argv[2]);
+  if (!s || !(base >= 0) || !(timeout >= 0)) return NULL;
+  atomic_store(&s->upper_ino_base, (uint64_t)base);
+  atomic_store(&s->upper_attr_valid, timeout);
+  atomic_store(&s->upper_attrs, 1);
+  return NULL;
+}
+
 // llNoCaps(session, node, fd): remembers that node has no security.capability if fd's file has none
 static napi_value js_no_caps(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -2774,6 +2822,7 @@ napi_value fuse_ll_init(napi_env env, napi_value exports) {
     { "llCaller", NULL, js_caller, NULL, NULL, NULL, napi_default, NULL },
     { "llDirect", NULL, js_direct, NULL, NULL, NULL, napi_default, NULL },
     { "llReadaround", NULL, js_readaround, NULL, NULL, NULL, napi_default, NULL },
+    { "llUpperAttrs", NULL, js_upper_attrs, NULL, NULL, NULL, napi_default, NULL },
     { "llStore", NULL, js_store, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectDrop", NULL, js_direct_drop, NULL, NULL, NULL, napi_default, NULL },
     { "llDirectCounts", NULL, js_direct_counts, NULL, NULL, NULL, napi_default, NULL },

@@ -217,6 +217,11 @@ export class LayerFs {
     return this.union.layers[r.top.layer].childrenNow?.(r.top.path, max) ?? null
   }
 
+  /** What an upper file's inode number is shown as, less its own (st_ino); null without an upper. */
+  upperInoBase(): number | null {
+    return this.upper ? this.union.inoBase(0) : null
+  }
+
   /** Where a planned copy-up's entries are built and put (UpperDir.planRoots); null without an upper. */
   planRoots(): { upper: Buffer; temp: Buffer } | null {
     return this.upper?.dir.planRoots() ?? null

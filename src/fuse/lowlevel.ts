@@ -88,6 +88,8 @@ interface LowLevel {
   llAttrEpoch(s: Session): number
   /** C answers GETATTR of each node (0: skipped) with its attributes (A_COUNT each), read in `epoch`, until a change. */
   llAttrs(s: Session, epoch: number, nodes: Float64Array, attrs: Float64Array, timeout: number): void
+  /** Writable mounts without OPEN: C answers GETATTR of a node whose upper file is open by node for writing (inode number `inoBase` + st_ino), kept `timeout` s. */
+  llUpperAttrs(s: Session, inoBase: number, timeout: number): void
   /** C forgets the node's attributes (the kernel forgot the node). */
   llAttrDrop(s: Session, node: number): void
   /**
@@ -1358,6 +1360,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         skipOpendir = (ro || planning) && (a as number) === 1
         skipOpen = (ro || copyUpAtWrite) && (b as number) === 1
         writesByNode = copyUpAtWrite && skipOpen
+        // C answers GETATTR of a node whose upper file it writes by node (fuse_ll.c upper_getattr)
+        if (writesByNode && fs.upperInoBase() !== null) ll.llUpperAttrs(session!, fs.upperInoBase()!, t)
         pushRoot()
         return
       case OP.OPENDIR:

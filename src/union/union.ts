@@ -53,7 +53,12 @@ export class Union {
   }
 
   inoOf(part: Part, path: string): number {
-    return path === '/' ? ROOT_INO : (part.layer + 1) * INO_SPACE + part.entry.ino
+    return path === '/' ? ROOT_INO : this.inoBase(part.layer) + part.entry.ino
+  }
+
+  /** What inoOf adds to the inode numbers of layer position `layer`'s entries (0: the upper). */
+  inoBase(layer: number): number {
+    return (layer + 1) * INO_SPACE
   }
 
   /** The merged entry at `path`, or null when the merged view has none. */

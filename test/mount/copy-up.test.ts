@@ -299,4 +299,48 @@ describe('copy-up', () => {
     assert.deepEqual(outcomes[1], expectKernel)
     assert.deepEqual(outcomes[2], ['after open: -', 'before write: -', 'after write: small size 6 Small', 'after ftruncate: big,small 0'])
   })
+
+  it('another process sees a written file as it is: size, mode, links, times and inode number (GETATTR after writes by node)', async () => {
+    // Each step its own process, as the kernel asks for a written file's attributes again at the
+    // next open from another one (on layerfs, answered from the upper file C writes by node)
+    const steps = [
+      'printf x >> small', 'printf y >> small', 'chmod 640 small', 'printf z >> small', 'ln small linked',
+      'printf w >> linked', 'touch -m -d @1000000000 small', 'rm linked', ': > small', 'printf v >> small',
+    ]
+    const walk = async (mnt: string): Promise<string[]> => {
+      const seen: string[] = []
+      for (const step of steps) {
+        await must('sh', ['-c', `cd ${mnt} && ${step}`])
+        seen.push(`${step}: ${(await must('stat', ['-c', '%s %a %h %F', join(mnt, 'small')])).trim()}`)
+      }
+      seen.push(`mtime after the last write is recent: ${Date.now() / 1000 - Number(await must('stat', ['-c', '%Y', join(mnt, 'small')])) < 60}`)
+      return seen
+    }
+    const outcomes: string[][] = []
+    let inoSeen = ''
+    for (const kind of ['kernel', 'layerfs']) {
+      const upper = join(dir, `attrs-${kind}-upper`)
+      const work = join(dir, `attrs-${kind}-work`)
+      await mkdir(upper)
+      await mkdir(work)
+      const m = kind === 'kernel' ? await mountKernelOverlay([join(dir, 'src')], { upper, work }) : await mountLayerfs([tar], { upper, work })
+      try {
+        outcomes.push(await walk(m.path))
+        if (kind === 'layerfs') inoSeen = (await must('stat', ['-c', '%i %s', join(m.path, 'small')])).trim()
+      } finally {
+        await m.unmount()
+      }
+      if (kind === 'layerfs') {
+        // the inode number JS gives the upper file on a fresh mount, where C answered before
+        const again = await mountLayerfs([tar], { upper, work })
+        try {
+          assert.equal((await must('stat', ['-c', '%i %s', join(again.path, 'small')])).trim(), inoSeen)
+        } finally {
+          await again.unmount()
+        }
+      }
+    }
+    assert.deepEqual(outcomes[1], outcomes[0])
+    assert.ok(outcomes[0].includes('printf v >> small: 1 640 1 regular file'), outcomes[0].join('\n'))
+  })
 })
