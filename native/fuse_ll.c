@@ -112,9 +112,9 @@ struct Session {
   // attributes of nodes that only a change can change, for GETATTR (see answer_getattr); under plock
   struct AttrEntry **attrs; uint64_t attr_epoch, attrs_epoch;
   // GETATTR of a node whose upper file is written by node (see upper_getattr; llUpperAttrs): the
-  // upper's inode space (JS's inode numbers there are this plus st_ino), the attribute timeout of a
-  // single-name file in seconds; upper_attrs 0: JS answers them
-  _Atomic uint64_t upper_ino_base; _Atomic double upper_attr_valid; atomic_int upper_attrs;
+  // upper's inode space (JS's inode numbers there are this plus st_ino; 0 until then: JS answers
+  // them), the attribute timeout of a single-name file in seconds
+  _Atomic uint64_t upper_ino_base; _Atomic double upper_attr_valid;
   // the ends of listings JS gave out whole (see dir_end); under plock
   struct DirEnd *dir_ends;
   // the root's attributes, for the kernel's first GETATTR of it (see root_getattr); under plock
@@ -1343,7 +1343,8 @@ static int ahead_readdir(Session *s, const struct kernel_in_header *in, const st
 // whatever happened to its name since: a rename keeps it, an unlink leaves it at nlink 0, as JS's
 // answer through the handle it keeps (goneStat). Only a file of one name keeps the timeout.
 static int upper_getattr(Session *s, const struct kernel_in_header *in) {
-  if (!atomic_load(&s->upper_attrs)) return 0;
+  uint64_t ino_base = atomic_load(&s->upper_ino_base);
+  if (!ino_base) return 0;
   struct stat st;
   pthread_rwlock_rdlock(&s->dlock); // the entry's descriptor stays open meanwhile
   Direct *d = direct_find(s, in->nodeid | KEY_BY_NODE);
@@ -1354,7 +1355,7 @@ static int upper_getattr(Session *s, const struct kernel_in_header *in) {
   struct kernel_attr_out out = {
     .attr_valid = (uint64_t)valid, .attr_valid_nsec = (uint32_t)((valid - (double)(uint64_t)valid) * 1e9),
     .attr = {
-      .ino = atomic_load(&s->upper_ino_base) + (st.st_ino ? (uint64_t)st.st_ino : 1), .size = (uint64_t)st.st_size,
+      .ino = ino_base + (st.st_ino ? (uint64_t)st.st_ino : 1), .size = (uint64_t)st.st_size,
       .blocks = (uint64_t)st.st_blocks, .atime = (uint64_t)st.st_atim.tv_sec, .mtime = (uint64_t)st.st_mtim.tv_sec,
       .ctime = (uint64_t)st.st_ctim.tv_sec, .atimensec = (uint32_t)st.st_atim.tv_nsec, .mtimensec = (uint32_t)st.st_mtim.tv_nsec,
       .ctimensec = (uint32_t)st.st_ctim.tv_nsec, .mode = st.st_mode, .nlink = (uint32_t)st.st_nlink, .uid = st.st_uid,
@@ -2246,16 +2247,15 @@ static napi_value js_readaround(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// llUpperAttrs(session, inoBase, timeout): C answers GETATTR of a node whose upper file is open by
+// llUpperAttrs(session, inoBase > 0, timeout): C answers GETATTR of a node whose upper file is open by
 // node for writing (see upper_getattr), its inode number inoBase + st_ino, kept `timeout` seconds
 static napi_value js_upper_attrs(napi_env env, napi_callback_info info) {
   ARGS(3);
   Session *s = session_arg(env, argv[0]);
   double base = dbl(env, argv[1]), timeout = dbl(env, argv[2]);
-  if (!s || !(base >= 0) || !(timeout >= 0)) return NULL;
+  if (!s || !(base >= 1) || !(timeout >= 0)) return NULL;
+  atomic_store(&s->upper_attr_valid, timeout); // before the base, which turns the answers on
   atomic_store(&s->upper_ino_base, (uint64_t)base);
-  atomic_store(&s->upper_attr_valid, timeout);
-  atomic_store(&s->upper_attrs, 1);
   return NULL;
 }
 

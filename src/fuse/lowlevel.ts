@@ -1361,7 +1361,8 @@ function lowLevelSession(fs: LayerFs, opts: FuseMountOptions, onEnd: () => void,
         skipOpen = (ro || copyUpAtWrite) && (b as number) === 1
         writesByNode = copyUpAtWrite && skipOpen
         // C answers GETATTR of a node whose upper file it writes by node (fuse_ll.c upper_getattr)
-        if (writesByNode && fs.upperInoBase() !== null) ll.llUpperAttrs(session!, fs.upperInoBase()!, t)
+        const upperIno = writesByNode ? fs.upperInoBase() : null
+        if (upperIno !== null) ll.llUpperAttrs(session!, upperIno, t)
         pushRoot()
         return
       case OP.OPENDIR:
