@@ -2,7 +2,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { mkdir, open, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountKernelOverlay, mountLayerfs, unmountAll } from '../support/mounts'
 import { must, removeTemps, run, tempDir } from '../support/run'
@@ -114,6 +114,30 @@ describe('copy-up', () => {
         const got = await readFile(join(upper, names[i]))
         assert.ok(got.equals(Buffer.concat([contents[i], Buffer.from('x')])), `${lower} ${names[i]}: copied bytes differ`)
       }
+    }
+  })
+
+  it('copies a big file whose layer lies on another filesystem than the upper (copy_file_range refuses: sendfile)', async () => {
+    // a tar on tmpfs, the upper on the test's disk: copy_file_range across them gives EXDEV, and
+    // copy_range goes on by sendfile, at the output's position (put back after); past 256 MiB
+    const shm = await mkdtemp('/dev/shm/layerfs-test-xdev-')
+    try {
+      const size = (257 << 20) + 512 + 3
+      await must('sh', ['-c', `mkdir ${shm}/src && head -c ${size} /dev/urandom > ${shm}/src/huge && tar -C ${shm}/src -cf ${shm}/lower.tar huge`])
+      const upper = join(dir, 'xdev-upper')
+      const work = join(dir, 'xdev-work')
+      await mkdir(upper)
+      await mkdir(work)
+      const m = await mountLayerfs([`${shm}/lower.tar`], { upper, work })
+      try {
+        await writeFile(join(m.path, 'huge'), 'tail', { flag: 'a' })
+      } finally {
+        await m.unmount()
+      }
+      const want = Buffer.concat([await readFile(`${shm}/src/huge`), Buffer.from('tail')])
+      assert.ok((await readFile(join(upper, 'huge'))).equals(want), 'the copy across filesystems differs')
+    } finally {
+      await rm(shm, { recursive: true, force: true })
     }
   })
 
