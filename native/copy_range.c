@@ -137,20 +137,17 @@ int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len
   while (done < len) {
     ssize_t n;
     size_t want = (size_t)(len - done);
-    if (how == KERNEL) {
-      loff_t a = off_in + done, b = off_out + done;
-      n = copy_file_range(in, &a, out, &b, want, 0);
-      // another filesystem (EXDEV) or a descriptor it cannot take: sendfile copies the same way
-      if (n < 0 && errno != EINTR && errno != EIO && errno != ENOSPC && errno != EDQUOT && errno != EFBIG) {
-        how = SENDFILE;
-        if ((kept = lseek(out, 0, SEEK_CUR)) < 0 || lseek(out, off_out + done, SEEK_SET) < 0) how = BUFFER;
-        continue;
+    if (how == KERNEL || how == PIPE) {
+      if (how == KERNEL) {
+        loff_t a = off_in + done, b = off_out + done;
+        n = copy_file_range(in, &a, out, &b, want, 0);
+      } else {
+        size_t piece = piece_size(&trial, off_out + done, len - done);
+        size_t to_boundary = piece - (size_t)((off_out + done) % piece);
+        n = splice_piece(in, off_in + done, out, off_out + done, want < to_boundary ? want : to_boundary);
       }
-    } else if (how == PIPE) {
-      size_t piece = piece_size(&trial, off_out + done, len - done);
-      size_t to_boundary = piece - (size_t)((off_out + done) % piece);
-      n = splice_piece(in, off_in + done, out, off_out + done, want < to_boundary ? want : to_boundary);
-      // a descriptor that cannot splice (EINVAL), or no pipe of that size to be had
+      // this way cannot copy these descriptors (copy_file_range: another filesystem, EXDEV; splice:
+      // one it cannot take, EINVAL, or no pipe of that size): sendfile goes on from here
       if (n < 0 && errno != EINTR && errno != EIO && errno != ENOSPC && errno != EDQUOT && errno != EFBIG) {
         how = SENDFILE;
         if ((kept = lseek(out, 0, SEEK_CUR)) < 0 || lseek(out, off_out + done, SEEK_SET) < 0) how = BUFFER;
