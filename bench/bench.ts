@@ -271,13 +271,16 @@ function largeFileRows(): void {
   const sizes: Array<[string, number]> = [['f4k', 4096], ['f1m', 1 << 20], ['f64m', 64 << 20], ...(QUICK ? [] : [['f1g', 1 << 30]] as Array<[string, number]>)]
   log(`copy-up of ${sizes.map((x) => x[0]).join(', ')}`)
   const label = (name: string): string => name.slice(1).toUpperCase().replace('K', ' KiB').replace('M', ' MiB').replace('G', ' GiB')
-  const firstAppendTitle = (name: string): string => `copy-up of a ${label(name)} lower file (first 1-byte append, timed in the shell)`
-  /** A first 1-byte append to `file` (under the mount) and `secondAppends` more, recorded as the rows of `name`. */
-  const appendTwice = (s: System, m: Mount, file: string, name: string, bytes: number, secondAppends = 1): void => {
+  /** A first 1-byte append to `file` (under the mount): its copy-up, recorded in the row of `name`. */
+  const firstAppend = (s: System, m: Mount, file: string, name: string, bytes: number): void => {
     // no dirty backlog from the previous system's gigabyte: whoever wrote next was throttled
     // (balance_dirty_pages), and a 1 GiB copy-up swung from 0.3 to 1.3 s with the order
     sh('sync')
-    record(`copyup-${name}`, firstAppendTitle(name), 's', s, timedInShell(`printf x >> ${m.path}/${file}`), bytes)
+    record(`copyup-${name}`, `copy-up of a ${label(name)} lower file (first 1-byte append, timed in the shell)`, 's', s, timedInShell(`printf x >> ${m.path}/${file}`), bytes)
+  }
+  /** A first 1-byte append to `file` (under the mount) and `secondAppends` more, recorded as the rows of `name`. */
+  const appendTwice = (s: System, m: Mount, file: string, name: string, bytes: number, secondAppends = 1): void => {
+    firstAppend(s, m, file, name, bytes)
     // later appends are second appends too: the file is in the upper already
     for (let i = 0; i < secondAppends; i++) record(`write2-${name}`, `second 1-byte append to the ${label(name)} file (timed in the shell)`, 's', s, timedInShell(`printf x >> ${m.path}/${file}`), bytes)
   }
@@ -309,10 +312,7 @@ function largeFileRows(): void {
     for (let k = 1; k < BIG_COPY_SAMPLES; k++) {
       const again = mount(s, 'large-files', true)
       try {
-        for (const [name, bytes] of sizes.slice(2)) {
-          sh('sync')
-          record(`copyup-${name}`, firstAppendTitle(name), 's', s, timedInShell(`printf x >> ${again.path}/large/${name}`), bytes)
-        }
+        for (const [name, bytes] of sizes.slice(2)) firstAppend(s, again, `large/${name}`, name, bytes)
       } finally {
         again.unmount()
       }
@@ -349,9 +349,11 @@ function report(started: Date): void {
     node: process.version, 'fuse-overlayfs': version('fuse-overlayfs --version | grep fuse-overlayfs'), fio: version('fio --version'),
   }
   const all = [...rows.values()]
+  // the rank-sum test of layerfs against fuse-overlayfs, once per row (up to ~150 ms for 60+60 samples)
+  const pOf = new Map(all.map((r) => [r.id, rankSumP(r.values.layerfs, r.values['fuse-overlayfs'])]))
   const json = { started: started.toISOString(), quick: QUICK, runs: RUNS, machine, versions, rows: all.map((r) => ({
     ...r, summary: Object.fromEntries(SYSTEMS.map((s) => [s, { median: median(r.values[s]), min: Math.min(...r.values[s]), max: Math.max(...r.values[s]) }])),
-    pLayerfsVsFuseOverlayfs: rankSumP(r.values.layerfs, r.values['fuse-overlayfs']),
+    pLayerfsVsFuseOverlayfs: pOf.get(r.id),
   })) }
   writeFileSync(join(OUT, 'results.json'), JSON.stringify(json, null, 2) + '\n')
   const lines = [
@@ -372,7 +374,7 @@ function report(started: Date): void {
       : `${fmt(m[s], r.unit)} (${fmt(Math.min(...r.values[s]), r.unit)}–${fmt(Math.max(...r.values[s]), r.unit)})`
     const ratio = (s: System): string => (r.values.kernel.length && r.values[s].length ? `${(m[s] / m.kernel).toFixed(2)}×` : '')
     const better = r.unit === 'IOPS' ? m.layerfs >= m['fuse-overlayfs'] : m.layerfs <= m['fuse-overlayfs']
-    const p = rankSumP(r.values.layerfs, r.values['fuse-overlayfs'])
+    const p = pOf.get(r.id)!
     const words = r.unit === 'MiB' ? (better ? 'as little or less' : '**more**') : (better ? 'as fast or faster' : '**slower**')
     // 3 samples each wholly apart give p = 0.1: too few for the test to call anything noise
     const [nl, nf] = [r.values.layerfs.length, r.values['fuse-overlayfs'].length]

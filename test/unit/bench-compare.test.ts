@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { fewestP, rankSumP } from '../../bench/compare'
 
 // The bench report's noise test (bench/compare.ts), against values worked out by hand from the
-// rank-sum distribution.
+// rank-sum distribution and against a count of every split of the pooled ranks (bruteForce).
 
 describe('rankSumP', () => {
   const close = (got: number, want: number) => assert.ok(Math.abs(got - want) < 1e-9, `${got} != ${want}`)
