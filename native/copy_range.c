@@ -18,6 +18,11 @@
 // sendfile where no pipe is to be had, or copy_file_range refuses (another filesystem: EXDEV);
 // the buffer where neither works, and for up to SMALL_COPY bytes: one pread
 // and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
+// Before a longer copy into ext4, its blocks are allocated at once (fallocate, the size kept):
+// each page written then finds its block mapped instead of reserving one (session 27, the tar's
+// members into a fresh file after `sync`, alternating, median: 1 GiB 191 against 212 ms, 64 MiB
+// 8.7 against 10.0, 1 MiB 0.139 against 0.151). Not on tmpfs, where it would zero every page first,
+// nor where it was not measured.
 #define _GNU_SOURCE
 #include "copy_range.h"
 #include "now_ns.h"
@@ -29,7 +34,9 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
+#include <sys/vfs.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 
 #define SMALL_COPY (64 << 10)
 #define LONG_COPY (256LL << 20)      // longer copies go by copy_file_range (see above)
@@ -127,10 +134,18 @@ static size_t piece_size(PieceTrial *t, int64_t at, int64_t left) {
   return t->group & 1 ? BIG_PIECE : PIECE;
 }
 
+// The output's blocks for [off, off + len) allocated ahead of the copy, its size kept, where the
+// output is ext4 (see above); anything else, or a failure (no space: the copy will say), does nothing.
+static void allocate_ahead(int out, int64_t off, int64_t len) {
+  struct statfs fs;
+  if (fstatfs(out, &fs) == 0 && fs.f_type == EXT4_SUPER_MAGIC) (void)fallocate(out, FALLOC_FL_KEEP_SIZE, off, len);
+}
+
 int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len, const char **what) {
   if (len > SMALL_COPY && ((off_in ^ off_out) & 4095) == 0 && clone_range(in, off_in, out, off_out, len)) return len;
   int64_t done = 0;
   enum { KERNEL, PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : len > LONG_COPY ? KERNEL : PIPE;
+  if (how != BUFFER) allocate_ahead(out, off_out, len);
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;
   PieceTrial trial = { .next = off_out, .group = -1 };
