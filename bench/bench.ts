@@ -251,7 +251,8 @@ function largeFileRows(): void {
     dropCaches()
     const m = mount(s, 'large-files', false)
     try {
-      // first bytes, each after the page cache is dropped, on the same mount (the last leaves big cold)
+      // first bytes, each after the page cache is dropped, on the same mount; then the big file, cold
+      // but for what the last one brought back (the quick run reads the 64 MiB file both times)
       for (let i = 0; i < SHORT_SAMPLES; i++) {
         if (i > 0) dropCaches()
         record('first-byte', 'first-byte latency, cold (head -c1 of a 64 MiB file)', 's', s, timed(`head -c1 ${m.path}/large/f64m > /dev/null`))
