@@ -246,6 +246,7 @@ function smallFileRows(): void {
 function largeFileRows(): void {
   const big = QUICK ? 'f64m' : 'f1g'
   const bigMiB = QUICK ? 64 : 1024
+  const readBig = (mnt: string): string => `dd if=${mnt}/large/${big} of=/dev/null bs=1M status=none`
   log(`first-byte latency; sequential reads of ${big}`)
   each((s) => {
     dropCaches()
@@ -257,8 +258,8 @@ function largeFileRows(): void {
         if (i > 0) dropCaches()
         record('first-byte', 'first-byte latency, cold (head -c1 of a 64 MiB file)', 's', s, timed(`head -c1 ${m.path}/large/f64m > /dev/null`))
       }
-      record('seq-cold', `sequential read of ${bigMiB} MiB, cold`, 's', s, timed(`dd if=${m.path}/large/${big} of=/dev/null bs=1M status=none`))
-      for (let i = 0; i < SHORT_SAMPLES; i++) record('seq-warm', `sequential read of ${bigMiB} MiB, warm`, 's', s, timed(`dd if=${m.path}/large/${big} of=/dev/null bs=1M status=none`))
+      record('seq-cold', `sequential read of ${bigMiB} MiB, cold`, 's', s, timed(readBig(m.path)))
+      for (let i = 0; i < SHORT_SAMPLES; i++) record('seq-warm', `sequential read of ${bigMiB} MiB, warm`, 's', s, timed(readBig(m.path)))
     } finally {
       m.unmount()
     }
@@ -274,7 +275,7 @@ function largeFileRows(): void {
     const m = mount(s, 'large-files', false)
     try {
       // read once first, as the sequential reads had left the file before fio when they shared a pass
-      sh(`dd if=${m.path}/large/${big} of=/dev/null bs=1M status=none`)
+      sh(readBig(m.path))
       const fio = JSON.parse(sh(`fio --name=rand --filename=${m.path}/large/${big} --readonly --rw=randread --bs=4k --ioengine=psync `
         + `--runtime=${QUICK ? 3 : 8} --time_based --output-format=json`)) as { jobs: Array<{ read: { iops: number } }> }
       record('rand-iops', 'random 4 KiB reads (fio, IOPS)', 'IOPS', s, fio.jobs[0].read.iops)
