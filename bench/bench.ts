@@ -30,9 +30,9 @@ const ONLY = process.env.BENCH_ONLY ?? ''
 const COPY_SAMPLES = 8
 /**
  * Samples per run and system of the rows that take a few milliseconds, mostly process start-up
- * here (mount ready, first byte, a warm sequential read, appends after a big file's copy-up): one
- * each per run left their medians to the machine's noise (a 2 ms lead by hand showed as 30 against
- * 28 ms in one run of five).
+ * here (mount ready, first byte, a warm sequential read, appends after a big file's copy-up), and of
+ * the cold sequential read: one each per run left their medians to the machine's noise (a 2 ms lead
+ * by hand showed as 30 against 28 ms in one run of five).
  */
 const SHORT_SAMPLES = Number(process.env.BENCH_SHORT_SAMPLES ?? 4)
 /** First copy-ups of the 64 MiB (and 1 GiB) file per run and system: the first on the run's mount, the others on fresh ones. */
@@ -252,13 +252,15 @@ function largeFileRows(): void {
     dropCaches()
     const m = mount(s, 'large-files', false)
     try {
-      // first bytes, each after the page cache is dropped, on the same mount; then the big file, cold
-      // but for what the last one brought back (the quick run reads the 64 MiB file both times)
+      // a first byte and the big file, each after the page cache is dropped, on the same mount. One
+      // cold read a run left the row to this host's noise: a cold 1 GiB read took 0.35 to 1.4 s
+      // for either FUSE system from one run to the next, and 3 samples against 3 never told them apart
       for (let i = 0; i < SHORT_SAMPLES; i++) {
         if (i > 0) dropCaches()
         record('first-byte', 'first-byte latency, cold (head -c1 of a 64 MiB file)', 's', s, timed(`head -c1 ${m.path}/large/f64m > /dev/null`))
+        dropCaches()
+        record('seq-cold', `sequential read of ${bigMiB} MiB, cold`, 's', s, timed(readBig(m.path)))
       }
-      record('seq-cold', `sequential read of ${bigMiB} MiB, cold`, 's', s, timed(readBig(m.path)))
       for (let i = 0; i < SHORT_SAMPLES; i++) record('seq-warm', `sequential read of ${bigMiB} MiB, warm`, 's', s, timed(readBig(m.path)))
     } finally {
       m.unmount()
@@ -374,7 +376,7 @@ function report(started: Date): void {
   writeFileSync(join(OUT, 'results.json'), JSON.stringify(json, null, 2) + '\n')
   const lines = [
     `# layerfs benchmark${QUICK ? ' (BENCH_QUICK=1)' : ''}`, '',
-    `${started.toISOString()} — ${RUNS} runs per row (the 4 KiB and 1 MiB copy-up rows: ${COPY_SAMPLES} files per run; mount ready, first byte, warm sequential read and the appends after a 64 MiB or 1 GiB copy-up: ${SHORT_SAMPLES} samples per run; the 64 MiB and 1 GiB copy-ups: ${BIG_COPY_SAMPLES} per run, each on a fresh mount), the three systems interleaved in each run; cold rows drop the page cache (then run each timed tool once on nothing) and mount afresh.`,
+    `${started.toISOString()} — ${RUNS} runs per row (the 4 KiB and 1 MiB copy-up rows: ${COPY_SAMPLES} files per run; mount ready, first byte, cold and warm sequential reads and the appends after a 64 MiB or 1 GiB copy-up: ${SHORT_SAMPLES} samples per run; the 64 MiB and 1 GiB copy-ups: ${BIG_COPY_SAMPLES} per run, each on a fresh mount), the three systems interleaved in each run; cold rows drop the page cache (then run each timed tool once on nothing) and mount afresh.`,
     `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Linux ${machine.kernel}.`,
     `Versions: layerfs ${versions.layerfs} (Node ${versions.node}), ${versions['fuse-overlayfs']}, ${versions.fio}.`,
     'layerfs reads the tars in place; kernel overlayfs and fuse-overlayfs read the same tars extracted. Ratio: to kernel overlayfs',
