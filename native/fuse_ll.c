@@ -1489,7 +1489,7 @@ static void stop_storer(Session *s) {
   free(s->sbuf); s->sbuf = NULL;
 }
 
-// A READ of a file whose length is fixed (a tar member, a lower file) answered by splice: its pages
+// A READ of a file (a tar member, a lower or an upper file) answered by splice: its pages
 // go into a pipe of the reader's and from there into /dev/fuse, so the bytes are copied once (into
 // the kernel's page) where pread and writev copied them twice; fuse-overlayfs answers reads so too.
 // A cold 1 GiB read, 128 KiB a READ: median 45 -> 27 µs a READ. Small reads keep pread and writev:
@@ -1613,7 +1613,12 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
   int dropped = 0;
   off_t off = (off_t)rw->offset;
   if (in->opcode == KERNEL_FUSE_READ) {
-    size_t want = d->limit < 0 ? 0 : off >= d->limit ? 0 : (int64_t)(off + rw->size) > d->limit ? (size_t)(d->limit - off) : rw->size;
+    // the length the reply's header gives: an upper file's (which may change) as fstat sees it now;
+    // a write or truncation after that leaves a short splice, answered by pread instead
+    int64_t end = d->limit;
+    struct stat st;
+    if (end < 0 && rw->size >= SPLICE_READ_MIN && fstat(d->fd, &st) == 0 && S_ISREG(st.st_mode)) end = st.st_size - d->base;
+    size_t want = end < 0 ? 0 : off >= end ? 0 : (int64_t)(off + rw->size) > end ? (size_t)(end - off) : rw->size;
     int counted = 0; // the read is in the stats already (a splice /dev/fuse refused)
     if (want >= SPLICE_READ_MIN && splice_read_fill(d, in->unique, want, off)) {
       count_read(s, d, want);
