@@ -265,10 +265,15 @@ static void count_read(Session *s, Direct *d, size_t got) {
   }
 }
 
+// How many of the `size` bytes a read at `off` asks for lie before `end` (a file's length).
+static size_t before_end(int64_t end, size_t size, off_t off) {
+  return off >= end ? 0 : (int64_t)(off + size) > end ? (size_t)(end - off) : size;
+}
+
 // Reads up to `size` bytes of d's file at `off` into a buffer grown as needed (the caller's own:
 // Node's thread and the reader thread each have one); the count read, or -errno.
 static ssize_t direct_pread(Direct *d, char **buf, size_t *cap, size_t size, off_t off) {
-  if (d->limit >= 0) size = off >= d->limit ? 0 : (int64_t)(off + size) > d->limit ? (size_t)(d->limit - off) : size;
+  if (d->limit >= 0) size = before_end(d->limit, size, off);
   if (size > *cap) {
     free(*buf);
     *buf = malloc(size);
@@ -1618,7 +1623,7 @@ static int answer_direct(Session *s, const char *msg, size_t len) {
     int64_t end = d->limit;
     struct stat st;
     if (end < 0 && rw->size >= SPLICE_READ_MIN && fstat(d->fd, &st) == 0 && S_ISREG(st.st_mode)) end = st.st_size - d->base;
-    size_t want = end < 0 ? 0 : off >= end ? 0 : (int64_t)(off + rw->size) > end ? (size_t)(end - off) : rw->size;
+    size_t want = end < 0 ? 0 : before_end(end, rw->size, off);
     int counted = 0; // the read is in the stats already (a splice /dev/fuse refused)
     if (want >= SPLICE_READ_MIN && splice_read_fill(d, in->unique, want, off)) {
       count_read(s, d, want);
