@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountLayerfs, unmountAll } from '../support/mounts'
-import { LAYERFS, must, removeTemps, tempDir } from '../support/run'
+import { LAYERFS, dropPageCache, must, removeTemps, tempDir } from '../support/run'
 import type { StatsReport } from '../../src/stats'
 
 // A file's READs are answered in C: 32 KiB and more by splice (the file's pages through a pipe
@@ -45,7 +45,7 @@ async function bytesRead(path: string): Promise<number> {
   return (JSON.parse(await must(LAYERFS, ['stats', path, '--json'])) as StatsReport).totals.bytesRead
 }
 
-describe('READ replies (read-only mounts)', () => {
+describe('READ replies', () => {
   for (const kind of ['tar', 'dir']) {
     it(`${kind}: buffered reads and O_DIRECT reads of 4 KiB to 1 MiB read true to the end, each counted once`, async () => {
       const base = await tempDir(`read-replies-${kind}`)
@@ -64,7 +64,7 @@ describe('READ replies (read-only mounts)', () => {
       const m = await mountLayerfs([lower])
       try {
         const file = join(m.path, 'big')
-        await must('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches'])
+        await dropPageCache()
         const whole = await readFile(file)
         assert.equal(whole.length, SIZE)
         assert.ok(whole.equals(expected), 'a buffered read of the whole file (the kernel reads ahead 128 KiB a READ)')
@@ -97,7 +97,7 @@ describe('READ replies (read-only mounts)', () => {
     try {
       const file = join(m.path, 'big')
       const check = async (what: string): Promise<void> => {
-        await must('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches'])
+        await dropPageCache()
         for (const bs of BLOCKS) assert.equal(await directMd5(file, bs, expected.length), md5(expected), `${what}: O_DIRECT reads of ${bs}`)
         assert.ok((await readFile(file)).equals(expected), `${what}: a buffered read`)
       }

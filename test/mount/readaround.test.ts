@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { mkdir, open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { mountLayerfs, unmountAll, type Mounted } from '../support/mounts'
-import { LAYERFS, must, removeTemps, tempDir } from '../support/run'
+import { LAYERFS, dropPageCache, must, removeTemps, tempDir } from '../support/run'
 import type { StatsReport } from '../../src/stats'
 
 // -o readaround: on a read-only mount, a small read of a big lower file that looks random brings
@@ -32,10 +32,6 @@ async function readsServed(m: Mounted): Promise<number> {
   return (await stats(m)).reads
 }
 
-async function dropCaches(): Promise<void> {
-  await must('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches'])
-}
-
 /** A tar (made by tar(1); gzip'd by gzip(1) if asked) holding `big`, SIZE random bytes, and the source file. */
 async function bigFileTar(name: string, gzip = false): Promise<{ tar: string; source: string }> {
   const dir = await tempDir(name)
@@ -58,7 +54,7 @@ describe('readaround (read-only mounts)', () => {
       const m = await mountLayerfs([tar])
       try {
         const file = join(m.path, 'big')
-        await dropCaches()
+        await dropPageCache()
         const fh = await open(file, 'r')
         try {
           const at = 5 * WINDOW + 3 * 4096 // within the window [5 W, 6 W), not at its start
@@ -80,7 +76,7 @@ describe('readaround (read-only mounts)', () => {
           assert.equal(counted.readaroundBytes, WINDOW)
 
           // reads all over the file, in random order, the page cache dropped: each must read true
-          await dropCaches()
+          await dropPageCache()
           let seed = 7
           const rand = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
           // (a gzip member inflates up to a checkpoint's span of 1 MiB per read: fewer of them)
@@ -109,7 +105,7 @@ describe('readaround (read-only mounts)', () => {
     const m = await mountLayerfs([tar], { options: ['readaround=0'] })
     try {
       const file = join(m.path, 'big')
-      await dropCaches()
+      await dropPageCache()
       const fh = await open(file, 'r')
       try {
         await fh.read(Buffer.alloc(4096), 0, 4096, 5 * WINDOW + 3 * 4096)

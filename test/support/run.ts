@@ -36,6 +36,11 @@ export async function must(cmd: string, args: readonly string[], opts: { env?: N
   return r.stdout
 }
 
+/** Writes dirty pages back, then drops the clean page cache: the next reads go to the filesystem. */
+export async function dropPageCache(): Promise<void> {
+  await must('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches'])
+}
+
 const temps: string[] = []
 
 /** A fresh temporary directory, removed when the process exits. */
