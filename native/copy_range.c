@@ -15,6 +15,16 @@
 // in one process, alternating (session 26): copy_file_range 210-217 ms and sendfile 207-243 every
 // time, where the pieces took 372-855 (and 261-1104 another hour; 64 KiB pieces alone 249-711);
 // at 256 MiB the pieces still won (40-57 against 54-71), at 64 MiB too (11-14 against 16-19).
+// Session 29 found why: pieces that end on the output's boundaries make big folios, and big folios
+// come from free 2 MiB blocks, which this guest hands back to its host within a second of their
+// freeing; a page of them then faults in the host at its first write (0.5 GB/s where 5.7 GB/s
+// otherwise). copy_file_range of a tar member writes small folios, from memory never handed back.
+// So a long copy now starts in pieces, times a group of them against a group by copy_file_range,
+// and goes on in pieces only while each group keeps near that pace (where no memory goes back to a
+// host, all the way: as fast as an aligned copy); copy_file_range takes the rest. 1 GiB in the
+// mount, rotating with the way before and fuse-overlayfs: 193-214 ms against 207-234 (6 rounds),
+// 189-229 against 207-212 after 3 s idle (4); right after a copy in big folios was freed (bare
+// copies): 162-221 against 202-226 (5).
 // sendfile where no pipe is to be had, or copy_file_range refuses (another filesystem: EXDEV);
 // the buffer where neither works, and for up to SMALL_COPY bytes: one pread
 // and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
@@ -45,6 +55,8 @@
 #define GROUP (512 << 10)          // a trial's unit: pieces of either size end on its boundaries
 #define TRIAL_GROUPS 8             // alternating, 64 KiB pieces first
 #define TRIAL_EVERY (64LL << 20)   // a long copy tries again after this much
+#define WATCHED_GROUP (4 << 20)    // a long copy's pieces are timed in groups of this much
+#define SLOW_PIECES_X2 5           // a group of pieces slower than this many halves of copy_file_range's: slow
 
 // The pipe and the buffer are kept per thread (Node's thread and the FUSE reader thread copy): a
 // fresh 1 MiB buffer cost its page faults on every copy-up (1 MiB: 0.9-1.6 ms fresh, 0.25 ms warm).
@@ -141,23 +153,50 @@ static void allocate_ahead(int out, int64_t off, int64_t len) {
   if (fstatfs(out, &fs) == 0 && fs.f_type == EXT4_SUPER_MAGIC) (void)fallocate(out, FALLOC_FL_KEEP_SIZE, off, len);
 }
 
+// A long copy's watch (see above): pieces, then copy_file_range on a group each, timed; then pieces
+// while every group keeps within 2.5 times copy_file_range's group; then copy_file_range. Noise here
+// moved a group by up to 2x; a group on memory handed back took ~10x.
+typedef struct {
+  enum { TRY_PIECES, TRY_KERNEL, PIECES, KERNEL_ON } phase;
+  int64_t group_end; // output offset where the timed group ends
+  int64_t started, pieces_ns, kernel_ns;
+} LongCopy;
+
+// The bytes the long copy may take at `at` (output offset) by its present way before its group ends;
+// first closes the group that ended there, which may change the way.
+static int64_t long_copy_step(LongCopy *c, int64_t at, int64_t left) {
+  if (c->phase != KERNEL_ON && at >= c->group_end) {
+    int64_t took = now_ns() - c->started;
+    if (c->phase == TRY_PIECES) c->pieces_ns = took, c->phase = TRY_KERNEL;
+    else if (c->phase == TRY_KERNEL) c->kernel_ns = took, c->phase = c->pieces_ns <= took ? PIECES : KERNEL_ON;
+    else if (took * 2 > c->kernel_ns * SLOW_PIECES_X2) c->phase = KERNEL_ON;
+    c->group_end = at + WATCHED_GROUP;
+    c->started = now_ns();
+  }
+  return c->phase == KERNEL_ON || c->group_end - at > left ? left : c->group_end - at;
+}
+
 int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len, const char **what) {
   if (len > SMALL_COPY && ((off_in ^ off_out) & 4095) == 0 && clone_range(in, off_in, out, off_out, len)) return len;
   int64_t done = 0;
-  enum { KERNEL, PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : len > LONG_COPY ? KERNEL : PIPE;
+  enum { WATCHED, PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : len > LONG_COPY ? WATCHED : PIPE;
   if (how != BUFFER) allocate_ahead(out, off_out, len);
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;
   PieceTrial trial = { .next = off_out, .group = -1 };
+  LongCopy watch = { .phase = TRY_PIECES, .group_end = off_out + WATCHED_GROUP, .started = now_ns() };
+  int by_pieces = how == PIPE;
   while (done < len) {
     ssize_t n;
     size_t want = (size_t)(len - done);
-    if (how == KERNEL || how == PIPE) {
-      if (how == KERNEL) {
+    if (how == WATCHED || how == PIPE) {
+      if (how == WATCHED) want = (size_t)long_copy_step(&watch, off_out + done, len - done);
+      by_pieces = how == PIPE || watch.phase == TRY_PIECES || watch.phase == PIECES;
+      if (!by_pieces) {
         loff_t a = off_in + done, b = off_out + done;
         n = copy_file_range(in, &a, out, &b, want, 0);
       } else {
-        size_t piece = piece_size(&trial, off_out + done, len - done);
+        size_t piece = how == WATCHED ? (pipe_takes_big ? BIG_PIECE : PIECE) : piece_size(&trial, off_out + done, len - done);
         size_t to_boundary = piece - (size_t)((off_out + done) % piece);
         n = splice_piece(in, off_in + done, out, off_out + done, want < to_boundary ? want : to_boundary);
       }
@@ -185,7 +224,7 @@ int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len
     }
     if (n < 0) {
       if (errno == EINTR) continue;
-      *what = how == KERNEL ? "copy_file_range" : how == PIPE ? "splice" : how == SENDFILE ? "sendfile" : "copyRange";
+      *what = how == WATCHED || how == PIPE ? (by_pieces ? "splice" : "copy_file_range") : how == SENDFILE ? "sendfile" : "copyRange";
       done = -1;
       break;
     }

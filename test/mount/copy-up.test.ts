@@ -117,6 +117,25 @@ describe('copy-up', () => {
     }
   })
 
+  it('copies a file past 256 MiB whole (timed groups of pieces and of copy_file_range, then the cheaper)', async () => {
+    // a long copy changes its way at 4 MiB boundaries of the output, whichever way its timings go;
+    // the member starts inside a page of the tar
+    const upper = join(dir, 'long-upper')
+    const work = join(dir, 'long-work')
+    await mkdir(upper)
+    await mkdir(work)
+    const m = await mountLayerfs([tar], { upper, work })
+    try {
+      await writeFile(join(m.path, 'big'), 'tail', { flag: 'a' })
+    } finally {
+      await m.unmount()
+    }
+    const want = createHash('sha256')
+    for await (const chunk of createReadStream(join(dir, 'src/big'))) want.update(chunk as Buffer)
+    want.update('tail')
+    assert.equal(await hashOf(join(upper, 'big')), want.digest('hex'), 'the long copy differs')
+  })
+
   it('copies a big file whose layer lies on another filesystem than the upper (copy_file_range refuses: sendfile)', async () => {
     // a tar on tmpfs, the upper on the test's disk: copy_file_range across them gives EXDEV, and
     // copy_range goes on by sendfile, at the output's position (put back after); past 256 MiB
