@@ -342,10 +342,10 @@ function largeFileRows(): void {
   // The 1 GiB copy-ups above mostly follow, by well under a second, the removal of the same
   // system's previous upper: a copy in big folios (the kernel's and fuse-overlayfs's, page-aligned)
   // reuses the big blocks just freed. On a VM whose guest hands free memory back to its host (free
-  // page reporting, as here), a second later those blocks are gone and such a copy takes ~1.1 s
-  // where it took 155 ms; layerfs's, in small folios (a tar member starts inside a page), takes
-  // ~0.2 s either way (native-notes, session 29). A user's copy-up seldom follows a gigabyte just
-  // freed, so this row times the same copy-up after the machine has been idle.
+  // page reporting, as here), such a copy a second later took 1.0-1.2 s where it took 155 ms (in
+  // another hour the host served it fast either way); a copy in small folios ~0.2 s either way
+  // (native-notes, session 29). A user's copy-up seldom follows a gigabyte just freed, so this
+  // row times the same copy-up after the machine has been idle.
   log(`copy-up of f1g after ${IDLE_BEFORE_COPY_S} s idle`)
   each((s) => {
     sh(s === 'layerfs' ? `cat ${join(FIXTURES, 'large-files.tar')} > /dev/null` : `cat ${join(FIXTURES, 'large-files.dir', 'large', 'f1g')} > /dev/null`)
