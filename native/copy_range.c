@@ -9,22 +9,22 @@
 // comes in folios the size of the writes, comes from memory the balloon handed back to the host
 // (there, after the machine idled: a 1 MiB pipe 110-190 ms; 128 KiB pieces 42-276 ms in one hour
 // where 64 KiB ones took 27-49; on another machine of the kind, 256 KiB pieces 12-18 ms where
-// 64 KiB ones took 18-25). So a long copy tries both sizes on its first 4 MiB, in alternate 512 KiB
-// groups, and copies on in the cheaper; again every 64 MiB. Beyond LONG_COPY, copy_file_range
-// (the kernel's own splice loop, the way sendfile copies for fuse-overlayfs): 1 GiB from the tar,
-// in one process, alternating (session 26): copy_file_range 210-217 ms and sendfile 207-243 every
-// time, where the pieces took 372-855 (and 261-1104 another hour; 64 KiB pieces alone 249-711);
-// at 256 MiB the pieces still won (40-57 against 54-71), at 64 MiB too (11-14 against 16-19).
-// Session 29 found why: pieces that end on the output's boundaries make big folios, and big folios
-// come from free 2 MiB blocks, which this guest hands back to its host within a second of their
-// freeing; a page of them then faults in the host at its first write (0.5 GB/s where 5.7 GB/s
-// otherwise). copy_file_range of a tar member writes small folios, from memory never handed back.
-// So a long copy now starts in pieces, times a group of them against a group by copy_file_range,
-// and goes on in pieces only while each group keeps near that pace (where no memory goes back to a
-// host, all the way: as fast as an aligned copy); copy_file_range takes the rest. 1 GiB in the
-// mount, rotating with the way before and fuse-overlayfs: 193-214 ms against 207-234 (6 rounds),
-// 189-229 against 207-212 after 3 s idle (4); right after a copy in big folios was freed (bare
-// copies): 162-221 against 202-226 (5).
+// 64 KiB ones took 18-25). So a copy of up to WATCHED_COPY tries both sizes on its first 4 MiB,
+// in alternate 512 KiB groups, and copies on in the cheaper. Longer copies are watched (session 29):
+// pieces that end on the output's boundaries make big folios, and big folios come from free 2 MiB
+// blocks, which this guest hands back to its host within a second of their freeing; a page of them
+// then faults in the host at its first write (0.5 GB/s where 5.7 GB/s otherwise: 1 GiB in pieces
+// 372 ms-1.1 s in session 26). copy_file_range of a tar member (the kernel's own splice loop; each
+// of its writes starts inside a page) writes small folios, from memory never handed back: 1 GiB
+// 206-297 ms whatever happened before. So a longer copy starts in 256 KiB pieces, times a 4 MiB
+// group of them and then one by copy_file_range, and goes on in pieces until two groups in a row
+// take more than 2.5x copy_file_range's (the first group, which also pays for the pipe, counts as
+// one); copy_file_range takes the rest. Where no memory goes back to a host the pieces should run
+// the whole copy, at the aligned pace. 1 GiB in the mount, rotating with copy_file_range alone
+// and fuse-overlayfs: 193-214 ms against 207-234 (6 rounds), 189-229 against 207-212 after 3 s
+// idle (4); right after a copy in big folios was freed (bare copies): 162-221 against 202-226
+// (5). 64 and 128 MiB (bare, alternating): as the two-size trial (64 MiB 10-11, 9-12 after 2 s
+// idle), where copy_file_range took 14-17.
 // sendfile where no pipe is to be had, or copy_file_range refuses (another filesystem: EXDEV);
 // the buffer where neither works, and for up to SMALL_COPY bytes: one pread
 // and one pwrite cost less (a 4 KiB member took 16-40 µs through a pipe in a first copy-up).
@@ -49,14 +49,14 @@
 #include <linux/magic.h>
 
 #define SMALL_COPY (64 << 10)
-#define LONG_COPY (256LL << 20)      // longer copies go by copy_file_range (see above)
+#define WATCHED_COPY (16LL << 20)   // longer copies are watched (see above)
 #define PIECE (64 << 10)
 #define BIG_PIECE (256 << 10)
 #define GROUP (512 << 10)          // a trial's unit: pieces of either size end on its boundaries
 #define TRIAL_GROUPS 8             // alternating, 64 KiB pieces first
 #define TRIAL_EVERY (64LL << 20)   // a long copy tries again after this much
 #define WATCHED_GROUP (4 << 20)    // a long copy's pieces are timed in groups of this much
-#define SLOW_PIECES_X2 5           // a group of pieces slower than this many halves of copy_file_range's: slow
+#define SLOW_PIECES_X2 5           // a group of pieces slower than this many halves of copy_file_range's is slow
 
 // The pipe and the buffer are kept per thread (Node's thread and the FUSE reader thread copy): a
 // fresh 1 MiB buffer cost its page faults on every copy-up (1 MiB: 0.9-1.6 ms fresh, 0.25 ms warm).
@@ -154,12 +154,15 @@ static void allocate_ahead(int out, int64_t off, int64_t len) {
 }
 
 // A long copy's watch (see above): pieces, then copy_file_range on a group each, timed; then pieces
-// while every group keeps within 2.5 times copy_file_range's group; then copy_file_range. Noise here
-// moved a group by up to 2x; a group on memory handed back took ~10x.
+// until two groups in a row take more than 2.5x copy_file_range's group; then copy_file_range.
+// Noise moved a group by up to 2x here, a group on memory handed back by ~10x. The first group of
+// pieces took 1.0-1.3 ms where the next took 0.6-0.7 and copy_file_range's 1.0: a plain comparison
+// of the two first groups chose copy_file_range, 16 ms for 64 MiB where pieces took 11.
 typedef struct {
   enum { TRY_PIECES, TRY_KERNEL, PIECES, KERNEL_ON } phase;
   int64_t group_end; // output offset where the timed group ends
   int64_t started, pieces_ns, kernel_ns;
+  int slow_groups;   // slow groups of pieces in a row
 } LongCopy;
 
 // The bytes the long copy may take at `at` (output offset) by its present way before its group ends;
@@ -168,8 +171,9 @@ static int64_t long_copy_step(LongCopy *c, int64_t at, int64_t left) {
   if (c->phase != KERNEL_ON && at >= c->group_end) {
     int64_t took = now_ns() - c->started;
     if (c->phase == TRY_PIECES) c->pieces_ns = took, c->phase = TRY_KERNEL;
-    else if (c->phase == TRY_KERNEL) c->kernel_ns = took, c->phase = c->pieces_ns <= took ? PIECES : KERNEL_ON;
-    else if (took * 2 > c->kernel_ns * SLOW_PIECES_X2) c->phase = KERNEL_ON;
+    else if (c->phase == TRY_KERNEL) c->kernel_ns = took, c->phase = PIECES, c->slow_groups = c->pieces_ns * 2 > took * SLOW_PIECES_X2;
+    else if (took * 2 <= c->kernel_ns * SLOW_PIECES_X2) c->slow_groups = 0;
+    else if (++c->slow_groups == 2) c->phase = KERNEL_ON;
     c->group_end = at + WATCHED_GROUP;
     c->started = now_ns();
   }
@@ -179,7 +183,7 @@ static int64_t long_copy_step(LongCopy *c, int64_t at, int64_t left) {
 int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len, const char **what) {
   if (len > SMALL_COPY && ((off_in ^ off_out) & 4095) == 0 && clone_range(in, off_in, out, off_out, len)) return len;
   int64_t done = 0;
-  enum { WATCHED, PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : len > LONG_COPY ? WATCHED : PIPE;
+  enum { WATCHED, PIPE, SENDFILE, BUFFER } how = len <= SMALL_COPY ? BUFFER : len > WATCHED_COPY ? WATCHED : PIPE;
   if (how != BUFFER) allocate_ahead(out, off_out, len);
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;

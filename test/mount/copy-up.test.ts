@@ -12,7 +12,8 @@ import { diffTrees, snapshotTree } from '../support/tree'
 // Copy-up as it must behave: whole or not at all across a crash, once for concurrent writers, and
 // read handles opened before it seeing what is written after it (as kernel overlayfs since 4.19).
 
-// past copy_range's LONG_COPY (256 MiB), which copy_file_range copies; not a whole number of pages
+// past copy_range's WATCHED_COPY (16 MiB): timed groups of pieces, then copy_file_range where they
+// slow down; not a whole number of pages
 const BIG = (259 << 20) + 512 + 17
 let dir: string
 let tar: string
@@ -117,7 +118,7 @@ describe('copy-up', () => {
     }
   })
 
-  it('copies a file past 256 MiB whole (timed groups of pieces and of copy_file_range, then the cheaper)', async () => {
+  it('copies a long file whole (timed groups of pieces and of copy_file_range, pieces until they slow down)', async () => {
     // a long copy changes its way at 4 MiB boundaries of the output, whichever way its timings go;
     // the member starts inside a page of the tar
     const upper = join(dir, 'long-upper')
@@ -138,7 +139,7 @@ describe('copy-up', () => {
 
   it('copies a big file whose layer lies on another filesystem than the upper (copy_file_range refuses: sendfile)', async () => {
     // a tar on tmpfs, the upper on the test's disk: copy_file_range across them gives EXDEV, and
-    // copy_range goes on by sendfile, at the output's position (put back after); past 256 MiB
+    // copy_range goes on by sendfile, at the output's position (put back after); a watched copy
     const shm = await mkdtemp('/dev/shm/layerfs-test-xdev-')
     try {
       const size = (257 << 20) + 512 + 3
