@@ -54,7 +54,6 @@
 #define BIG_PIECE (256 << 10)
 #define GROUP (512 << 10)          // a trial's unit: pieces of either size end on its boundaries
 #define TRIAL_GROUPS 8             // alternating, 64 KiB pieces first
-#define TRIAL_EVERY (64LL << 20)   // a long copy tries again after this much
 #define WATCHED_GROUP (4 << 20)    // a long copy's pieces are timed in groups of this much
 #define SLOW_PIECES_X2 5           // a group of pieces slower than this many halves of copy_file_range's is slow
 
@@ -125,9 +124,10 @@ static ssize_t splice_piece(int in, int64_t off_in, int out, int64_t off_out, si
   return (ssize_t)held;
 }
 
-// A copy's trial of the two piece sizes: TRIAL_GROUPS groups of the output, timed, alternating.
+// A copy's trial of the two piece sizes: TRIAL_GROUPS groups of the output, timed, alternating;
+// once a copy (one of up to WATCHED_COPY has no room for a second).
 typedef struct {
-  int64_t next;      // where (in the output) the next trial starts
+  int tried;         // the trial has run
   int group;         // the group being timed, -1: none
   int64_t group_end, started, ns[2];
 } PieceTrial;
@@ -137,10 +137,10 @@ static size_t piece_size(PieceTrial *t, int64_t at, int64_t left) {
   if (!pipe_takes_big) return PIECE;
   if (t->group >= 0 && at >= t->group_end) {
     t->ns[t->group & 1] += now_ns() - t->started;
-    if (++t->group == TRIAL_GROUPS) { big_won = t->ns[1] < t->ns[0]; t->group = -1; t->next = at + TRIAL_EVERY; }
+    if (++t->group == TRIAL_GROUPS) { big_won = t->ns[1] < t->ns[0]; t->group = -1; t->tried = 1; }
   }
   // a trial starts on a group's boundary (every group then is whole)
-  if (t->group < 0 && at >= t->next && at % GROUP == 0 && left >= TRIAL_GROUPS * GROUP) t->group = 0, t->group_end = at;
+  if (t->group < 0 && !t->tried && at % GROUP == 0 && left >= TRIAL_GROUPS * GROUP) t->group = 0, t->group_end = at;
   if (t->group < 0) return big_won ? BIG_PIECE : PIECE;
   if (at >= t->group_end) { t->group_end = (at / GROUP + 1) * GROUP; t->started = now_ns(); }
   return t->group & 1 ? BIG_PIECE : PIECE;
@@ -187,12 +187,12 @@ int64_t copy_range(int in, int64_t off_in, int out, int64_t off_out, int64_t len
   if (how != BUFFER) allocate_ahead(out, off_out, len);
   // sendfile writes at out's file position: set for the copy, and put back after it
   off_t kept = -1;
-  PieceTrial trial = { .next = off_out, .group = -1 };
-  LongCopy watch = { .phase = TRY_PIECES, .group_end = off_out + WATCHED_GROUP, .started = now_ns() };
-  int by_pieces = how == PIPE;
+  PieceTrial trial = { .group = -1 };
+  LongCopy watch = { .phase = TRY_PIECES, .group_end = off_out + WATCHED_GROUP, .started = how == WATCHED ? now_ns() : 0 };
   while (done < len) {
     ssize_t n;
     size_t want = (size_t)(len - done);
+    int by_pieces = 0; // for the error's name
     if (how == WATCHED || how == PIPE) {
       if (how == WATCHED) want = (size_t)long_copy_step(&watch, off_out + done, len - done);
       by_pieces = how == PIPE || watch.phase == TRY_PIECES || watch.phase == PIECES;
