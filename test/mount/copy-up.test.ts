@@ -26,6 +26,15 @@ async function hashOf(path: string, tail = ''): Promise<string> {
   return h.update(tail).digest('hex')
 }
 
+/** `${prefix}-upper` and `${prefix}-work`, made in the suite's directory: a writable mount's two. */
+async function upperAndWork(prefix: string): Promise<{ upper: string; work: string }> {
+  const upper = join(dir, `${prefix}-upper`)
+  const work = join(dir, `${prefix}-work`)
+  await mkdir(upper)
+  await mkdir(work)
+  return { upper, work }
+}
+
 async function daemonPid(mnt: string): Promise<number> {
   const r = await run('pgrep', ['-f', '__layerfs_daemon'])
   for (const pid of r.stdout.split('\n').filter(Boolean).map(Number)) {
@@ -54,10 +63,7 @@ describe('copy-up', () => {
     for (const delayMs of [20, 60, 150]) {
       // an upper of its own each time: one a copy-up finished in (and the append landed in) got a
       // second append from the next round, and a whole copy then measured BIG + 18 bytes
-      const upper = join(dir, `crash-upper-${delayMs}`)
-      const work = join(dir, `crash-work-${delayMs}`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`crash-${delayMs}`)
       const m = await mountLayerfs([tar], { upper, work })
       const pid = await daemonPid(m.path)
       const writer = run('sh', ['-c', `echo appended >> ${m.path}/big`])
@@ -102,10 +108,7 @@ describe('copy-up', () => {
     const srcTar = join(dir, 'aligned.tar')
     await must('tar', ['-C', src, '-cf', srcTar, ...names])
     for (const lower of [srcTar, src]) {
-      const upper = join(dir, `al-${lower === src ? 'dir' : 'tar'}-upper`)
-      const work = join(dir, `al-${lower === src ? 'dir' : 'tar'}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`al-${lower === src ? 'dir' : 'tar'}`)
       const m = await mountLayerfs([lower], { upper, work })
       try {
         for (const name of names) await writeFile(join(m.path, name), 'x', { flag: 'a' })
@@ -122,10 +125,7 @@ describe('copy-up', () => {
   it('copies a long file whole (timed groups of pieces and of copy_file_range, pieces until they slow down)', async () => {
     // a long copy changes its way at 4 MiB boundaries of the output, whichever way its timings go;
     // the member starts inside a page of the tar
-    const upper = join(dir, 'long-upper')
-    const work = join(dir, 'long-work')
-    await mkdir(upper)
-    await mkdir(work)
+    const { upper, work } = await upperAndWork('long')
     const m = await mountLayerfs([tar], { upper, work })
     try {
       await writeFile(join(m.path, 'big'), 'tail', { flag: 'a' })
@@ -142,10 +142,7 @@ describe('copy-up', () => {
     try {
       const size = (257 << 20) + 512 + 3
       await must('sh', ['-c', `mkdir ${shm}/src && head -c ${size} /dev/urandom > ${shm}/src/huge && tar -C ${shm}/src -cf ${shm}/lower.tar huge`])
-      const upper = join(dir, 'xdev-upper')
-      const work = join(dir, 'xdev-work')
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork('xdev')
       const m = await mountLayerfs([`${shm}/lower.tar`], { upper, work })
       try {
         await writeFile(join(m.path, 'huge'), 'tail', { flag: 'a' })
@@ -179,10 +176,7 @@ describe('copy-up', () => {
     await must('tar', ['--numeric-owner', '-C', src, '-cf', modesTar, '.'])
     for (const lower of [modesTar, src]) {
       const kind = lower === src ? 'dir' : 'tar'
-      const upper = join(dir, `modes-${kind}-upper`)
-      const work = join(dir, `modes-${kind}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`modes-${kind}`)
       const m = await mountLayerfs([lower], { upper, work })
       try {
         // utimens copies up without changing mode or owner (a write would clear set-id bits)
@@ -227,10 +221,7 @@ describe('copy-up', () => {
     await extractForOverlay(wtar, kdir)
     const uppers: Record<string, string> = {}
     for (const kind of ['kernel', 'tar', 'dir']) {
-      const upper = join(dir, `write-${kind}-upper`)
-      const work = join(dir, `write-${kind}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`write-${kind}`)
       await utimes(upper, new Date('2002-03-04T05:06:07Z'), new Date('2002-03-04T05:06:07Z')) // the root's, to compare
       const m = kind === 'kernel'
         ? await mountKernelOverlay([kdir], { upper, work, options: ['index=off', 'metacopy=off', 'xino=off'] })
@@ -254,10 +245,7 @@ describe('copy-up', () => {
   })
 
   it('concurrent writers of one lower file copy it up once, and every write lands', async () => {
-    const upper = join(dir, 'conc-upper')
-    const work = join(dir, 'conc-work')
-    await mkdir(upper)
-    await mkdir(work)
+    const { upper, work } = await upperAndWork('conc')
     const m = await mountLayerfs([tar], { upper, work })
     try {
       await Promise.all(Array.from({ length: 8 }, (_, i) => (async () => {
@@ -286,10 +274,7 @@ describe('copy-up', () => {
   it('a read handle opened before a copy-up reads what is written after it, as on kernel overlayfs', async () => {
     const outcomes: string[] = []
     for (const kind of ['kernel', 'layerfs']) {
-      const upper = join(dir, `h-${kind}-upper`)
-      const work = join(dir, `h-${kind}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`h-${kind}`)
       const lowerDir = join(dir, 'src')
       const m = kind === 'kernel' ? await mountKernelOverlay([lowerDir], { upper, work }) : await mountLayerfs([tar], { upper, work })
       try {
@@ -329,10 +314,7 @@ describe('copy-up', () => {
     }
     const outcomes: string[][] = []
     for (const kind of ['kernel', 'open', 'write']) {
-      const upper = join(dir, `at-${kind}-upper`)
-      const work = join(dir, `at-${kind}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`at-${kind}`)
       const m = kind === 'kernel'
         ? await mountKernelOverlay([join(dir, 'src')], { upper, work })
         : await mountLayerfs([tar], { upper, work, options: [`copyup=${kind}`] })
@@ -387,10 +369,7 @@ describe('copy-up', () => {
     const outcomes: string[][] = []
     let inoSeen = ''
     for (const kind of ['kernel', 'layerfs']) {
-      const upper = join(dir, `attrs-${kind}-upper`)
-      const work = join(dir, `attrs-${kind}-work`)
-      await mkdir(upper)
-      await mkdir(work)
+      const { upper, work } = await upperAndWork(`attrs-${kind}`)
       const m = kind === 'kernel' ? await mountKernelOverlay([src], { upper, work }) : await mountLayerfs([lowerTar], { upper, work })
       try {
         outcomes.push(await walk(m.path))
